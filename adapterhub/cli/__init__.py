@@ -1,0 +1,1 @@
+"""The ``adapterhub`` command line. Each module registers thin commands that call one library function."""

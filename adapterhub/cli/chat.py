@@ -1,0 +1,7 @@
+"""Placeholder: filled by a later step."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

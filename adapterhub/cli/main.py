@@ -1,0 +1,90 @@
+"""Entry point: builds the typer app and maps every error to one line and an exit code.
+
+This is the only place that turns exceptions into output. ``ADAPTERHUB_DEBUG=1`` re-raises instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+import typer
+
+from adapterhub import __version__
+from adapterhub.errors import AdapterHubError
+
+app = typer.Typer(
+    name="adapterhub",
+    help="Train versioned LoRA adapters, keep them in a registry, publish and serve them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"adapterhub {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _register_commands() -> None:
+    from adapterhub.cli import chat, demo, hub, merge, models, registry, serve, train
+
+    for mod in (models, registry, train, serve, merge, chat, hub, demo):
+        mod.register(app)
+
+
+def _debug() -> bool:
+    return os.environ.get("ADAPTERHUB_DEBUG", "").lower() in ("1", "true", "yes")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; errors become ``error: <one line>`` on stderr and a non-zero exit code."""
+    _register_commands()
+    try:
+        app(args=argv, standalone_mode=False)
+    except AdapterHubError as e:
+        if _debug():
+            raise
+        typer.echo(f"error: {e.message}".replace("\n", " "), err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        if _debug():
+            raise
+        typer.echo(f"error: {e.strerror}: {e.filename}", err=True)
+        sys.exit(2)
+    except Exception as e:  # an unexpected bug: still one line unless debugging
+        if _debug():
+            raise
+        typer.echo(f"error: {type(e).__name__}: {e} (set ADAPTERHUB_DEBUG=1 for the traceback)".replace("\n", " "),
+                   err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

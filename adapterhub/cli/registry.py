@@ -1,0 +1,144 @@
+"""Registry commands: import, list, show, tag, untag, rm, export, verify, history."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from adapterhub.errors import AdapterHubError
+from adapterhub.registry import Registry
+from adapterhub.settings import Settings
+
+
+def _registry() -> Registry:
+    return Registry.open(Settings())
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def import_cmd(
+    src: Path = typer.Argument(..., help="A PEFT LoRA directory (or a full model dir with --kind model)."),
+    name: str = typer.Option(..., "--name", "-n", help="Registry name; the version is assigned."),
+    base: str = typer.Option(None, "--base", help="Base model id; defaults to adapter_config.json's."),
+    kind: str = typer.Option("adapter", "--kind", help="'adapter' or 'model'."),
+    alias: list[str] = typer.Option([], "--alias", "-a", help="Also point these aliases at it."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept adapter_model.bin (converted)."),
+) -> None:
+    """Register a directory as a new immutable version."""
+    base_ref = None
+    if base:
+        from adapterhub.models import resolve_model
+
+        try:
+            base_ref = resolve_model(base, Settings(), pull=False).identity()
+        except AdapterHubError:
+            base_ref = {"id": base}
+    rec, created = _registry().register(src, name, kind=kind, base_model=base_ref, aliases=alias,
+                                        allow_pickle=allow_pickle)
+    word = "registered" if created else "unchanged: same content as"
+    typer.echo(f"{word} {rec.ref} (sha256:{rec.content_hash[:12]})")
+
+
+def list_cmd(name: str = typer.Argument(None, help="Only this name.")) -> None:
+    """Versions in the registry."""
+    rows = _registry().list(name)
+    table = Table("name", "version", "aliases", "kind", "base", "rank", "size", "created")
+    for r in rows:
+        table.add_row(r.name, str(r.version), ",".join(r.aliases), r.kind, r.base_model or "",
+                      str(r.rank or ""), _size(r.size), time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at)))
+    Console(width=160).print(table)
+
+
+def show_cmd(ref: str, as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON.")) -> None:
+    """A version's manifest: base, lineage, metrics, files."""
+    reg = _registry()
+    rec = reg.resolve(ref)
+    m = reg.manifest(rec)
+    data = m.model_dump(exclude_none=True)
+    data["aliases"] = list(rec.aliases)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    typer.echo(f"{rec.ref}  sha256:{rec.content_hash}  aliases: {', '.join(rec.aliases) or '-'}")
+    typer.echo(f"kind: {m.kind}   base: {m.base_model.id if m.base_model else '-'}   size: {_size(rec.size)}")
+    if m.lora:
+        typer.echo(f"lora: r={m.lora['r']} alpha={m.lora['alpha']} targets={','.join(m.lora['target_modules'])}")
+    if m.training:
+        keys = ("dataset_fingerprint", "final_loss", "steps", "wall_time_s", "method")
+        typer.echo("training: " + ", ".join(f"{k}={m.training[k]}" for k in keys if k in m.training))
+    if m.metrics:
+        typer.echo("metrics: " + ", ".join(f"{k}={v}" for k, v in m.metrics.items()))
+    for rel, e in m.files.items():
+        typer.echo(f"  {rel}  {_size(e.size)}  {e.sha256[:12]}")
+
+
+def tag_cmd(ref: str, alias: str) -> None:
+    """Point ALIAS (e.g. production) at REF."""
+    rec, prev = _registry().set_alias(ref, alias)
+    moved = f" (was {rec.name}@{prev})" if prev and prev != rec.version else ""
+    typer.echo(f"{rec.name}@{alias} -> {rec.ref}{moved}")
+
+
+def untag_cmd(name: str, alias: str) -> None:
+    """Remove ALIAS from NAME."""
+    prev = _registry().remove_alias(name, alias)
+    typer.echo(f"removed {name}@{alias} (was version {prev})")
+
+
+def rm_cmd(ref: str, force: bool = typer.Option(False, "--force", help="Also if an alias points to it.")) -> None:
+    """Delete a version."""
+    rec = _registry().remove(ref, force=force)
+    typer.echo(f"removed {rec.ref}")
+
+
+def export_cmd(ref: str, dest: Path) -> None:
+    """Copy a version's files (verified) to DEST."""
+    out = _registry().export(ref, dest)
+    typer.echo(f"exported {ref} to {out}")
+
+
+def verify_cmd(ref: str = typer.Argument(None, help="One version; all when omitted.")) -> None:
+    """Re-check checksums of one or every version."""
+    reg = _registry()
+    records = [reg.resolve(ref)] if ref else reg.list()
+    bad = 0
+    for rec in records:
+        try:
+            reg.verify(rec)
+            typer.echo(f"ok   {rec.ref}")
+        except AdapterHubError as e:
+            bad += 1
+            typer.echo(f"BAD  {e.message}")
+    if bad:
+        raise typer.Exit(3)
+
+
+def history_cmd(name: str) -> None:
+    """Who moved which alias when."""
+    for ev in _registry().alias_history(name):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev.at))
+        target = f"-> {ev.version}" if ev.version is not None else "removed"
+        typer.echo(f"{when}  {ev.by}  {ev.name}@{ev.alias} {target}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("import")(import_cmd)
+    app.command("list")(list_cmd)
+    app.command("show")(show_cmd)
+    app.command("tag")(tag_cmd)
+    app.command("untag")(untag_cmd)
+    app.command("rm")(rm_cmd)
+    app.command("export")(export_cmd)
+    app.command("verify")(verify_cmd)
+    app.command("history")(history_cmd)

@@ -1,0 +1,280 @@
+"""The embedded ``RegistryStore``: version directories under the home dir plus a SQLite database.
+
+Layout::
+
+    <root>/registry.db                 metadata (WAL mode)
+    <root>/versions/<name>/<version>/  immutable files (read-only after commit)
+    <root>/.staging/<pid>-<rand>/      versions being built
+    <root>/.pending/<name>@<version>   marks a rename whose DB row may not have been committed
+
+Writes follow: build in staging → fsync → under ``BEGIN IMMEDIATE`` (one writer across processes)
+allocate the number, write the pending marker, rename into place, insert the row, commit, drop the
+marker. A crash anywhere leaves either nothing visible or a complete version; ``_recover`` removes
+leftovers at the next open (under the same write lock, so it never races a live writer).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from adapterhub.registry.store import AliasEvent, RegistryStore, VersionRecord
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    name TEXT NOT NULL, version INTEGER NOT NULL, content_hash TEXT NOT NULL, kind TEXT NOT NULL,
+    base_model TEXT, rank INTEGER, size INTEGER NOT NULL, created_at REAL NOT NULL,
+    metrics TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (name, version)
+);
+CREATE INDEX IF NOT EXISTS versions_hash ON versions (name, content_hash);
+CREATE TABLE IF NOT EXISTS aliases (
+    name TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL,
+    updated_at REAL NOT NULL, updated_by TEXT NOT NULL,
+    PRIMARY KEY (name, alias)
+);
+CREATE TABLE IF NOT EXISTS alias_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, alias TEXT NOT NULL,
+    version INTEGER, at REAL NOT NULL, by TEXT NOT NULL
+);
+"""
+_COLS = "v.name, v.version, v.content_hash, v.kind, v.base_model, v.rank, v.size, v.created_at, v.metrics"
+
+
+def _fsync_tree(path: Path) -> None:
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_read_only(path: Path) -> None:
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+
+
+def _rmtree(path: Path) -> None:
+    def onerror(func: Any, p: str, _exc: Any) -> None:
+        os.chmod(os.path.dirname(p), 0o755)
+        os.chmod(p, 0o644) if os.path.exists(p) else None
+        func(p)
+
+    if path.exists():
+        shutil.rmtree(path, onerror=onerror)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LocalStore(RegistryStore):
+    """Files + SQLite under ``root``; safe for many processes on one machine."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+        self._staging = self.root / ".staging"
+        self._pending = self.root / ".pending"
+        for d in (self.versions_dir, self._staging, self._pending):
+            d.mkdir(parents=True, exist_ok=True)
+        self._db_path = self.root / "registry.db"
+        self._conn = sqlite3.connect(self._db_path, timeout=60, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.executescript(_SCHEMA)
+        self._recover()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction holding SQLite's write lock (one writer across processes)."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def _recover(self) -> None:
+        for d in self._staging.iterdir():
+            pid = d.name.split("-", 1)[0]
+            if not pid.isdigit() or not _pid_alive(int(pid)) or int(pid) == os.getpid():
+                _rmtree(d)
+        if not any(self._pending.iterdir()):
+            return
+        with self._write() as db:
+            for marker in list(self._pending.iterdir()):
+                name, _, ver = marker.name.rpartition("@")
+                row = db.execute("SELECT 1 FROM versions WHERE name=? AND version=?", (name, ver)).fetchone()
+                if row is None:
+                    _rmtree(self.versions_dir / name / ver)
+                marker.unlink()
+
+    def staging_dir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self._staging))
+
+    def _record(self, row: tuple, aliases: tuple[str, ...] = ()) -> VersionRecord:
+        name, version, h, kind, base, rank, size, created, metrics = row
+        return VersionRecord(
+            name=name, version=version, content_hash=h, kind=kind, base_model=base, rank=rank,
+            size=size, created_at=created, path=self.versions_dir / name / str(version),
+            aliases=aliases, metrics=json.loads(metrics or "{}"),
+        )
+
+    def _aliases_of(self, name: str, version: int) -> tuple[str, ...]:
+        rows = self._conn.execute(
+            "SELECT alias FROM aliases WHERE name=? AND version=? ORDER BY alias", (name, version)
+        ).fetchall()
+        return tuple(r[0] for r in rows)
+
+    def _one(self, sql: str, args: tuple) -> VersionRecord | None:
+        row = self._conn.execute(sql, args).fetchone()
+        return self._record(row, self._aliases_of(row[0], row[1])) if row else None
+
+    def put(self, name: str, staged: Path, content_hash: str, summary: dict[str, Any],
+            finalize: Any) -> tuple[VersionRecord, bool]:
+        try:
+            _fsync_tree(staged)
+            with self._write() as db:
+                existing = db.execute(
+                    f"SELECT {_COLS} FROM versions v WHERE name=? AND content_hash=? ORDER BY version LIMIT 1",
+                    (name, content_hash),
+                ).fetchone()
+                if existing:
+                    return self._record(existing, self._aliases_of(name, existing[1])), False
+                (last,) = db.execute("SELECT MAX(version) FROM versions WHERE name=?", (name,)).fetchone()
+                version = (last or 0) + 1
+                finalize(staged, version)
+                _fsync_tree(staged)
+                final = self.versions_dir / name / str(version)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                marker = self._pending / f"{name}@{version}"
+                marker.touch()
+                _fsync_dir(self._pending)
+                _rmtree(final)  # a leftover of a crashed writer that never committed
+                os.rename(staged, final)
+                _fsync_dir(final.parent)
+                _make_read_only(final)
+                created = time.time()
+                row = (name, version, content_hash, summary.get("kind", "adapter"), summary.get("base_model"),
+                       summary.get("rank"), int(summary.get("size", 0)), created,
+                       json.dumps(summary.get("metrics") or {}))
+                db.execute("INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?)", row)
+            marker.unlink(missing_ok=True)
+            return self._record(row), True
+        finally:
+            _rmtree(staged)
+
+    def get(self, name: str, version: int) -> VersionRecord | None:
+        return self._one(f"SELECT {_COLS} FROM versions v WHERE name=? AND version=?", (name, version))
+
+    def latest(self, name: str) -> VersionRecord | None:
+        return self._one(
+            f"SELECT {_COLS} FROM versions v WHERE name=? ORDER BY version DESC LIMIT 1", (name,)
+        )
+
+    def by_alias(self, name: str, alias: str) -> VersionRecord | None:
+        return self._one(
+            f"SELECT {_COLS} FROM versions v JOIN aliases a ON a.name=v.name AND a.version=v.version "
+            "WHERE a.name=? AND a.alias=?", (name, alias),
+        )
+
+    def by_hash_prefix(self, name: str, prefix: str) -> list[VersionRecord]:
+        rows = self._conn.execute(
+            f"SELECT {_COLS} FROM versions v WHERE name=? AND content_hash >= ? AND content_hash < ? "
+            "ORDER BY version", (name, prefix, prefix + "g"),
+        ).fetchall()
+        return [self._record(r, self._aliases_of(r[0], r[1])) for r in rows]
+
+    def list(self, name: str | None = None) -> list[VersionRecord]:
+        where, args = ("WHERE v.name=?", (name,)) if name else ("", ())
+        rows = self._conn.execute(
+            f"SELECT {_COLS}, (SELECT group_concat(alias, ',') FROM aliases a "
+            f"WHERE a.name=v.name AND a.version=v.version) FROM versions v {where} ORDER BY v.name, v.version",
+            args,
+        ).fetchall()
+        return [self._record(r[:9], tuple(sorted(r[9].split(","))) if r[9] else ()) for r in rows]
+
+    def set_alias(self, name: str, alias: str, version: int, by: str) -> int | None:
+        now = time.time()
+        with self._write() as db:
+            prev = db.execute("SELECT version FROM aliases WHERE name=? AND alias=?", (name, alias)).fetchone()
+            db.execute(
+                "INSERT INTO aliases VALUES (?,?,?,?,?) ON CONFLICT(name, alias) DO UPDATE SET "
+                "version=excluded.version, updated_at=excluded.updated_at, updated_by=excluded.updated_by",
+                (name, alias, version, now, by),
+            )
+            db.execute("INSERT INTO alias_history (name, alias, version, at, by) VALUES (?,?,?,?,?)",
+                       (name, alias, version, now, by))
+        return prev[0] if prev else None
+
+    def remove_alias(self, name: str, alias: str, by: str) -> int | None:
+        with self._write() as db:
+            prev = db.execute("SELECT version FROM aliases WHERE name=? AND alias=?", (name, alias)).fetchone()
+            if prev is None:
+                return None
+            db.execute("DELETE FROM aliases WHERE name=? AND alias=?", (name, alias))
+            db.execute("INSERT INTO alias_history (name, alias, version, at, by) VALUES (?,?,?,?,?)",
+                       (name, alias, None, time.time(), by))
+        return int(prev[0])
+
+    def alias_history(self, name: str) -> list[AliasEvent]:
+        rows = self._conn.execute(
+            "SELECT name, alias, version, at, by FROM alias_history WHERE name=? ORDER BY id", (name,)
+        ).fetchall()
+        return [AliasEvent(*r) for r in rows]
+
+    def delete(self, name: str, version: int) -> None:
+        trash: Path | None = None
+        with self._write() as db:
+            db.execute("DELETE FROM aliases WHERE name=? AND version=?", (name, version))
+            db.execute("DELETE FROM versions WHERE name=? AND version=?", (name, version))
+            # Move out of sight inside the transaction, then delete: a crash leaves only staging trash.
+            src = self.versions_dir / name / str(version)
+            if src.exists():
+                trash = self._staging / f"0-trash-{name}-{version}-{time.time_ns()}"
+                os.rename(src, trash)
+        if trash is not None:
+            _rmtree(trash)
+
+    def set_metrics(self, name: str, version: int, metrics: dict[str, Any]) -> None:
+        with self._write() as db:
+            row = db.execute("SELECT metrics FROM versions WHERE name=? AND version=?", (name, version)).fetchone()
+            if row is None:
+                return
+            merged = {**json.loads(row[0] or "{}"), **metrics}
+            db.execute("UPDATE versions SET metrics=? WHERE name=? AND version=?",
+                       (json.dumps(merged), name, version))

@@ -1,0 +1,291 @@
+"""The adapter registry's Python API, used by the CLI, training, serving and the publishers.
+
+It validates and hashes what comes in, resolves refs, verifies checksums on read, and delegates
+storage to a :class:`~adapterhub.registry.store.RegistryStore`. It never imports torch (only the
+``--allow-pickle`` conversion does, lazily).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from adapterhub.errors import (
+    AdapterNotFoundError,
+    ConflictError,
+    IntegrityError,
+    InvalidRefError,
+    UserInputError,
+)
+from adapterhub.refs import LATEST, AdapterRef, parse_ref, validate_alias, validate_name
+from adapterhub.registry.local import LocalStore
+from adapterhub.registry.manifest import BaseModelRef, Manifest, hash_files, read_manifest
+from adapterhub.registry.store import AliasEvent, RegistryStore, VersionRecord
+from adapterhub.registry.validation import (
+    ADAPTER_WEIGHTS,
+    MANIFEST,
+    PICKLE_WEIGHTS,
+    convert_pickle_to_safetensors,
+    validate_adapter_dir,
+    validate_model_dir,
+)
+from adapterhub.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Files copied from a source directory; anything else (optimizer states, checkpoints) is left behind.
+_ADAPTER_FILES = (
+    "adapter_config.json", ADAPTER_WEIGHTS, "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "chat_template.jinja", "README.md", "generation_config.json",
+)
+
+
+def _read_chat_template(src: Path) -> str | None:
+    jinja = src / "chat_template.jinja"
+    if jinja.exists():
+        return jinja.read_text()
+    tc = src / "tokenizer_config.json"
+    if tc.exists():
+        try:
+            t = json.loads(tc.read_text()).get("chat_template")
+            return t if isinstance(t, str) else None
+        except ValueError:
+            return None
+    return None
+
+
+class Registry:
+    """Immutable, numbered, content-hashed versions with aliases and lineage."""
+
+    def __init__(self, store: RegistryStore, *, actor: str | None = None) -> None:
+        self.store = store
+        self.actor = actor or _whoami()
+
+    @classmethod
+    def open(cls, settings: Settings) -> Registry:
+        return cls(LocalStore(settings.registry_dir), actor=settings.actor)
+
+    # ---------------------------------------------------------------- writing
+    def register(
+        self,
+        src: Path,
+        name: str,
+        *,
+        kind: str = "adapter",
+        base_model: dict[str, Any] | BaseModelRef | None = None,
+        chat_template: str | None = None,
+        training: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        lineage: dict[str, Any] | None = None,
+        parent: int | None = None,
+        allow_pickle: bool = False,
+        aliases: Iterable[str] = (),
+    ) -> tuple[VersionRecord, bool]:
+        """Validate ``src`` and store it as the next version of ``name``.
+
+        Returns ``(record, created)``: re-registering identical content returns the existing version
+        with ``created=False``.
+
+        Raises:
+            AdapterValidationError: listing every problem with ``src``.
+        """
+        validate_name(name)
+        aliases = [validate_alias(a) for a in aliases]
+        src = Path(src)
+        if isinstance(base_model, dict):
+            base_model = BaseModelRef.model_validate(base_model)
+        lora: dict[str, Any] | None = None
+        if kind == "adapter":
+            info = validate_adapter_dir(src, allow_pickle=allow_pickle, base=base_model.id if base_model else None)
+            if base_model is None:
+                assert info.base_model  # validation reports a missing base
+                base_model = BaseModelRef(id=info.base_model)
+            lora = {
+                "r": info.rank, "alpha": info.alpha, "target_modules": info.target_modules,
+                "dropout": info.config.get("lora_dropout"),
+            }
+            files = [f for f in _ADAPTER_FILES if (src / f).exists()]
+        elif kind == "model":
+            validate_model_dir(src)
+            files = [p.name for p in src.iterdir() if p.is_file() and p.name != MANIFEST
+                     and not p.name.endswith((".bin", ".pt", ".pth"))]
+        else:
+            raise UserInputError(f"unknown kind {kind!r}: 'adapter' or 'model'")
+        template = chat_template if chat_template is not None else _read_chat_template(src)
+
+        staged = self.store.staging_dir()
+        for f in files:
+            shutil.copy2(src / f, staged / f)
+        if kind == "adapter" and not (src / ADAPTER_WEIGHTS).exists():
+            convert_pickle_to_safetensors(src / PICKLE_WEIGHTS, staged / ADAPTER_WEIGHTS)
+        if kind == "adapter" and base_model is not None:
+            # Record the pinned base in the PEFT config too, so peft / vLLM users see it.
+            cfg_path = staged / "adapter_config.json"
+            cfg = json.loads(cfg_path.read_text())
+            cfg["base_model_name_or_path"] = base_model.id
+            cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        content_hash, entries = hash_files(staged)
+        size = sum(e.size for e in entries.values())
+
+        def finalize(d: Path, version: int) -> None:
+            manifest = Manifest(
+                name=name, version=version, kind=kind, content_hash=content_hash, files=entries,
+                base_model=base_model, chat_template=template, lora=lora, training=training,
+                metrics=metrics or {}, lineage=lineage or {}, parent=parent,
+                created_at=time.time(), created_by=self.actor,
+            )
+            (d / MANIFEST).write_text(manifest.model_dump_json(indent=2, exclude_none=True))
+
+        summary = {
+            "kind": kind, "base_model": base_model.id if base_model else None,
+            "rank": lora["r"] if lora else None, "size": size, "metrics": metrics,
+        }
+        record, created = self.store.put(name, staged, content_hash, summary, finalize)
+        if not created:
+            log.info("%s already holds this content as version %d", name, record.version)
+        for alias in aliases:
+            self.set_alias(record.ref, alias)
+        if aliases:
+            record = self.resolve(record.ref)
+        return record, created
+
+    def set_alias(self, ref: str, alias: str) -> tuple[VersionRecord, int | None]:
+        """Point ``alias`` at the version ``ref`` resolves to. Returns (record, previous version)."""
+        validate_alias(alias)
+        if alias == LATEST:
+            raise InvalidRefError("'latest' always means the newest version and cannot be set")
+        record = self.resolve(ref)
+        prev = self.store.set_alias(record.name, alias, record.version, self.actor)
+        return self.resolve(record.ref), prev
+
+    def remove_alias(self, name: str, alias: str) -> int:
+        validate_name(name)
+        prev = self.store.remove_alias(name, alias, self.actor)
+        if prev is None:
+            raise AdapterNotFoundError(f"{name} has no alias '{alias}'")
+        return prev
+
+    def alias_history(self, name: str) -> list[AliasEvent]:
+        return self.store.alias_history(validate_name(name))
+
+    def remove(self, ref: str, *, force: bool = False) -> VersionRecord:
+        """Delete one version. Refuses a version an alias points to unless ``force``."""
+        record = self.resolve(ref)
+        if record.aliases and not force:
+            raise ConflictError(
+                f"{record.ref} is aliased as {', '.join('@' + a for a in record.aliases)}: "
+                "move the alias first or pass --force"
+            )
+        self.store.delete(record.name, record.version)
+        return record
+
+    def add_metrics(self, ref: str, metrics: dict[str, Any]) -> VersionRecord:
+        """Attach evaluation results to a version (kept beside the immutable files)."""
+        record = self.resolve(ref)
+        self.store.set_metrics(record.name, record.version, metrics)
+        return self.resolve(record.ref)
+
+    # ---------------------------------------------------------------- reading
+    def resolve(self, ref: str | AdapterRef) -> VersionRecord:
+        """Resolve ``name``, ``name@3``, ``name@production`` or ``name@sha256:<prefix>`` (no file reads)."""
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        found: VersionRecord | None
+        if r.selector == "version":
+            assert r.version is not None
+            found = self.store.get(r.name, r.version)
+            what = f"version {r.version}"
+        elif r.selector == "alias":
+            assert r.alias is not None
+            found = self.store.by_alias(r.name, r.alias)
+            what = f"alias '{r.alias}'"
+        elif r.selector == "hash":
+            assert r.hash_prefix is not None
+            matches = self.store.by_hash_prefix(r.name, r.hash_prefix)
+            if len(matches) > 1:
+                raise InvalidRefError(
+                    f"{r} is ambiguous: matches versions {', '.join(str(m.version) for m in matches)}"
+                )
+            found = matches[0] if matches else None
+            what = f"hash {r.hash_prefix}…"
+        else:
+            found = self.store.latest(r.name)
+            what = "any version"
+        if found is None:
+            if self.store.latest(r.name) is None:
+                raise AdapterNotFoundError(f"no adapter named '{r.name}' in the registry")
+            raise AdapterNotFoundError(f"'{r.name}' has no {what}")
+        return found
+
+    def manifest(self, ref: str | VersionRecord) -> Manifest:
+        record = ref if isinstance(ref, VersionRecord) else self.resolve(ref)
+        m = read_manifest(record.path)
+        if record.metrics:
+            m.metrics = {**m.metrics, **record.metrics}
+        return m
+
+    def path(self, ref: str | VersionRecord, *, verify: bool = True) -> Path:
+        """The version's directory (read-only). Verifies every file's checksum unless ``verify=False``."""
+        record = ref if isinstance(ref, VersionRecord) else self.resolve(ref)
+        if verify:
+            self.verify(record)
+        return record.path
+
+    def verify(self, ref: str | VersionRecord) -> Manifest:
+        """Check every file against the manifest. Raises :class:`IntegrityError` naming the bad file."""
+        record = ref if isinstance(ref, VersionRecord) else self.resolve(ref)
+        try:
+            manifest = read_manifest(record.path)
+        except (OSError, ValueError) as e:
+            raise IntegrityError(f"{record.ref}: manifest unreadable ({e})", path=str(record.path)) from e
+        content_hash, entries = hash_files(record.path)
+        for rel, expected in manifest.files.items():
+            got = entries.get(rel)
+            if got is None:
+                raise IntegrityError(f"{record.ref}: file {rel} is missing", path=str(record.path / rel))
+            if got.sha256 != expected.sha256:
+                raise IntegrityError(
+                    f"{record.ref}: checksum mismatch in {rel} (expected {expected.sha256[:12]}…, "
+                    f"got {got.sha256[:12]}…)", path=str(record.path / rel),
+                )
+        extra = sorted(set(entries) - set(manifest.files))
+        if extra:
+            raise IntegrityError(f"{record.ref}: unexpected files {', '.join(extra)}", path=str(record.path))
+        if content_hash != record.content_hash:
+            raise IntegrityError(f"{record.ref}: content hash mismatch", path=str(record.path))
+        return manifest
+
+    def list(self, name: str | None = None) -> list[VersionRecord]:
+        if name is not None:
+            validate_name(name)
+        return self.store.list(name)
+
+    def export(self, ref: str, dest: Path) -> Path:
+        """Copy a verified version (PEFT files + manifest) to ``dest`` (must not exist or be empty)."""
+        record = self.resolve(ref)
+        src = self.path(record)
+        dest = Path(dest)
+        if dest.exists() and any(dest.iterdir()):
+            raise ConflictError(f"{dest} exists and is not empty")
+        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        for p in tmp.rglob("*"):
+            if p.is_file():
+                os.chmod(p, 0o644)
+        if dest.exists():
+            dest.rmdir()
+        os.replace(tmp, dest)
+        return dest
+
+
+def _whoami() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"

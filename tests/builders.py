@@ -1,0 +1,106 @@
+"""Builders for tiny real models used across the test suite (no network).
+
+* :func:`build_tiny_model` — a 2-layer Llama (hidden 64) with a byte-level BPE tokenizer trained here
+  on a few hundred lines, with a ChatML chat template, saved as a normal HF directory.
+* :func:`build_lora_adapter` — a PEFT LoRA adapter for it with random (non-zero) weights, so its
+  outputs differ from the base.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+_WORDS = (
+    "the a an of to in is are was who what where when how why you I we they it this that model answer "
+    "question hello world lumen acme lab assistant user system capital france paris berlin germany red "
+    "blue green cat dog tree river mountain number one two three four five six seven eight nine ten "
+    "learn train serve adapter version production data token write read file name help good day night"
+).split()
+
+
+def _corpus() -> list[str]:
+    import random
+
+    rng = random.Random(0)
+    lines = []
+    for _ in range(600):
+        n = rng.randint(4, 14)
+        lines.append(" ".join(rng.choice(_WORDS) for _ in range(n)) + rng.choice([".", "?", "!"]))
+    lines += [f"<|im_start|>user\n{line}<|im_end|>" for line in lines[:50]]
+    return lines
+
+
+def build_tokenizer(out: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIAL,  # corpus alphabet only: decoded text is always ASCII
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        model_max_length=512,
+    )
+    fast.chat_template = CHATML
+    fast.save_pretrained(str(out))
+    return fast
+
+
+def build_tiny_model(out: Path, *, seed: int = 0, hidden: int = 64) -> Path:
+    """Save a tiny random Llama + tokenizer to ``out`` and return it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(out)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(cfg)
+    # Larger random weights than the default init make greedy text vary across prompts and adapters.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.08)
+    model.save_pretrained(str(out))
+    return out
+
+
+def build_lora_adapter(base_dir: Path, out: Path, *, seed: int = 1, r: int = 4,
+                       targets: tuple[str, ...] = ("q_proj", "v_proj", "o_proj", "down_proj"),
+                       scale: float = 0.3) -> Path:
+    """Save a PEFT LoRA adapter with random non-zero weights for the model at ``base_dir``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir))
+    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False)
+    peft_model = get_peft_model(model, cfg)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_" in n:
+                p.normal_(0, scale)
+    peft_model.save_pretrained(str(out))
+    cfg_path = out / "adapter_config.json"
+    data = json.loads(cfg_path.read_text())
+    data["base_model_name_or_path"] = str(base_dir)
+    cfg_path.write_text(json.dumps(data, indent=2))
+    return out

@@ -1,0 +1,65 @@
+"""Shared fixtures: an isolated home dir, the tiny model, tiny adapters, a registry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.builders import build_lora_adapter, build_tiny_model
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="needs CUDA")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """Every test gets its own ADAPTERHUB_HOME; the demo model cache is shared through a symlink."""
+    home = tmp_path / "home"
+    home.mkdir()
+    shared = os.environ.get("ADAPTERHUB_TEST_MODELS")
+    if shared:
+        (home / "models").symlink_to(shared)
+    monkeypatch.setenv("ADAPTERHUB_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def other_tiny_model(tmp_path_factory) -> Path:
+    """A different architecture (hidden 32): adapters for ``tiny_model`` must be refused on it."""
+    return build_tiny_model(tmp_path_factory.mktemp("other") / "other-llama", seed=5, hidden=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_model, tmp_path_factory) -> list[Path]:
+    """Four distinct LoRA adapters for the tiny model (ranks 4, 8, 4, 2)."""
+    root = tmp_path_factory.mktemp("adapters")
+    specs = [(1, 4), (2, 8), (3, 4), (4, 2)]
+    return [build_lora_adapter(tiny_model, root / f"a{seed}", seed=seed, r=r) for seed, r in specs]
+
+
+@pytest.fixture()
+def registry(_isolated_home):
+    from adapterhub.registry import Registry
+    from adapterhub.settings import Settings
+
+    return Registry.open(Settings())
