@@ -1,0 +1,200 @@
+"""The adapter manager: resolves ``model`` names to loaded adapters on an engine.
+
+* resolution goes through the registry on every request, so moving an alias takes effect for the
+  next request, while a request in flight keeps the version it started with (a lease);
+* each (name, version, content hash) is its own engine key: a new version never reuses old state;
+* lazy hot-load on first use, one load per key even under concurrent first requests (a lock per key),
+  LRU eviction at ``max_loaded`` that skips pinned and in-use adapters;
+* validation against the engine before loading, reporting every problem at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from adapterhub.errors import (
+    AdapterNotFoundError,
+    IncompatibleAdapterError,
+    ModelNotFoundError,
+    OverloadedError,
+)
+from adapterhub.refs import parse_ref
+from adapterhub.registry import Registry, VersionRecord
+from adapterhub.registry.validation import validate_adapter_dir
+from serving.engines.base import Engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Lease:
+    """What one request uses: the engine key (None = base) and the chat template to render with."""
+
+    model: str
+    key: str | None
+    chat_template: str | None
+    ref: str | None = None
+
+
+class AdapterManager:
+    def __init__(self, engine: Engine, registry: Registry | None, *, base_name: str,
+                 base_aliases: tuple[str, ...] = ()) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.base_name = base_name
+        self.base_names = {base_name, "base", *base_aliases}
+        self.max_loaded = engine.capabilities.max_loaded
+        self._lru: OrderedDict[str, VersionRecord] = OrderedDict()
+        self._templates: dict[str, str | None] = {}
+        self._pinned: set[str] = set()
+        self._in_use: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.load_times: list[float] = []
+
+    @staticmethod
+    def key_of(record: VersionRecord) -> str:
+        return f"{record.name}@{record.version}#{record.content_hash[:16]}"
+
+    # ---------------------------------------------------------------- requests
+    def resolve(self, model: str) -> VersionRecord | None:
+        """None for the base model; raises ModelNotFoundError for anything unknown."""
+        if model in self.base_names:
+            return None
+        if self.registry is None:
+            raise ModelNotFoundError(f"The model '{model}' does not exist (this server has no registry)")
+        try:
+            return self.registry.resolve(parse_ref(model))
+        except (AdapterNotFoundError, ValueError) as e:
+            raise ModelNotFoundError(f"The model '{model}' does not exist: {e}") from e
+
+    async def acquire(self, model: str) -> Lease:
+        record = self.resolve(model)
+        if record is None:
+            return Lease(model, None, None)
+        key = await self._ensure_loaded(record)
+        self._in_use[key] = self._in_use.get(key, 0) + 1
+        return Lease(model, key, self._templates.get(key), record.ref)
+
+    def release(self, lease: Lease) -> None:
+        if lease.key is not None:
+            self._in_use[lease.key] -= 1
+            if self._in_use[lease.key] <= 0:
+                del self._in_use[lease.key]
+
+    # ---------------------------------------------------------------- admin
+    async def load(self, model: str, *, pin: bool = False) -> VersionRecord:
+        record = self.resolve(model)
+        if record is None:
+            raise ModelNotFoundError(f"'{model}' is the base model, not an adapter")
+        key = await self._ensure_loaded(record)
+        if pin:
+            self._pinned.add(key)
+        return record
+
+    async def unload(self, model: str) -> list[str]:
+        """Unload every loaded version matching ``model`` (a name unloads all its versions)."""
+        ref = parse_ref(model)
+        if ref.selector == "latest" and "@" not in model:
+            keys = [k for k, r in self._lru.items() if r.name == ref.name]
+        else:
+            record = self.resolve(model)
+            keys = [self.key_of(record)] if record and self.key_of(record) in self._lru else []
+        if not keys:
+            raise ModelNotFoundError(f"'{model}' is not loaded")
+        for key in keys:
+            if self._in_use.get(key):
+                raise OverloadedError(f"{key.split('#')[0]} is serving requests; retry when they finish")
+            await asyncio.to_thread(self.engine.unload_adapter, key)
+            self._lru.pop(key, None)
+            self._pinned.discard(key)
+        return [k.split("#")[0] for k in keys]
+
+    def loaded(self) -> list[dict[str, Any]]:
+        return [
+            {"id": r.ref, "name": r.name, "version": r.version, "content_hash": r.content_hash,
+             "pinned": k in self._pinned, "in_use": self._in_use.get(k, 0)}
+            for k, r in self._lru.items()
+        ]
+
+    # ---------------------------------------------------------------- internals
+    async def _ensure_loaded(self, record: VersionRecord) -> str:
+        key = self.key_of(record)
+        if key in self._lru:
+            self._lru.move_to_end(key)
+            return key
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if key in self._lru:  # loaded by a concurrent first request
+                self._lru.move_to_end(key)
+                return key
+            assert self.registry is not None
+            path, template = await asyncio.to_thread(self._check, record)
+            await self._make_room()
+            t0 = time.perf_counter()
+            await asyncio.to_thread(self.engine.load_adapter, key, path)
+            self.load_times.append(time.perf_counter() - t0)
+            self._lru[key] = record
+            self._templates[key] = template
+            log.info("loaded %s in %.0f ms", record.ref, self.load_times[-1] * 1000)
+        return key
+
+    async def _make_room(self) -> None:
+        while len(self._lru) >= self.max_loaded:
+            victim = next((k for k in self._lru if k not in self._pinned and not self._in_use.get(k)), None)
+            if victim is None:
+                raise OverloadedError(
+                    f"all {self.max_loaded} adapter slots are pinned or in use: retry later or raise --max-loaded"
+                )
+            del self._lru[victim]
+            await asyncio.to_thread(self.engine.unload_adapter, victim)
+            log.info("evicted %s", victim)
+
+    def _check(self, record: VersionRecord) -> tuple[Any, str | None]:
+        """Verify checksums and compatibility; returns (path, chat template)."""
+        assert self.registry is not None
+        manifest = self.registry.verify(record)
+        if manifest.kind != "adapter":
+            raise IncompatibleAdapterError(record.ref, ["is a model artifact, not an adapter: serve it with --merged"])
+        problems = compatibility_problems(manifest.model_dump(), record.path, self.engine)
+        if problems:
+            raise IncompatibleAdapterError(f"adapter {record.ref} cannot be served on this base", problems)
+        return record.path, manifest.chat_template
+
+
+def compatibility_problems(manifest: dict[str, Any], path: Any, engine: Engine) -> list[str]:
+    """Every reason the adapter at ``path`` cannot run on ``engine`` (empty when it can)."""
+    problems: list[str] = []
+    caps = engine.capabilities
+    ident = engine.base_identity
+    base = manifest.get("base_model") or {}
+    fp, efp = base.get("fingerprint"), ident.get("fingerprint")
+    if fp and efp and fp != efp:
+        problems.append(
+            f"trained for base '{base.get('id')}' (fingerprint {fp}), but this server runs "
+            f"'{ident.get('id')}' (fingerprint {efp})"
+        )
+    info = validate_adapter_dir(path)
+    if info.config.get("modules_to_save"):
+        problems.append(f"modules_to_save {info.config['modules_to_save']} are not supported for serving")
+    if info.rank > caps.max_lora_rank:
+        problems.append(f"rank {info.rank} exceeds this server's max LoRA rank {caps.max_lora_rank} "
+                        f"(start it with --max-lora-rank {info.rank})")
+    missing = sorted({m.split(".")[-1] for m in info.modules} - set(caps.target_modules))
+    if missing:
+        problems.append(f"targets modules this engine cannot adapt: {', '.join(missing)}")
+    mismatched: dict[str, str] = {}
+    for module, ab in info.modules.items():
+        suffix = module.split(".")[-1]
+        if suffix not in caps.module_shapes:
+            continue
+        want_in, want_out = caps.module_shapes[suffix]
+        got_in, got_out = ab["A"][1], ab["B"][0]
+        if (got_in, got_out) != (want_in, want_out):
+            mismatched[suffix] = f"{suffix} is {got_in}->{got_out} in the adapter, {want_in}->{want_out} in the base"
+    problems.extend(mismatched[k] for k in sorted(mismatched))
+    return problems

@@ -1,0 +1,1 @@
+"""Inference engines behind one seam (:class:`serving.engines.base.Engine`)."""

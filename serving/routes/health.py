@@ -1,0 +1,22 @@
+"""``/health`` and ``/metrics`` (Prometheus)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request) -> dict[str, Any]:
+    st = request.app.state
+    return {"status": "ok", "engine": st.engine.name, "base": st.manager.base_name,
+            "loaded_adapters": len(st.engine.loaded_adapters()), "queue_depth": st.engine.queue_depth()}
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(request: Request) -> str:
+    return request.app.state.metrics.render()
