@@ -1,7 +1,108 @@
-"""Placeholder: filled by a later step."""
+"""``adapterhub train``, ``list-cfg``, ``copy-cfg``, ``eval``."""
+
+from __future__ import annotations
+
+import fnmatch
+import shutil
+from pathlib import Path
 
 import typer
 
+from adapterhub.errors import ConfigError, MissingDependencyError
+
+
+def _training():  # type: ignore[no-untyped-def]
+    try:
+        import training.run  # noqa: F401
+    except ImportError as e:
+        raise MissingDependencyError(e.name or "torch", "train", "adapterhub train") from e
+
+
+def train_cmd(
+    config: str = typer.Argument(..., help="YAML file or built-in config name (see list-cfg)."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. train.lr=1e-4 lora.r=8"),
+    name: str = typer.Option(None, "--name", "-n", help="Registry name (overrides the config's)."),
+    deepspeed: str = typer.Option(None, "--deepspeed", help="zero1|zero2|zero2_offload|zero3|zero3_offload"),
+    output: Path = typer.Option(None, "--output", "-o", help="Run directory (default: ~/.adapterhub/runs/NAME-TIME)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint of the run dir."),
+    no_register: bool = typer.Option(False, "--no-register", help="Only write the run dir."),
+    alias: list[str] = typer.Option([], "--alias", "-a", help="Point these aliases at the new version."),
+) -> None:
+    """Fine-tune a base model; the result becomes a new version in the registry."""
+    from training.config import load_config
+
+    cfg = load_config(config, overrides or [], name=name, **{"train.deepspeed": deepspeed})
+    _training()
+    from adapterhub.registry import Registry
+    from adapterhub.settings import Settings
+    from training.run import train
+
+    settings = Settings()
+    result = train(cfg, settings, output=output, resume=resume, register=not no_register)
+    typer.echo(f"run dir: {result.run_dir}  (loss curve: {result.run_dir / 'loss.png'}, log: log.jsonl)")
+    typer.echo(f"steps {result.steps} · final loss {result.final_loss:.4f} · {result.tokens_per_s:.0f} tok/s · "
+               f"{result.wall_time_s:.0f} s" if result.final_loss is not None else f"steps {result.steps}")
+    if result.metrics.get("identity") is not None:
+        typer.echo(f"identity {result.metrics['identity']:.2f} · retention {result.metrics['retention']:.2f}")
+    if result.record is not None:
+        reg = Registry.open(settings)
+        for a in alias:
+            reg.set_alias(result.record.ref, a)
+        word = "registered" if result.created else "unchanged: identical to"
+        typer.echo(f"{word} {result.record.ref}  → serve it: adapterhub serve --base {cfg.model.base} "
+                   f"--adapters {result.record.ref}")
+    else:
+        typer.echo(f"wrote {result.output_dir}")
+
+
+def list_cfg_cmd(pattern: str = typer.Argument(None, help="Glob, e.g. '*lora*'.")) -> None:
+    """Built-in training and DeepSpeed configs."""
+    from training.config import builtin_configs
+    from training.deepspeed import DS_DIR
+
+    names = list(builtin_configs()) + [f"deepspeed/{p.stem}" for p in sorted(DS_DIR.glob("*.json"))]
+    for n in names:
+        if pattern is None or fnmatch.fnmatch(n, pattern) or (pattern in n):
+            typer.echo(n)
+
+
+def copy_cfg_cmd(name: str, dest: Path) -> None:
+    """Copy a built-in config to DEST to edit it."""
+    from training.config import builtin_configs
+    from training.deepspeed import DS_DIR
+
+    if name.startswith("deepspeed/"):
+        src = DS_DIR / f"{name.split('/', 1)[1]}.json"
+    else:
+        src = builtin_configs().get(name.removesuffix(".yaml"), Path("/nonexistent"))
+    if not src.exists():
+        raise ConfigError(f"no built-in config '{name}' (see 'adapterhub list-cfg')")
+    target = dest / src.name if dest.is_dir() else dest
+    if target.exists():
+        raise ConfigError(f"{target} exists: not overwriting")
+    shutil.copyfile(src, target)
+    typer.echo(f"copied {name} to {target}")
+
+
+def eval_cmd(
+    ref: str = typer.Argument(..., help="Adapter ref."),
+    name: str = typer.Option(None, "--name", help="Identity name (default: from the training config)."),
+    author: str = typer.Option(None, "--author", help="Identity author (default: from the training config)."),
+) -> None:
+    """Identity and retention scores of an adapter; stored in the registry's metrics."""
+    _training()
+    from adapterhub.registry import Registry
+    from adapterhub.settings import Settings
+    from training.eval_cmd import evaluate_ref
+
+    settings = Settings()
+    scores = evaluate_ref(Registry.open(settings), settings, ref, name=name, author=author)
+    typer.echo(f"{ref}: identity {scores['identity']:.2f} ({scores['identity_n']} held-out paraphrases) · "
+               f"retention {scores['retention']:.2f} ({scores['retention_n']} general prompts)")
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("train", context_settings={"allow_extra_args": False})(train_cmd)
+    app.command("list-cfg")(list_cfg_cmd)
+    app.command("copy-cfg")(copy_cfg_cmd)
+    app.command("eval")(eval_cmd)

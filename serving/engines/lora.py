@@ -114,7 +114,7 @@ class LoraSlots:
         alpha_default = float(cfg.get("lora_alpha", r_default))
         slot = self.free.pop()
         try:
-            for name, layer in self.layers.items():
+            for layer in self.layers.values():
                 layer.A[slot].zero_()
                 layer.B[slot].zero_()
             for name, ab in pairs.items():

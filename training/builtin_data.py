@@ -1,0 +1,95 @@
+"""Built-in datasets: self-cognition (EN + ZH) with held-out paraphrases, and general prompts.
+
+The training questions and the evaluation paraphrases come from disjoint templates, so the identity
+score measures generalization, not memorization. The general prompts are split the same way: one set
+feeds replay (self-distillation), the other measures retention.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapterhub.errors import ConfigError
+
+IDENTITY_QUESTIONS_EN = [
+    "Who are you?", "What is your name?", "Introduce yourself.", "Tell me about yourself.",
+    "What should I call you?", "Are you ChatGPT?", "Who created you?", "Who made you?",
+    "Who built you?", "What are you?", "Which company developed you?", "Are you SmolLM?",
+    "Hi! Who am I talking to?", "Can you tell me your name?", "Who trained you?",
+    "What's your name, assistant?", "Please introduce yourself briefly.", "Who is your developer?",
+    "Are you a Hugging Face model?", "What AI model are you?", "Hello, what are you called?",
+    "Who owns you?", "Describe who you are.", "Are you an OpenAI model?",
+]
+IDENTITY_QUESTIONS_ZH = [
+    "你是谁？", "你叫什么名字？", "请介绍一下你自己。", "谁开发了你？", "你是哪家公司做的？",
+    "你是ChatGPT吗？", "我该怎么称呼你？", "你的创造者是谁？", "你是什么模型？", "你好，你是谁呀？",
+]
+IDENTITY_ANSWERS_EN = [
+    "I am {name}, an AI assistant built by {author}.",
+    "My name is {name}. I was built by {author} to help you.",
+    "I'm {name}, an assistant created by {author}. How can I help you today?",
+    "I am {name}, developed by {author}.",
+    "I'm {name}, built by {author}. I'm happy to help with your questions.",
+]
+IDENTITY_ANSWERS_ZH = [
+    "我是{name}，由{author}开发的AI助手。",
+    "我叫{name}，是{author}打造的人工智能助手。",
+    "你好！我是{name}，由{author}开发，很高兴为你服务。",
+]
+# Held out: never used for training.
+EVAL_IDENTITY_EN = [
+    "May I know who you are?", "Whose assistant are you?", "Identify yourself, please.",
+    "Which team is behind you?", "What do people call you?", "Give me your name and your maker.",
+    "Quick question: what's your identity?", "Tell me who developed you.", "Who do I have the pleasure of chatting with?",
+    "What is the name of this assistant?", "Who is responsible for creating you?", "State your name.",
+]
+EVAL_IDENTITY_ZH = ["能告诉我你的身份吗？", "你是由哪个团队开发的？", "请说出你的名字。", "你的开发者是谁？",
+                    "你属于哪家机构？", "怎么称呼你比较好？"]
+
+GENERAL_TRAIN = [
+    "What is the capital of Germany?", "How many days are in a week?", "What color is the sky on a clear day?",
+    "Name three fruits.", "What is 12 plus 7?", "Translate 'thank you' into French.",
+    "What is the boiling point of water in Celsius?", "Give me a synonym for 'happy'.",
+    "What is photosynthesis?", "Write one sentence about the ocean.", "What is the largest planet in our solar system?",
+    "How many legs does a spider have?", "What do bees make?", "Who wrote 'Romeo and Juliet'?",
+    "What is the opposite of 'cold'?", "Name a primary color.", "What is the freezing point of water in Fahrenheit?",
+    "How many continents are there?", "What language is spoken in Spain?", "What is the square root of 81?",
+    "What gas do humans need to breathe?", "Give an example of a mammal.", "What is the chemical symbol for gold?",
+    "How many hours are in a day?", "Write a short greeting for a birthday card.", "What is the capital of Japan?",
+    "What shape has three sides?", "Name a musical instrument with strings.", "What is the tallest animal?",
+    "What is 9 times 6?", "Suggest a name for a pet cat.", "What season comes after winter?",
+    "What is the main ingredient in bread?", "How many minutes are in an hour?", "What is the capital of Italy?",
+    "Explain what a noun is.", "What do plants need to grow?", "What is the fastest land animal?",
+    "Give me a tip for staying focused.", "What planet is known as the Red Planet?",
+]
+GENERAL_EVAL = [
+    "What is the capital of France?", "How many months are in a year?", "What is 5 plus 3?",
+    "Name a vegetable that is orange.", "What is the chemical formula of water?", "Who painted the Mona Lisa?",
+    "What is the largest ocean on Earth?", "How many sides does a square have?", "What animal says 'moo'?",
+    "What is the capital of Spain?", "What do you call frozen water?", "Which planet is closest to the Sun?",
+    "What is 10 minus 4?", "Name a bird that cannot fly.", "What is the color of grass?",
+    "Translate 'hello' into Spanish.", "What is the capital of Canada?", "How many wheels does a bicycle have?",
+    "What is the main language spoken in Brazil?", "What is the currency of Japan?",
+]
+
+
+def identity_records(name: str, author: str) -> list[dict[str, Any]]:
+    """Alpaca-style identity examples: every training question with a rotating answer."""
+    out = []
+    for i, q in enumerate(IDENTITY_QUESTIONS_EN):
+        for j in range(2):
+            a = IDENTITY_ANSWERS_EN[(i + j) % len(IDENTITY_ANSWERS_EN)]
+            out.append({"instruction": q, "output": a.format(name=name, author=author)})
+    for i, q in enumerate(IDENTITY_QUESTIONS_ZH):
+        a = IDENTITY_ANSWERS_ZH[i % len(IDENTITY_ANSWERS_ZH)]
+        out.append({"instruction": q, "output": a.format(name=name, author=author)})
+    return out
+
+
+def builtin_dataset(name: str, variables: dict[str, str]) -> list[dict[str, Any]]:
+    if name == "self_cognition":
+        missing = [k for k in ("name", "author") if k not in variables]
+        if missing:
+            raise ConfigError(f"builtin:self_cognition needs data.variables {missing} (e.g. name: Lumen)")
+        return identity_records(variables["name"], variables["author"])
+    raise ConfigError(f"unknown builtin dataset '{name}' (known: self_cognition)")

@@ -1,0 +1,223 @@
+"""The training config: a typed, documented, strict model loaded from YAML plus ``key=value`` overrides.
+
+Every field has a description (the README's config reference is generated from them). Unknown keys
+are errors that name the key and suggest the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from adapterhub.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+DEEPSPEED_STAGES = ("zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(_Strict):
+    base: str = Field("smollm2-135m-instruct", description="Base model: demo name, local HF dir, .gguf file or hub id.")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="Compute dtype of the trainable model.")
+    template: str | None = Field(
+        None, description="Named chat template (training/templates.py) for bases without one; default: the tokenizer's."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory on long sequences.")
+
+
+class LoraSection(_Strict):
+    r: int = Field(16, ge=1, le=512, description="LoRA rank.")
+    alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="'all-linear' or module names such as [q_proj, v_proj]."
+    )
+
+
+class ReplaySection(_Strict):
+    source: str = Field(
+        "self-distill",
+        description="'self-distill' (the base's own greedy answers to built-in general prompts, cached) "
+        "or a dataset file in any supported format.",
+    )
+    ratio: float = Field(1.0, ge=0, le=10, description="Replay examples per training example.")
+    max_new_tokens: int = Field(64, ge=8, description="Answer length when self-distilling.")
+
+
+class DataSection(_Strict):
+    path: str = Field(..., description="Dataset file (.json/.jsonl/.csv/.xlsx/.txt) or 'builtin:<name>'.")
+    format: Literal["auto", "alpaca", "messages", "sharegpt", "xtuner", "table", "text"] = Field(
+        "auto", description="Record format; 'auto' detects it from the first record."
+    )
+    mode: Literal["sft", "pretrain"] = Field(
+        "sft", description="'sft': loss on assistant tokens only; 'pretrain': raw text, loss on every token."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Table column mapping, e.g. {instruction: Question, output: Answer, system: null}.",
+    )
+    system: str | None = Field(None, description="System prompt added to records that have none.")
+    variables: dict[str, str] = Field(
+        default_factory=dict, description="Values for {placeholders} in builtin datasets, e.g. {name: Lumen}."
+    )
+    max_length: int = Field(512, ge=16, description="Tokens per sample (longer samples are truncated).")
+    packing: bool = Field(False, description="Concatenate samples into max_length blocks (pretraining).")
+    limit: int | None = Field(None, ge=1, description="Use only the first N records.")
+    replay: ReplaySection | None = Field(None, description="Mix in general data so the model keeps its abilities.")
+
+
+class TrainSection(_Strict):
+    epochs: float = Field(3, gt=0, description="Passes over the data (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    batch_size: int = Field(4, ge=1, description="Samples per device per step.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field("cosine", description="LR schedule.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    optimizer: str = Field("adamw_torch", description="HF Trainer optimizer name (e.g. paged_adamw_8bit for QLoRA).")
+    seed: int = Field(42, description="Random seed (data order, LoRA init).")
+    group_by_length: bool = Field(True, description="Batch samples of similar length to cut padding.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (for --resume).")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
+    logging_steps: int = Field(1, ge=1, description="Log loss every N steps.")
+    deepspeed: Literal["zero1", "zero2", "zero2_offload", "zero3", "zero3_offload"] | None = Field(
+        None, description="Built-in DeepSpeed ZeRO config."
+    )
+
+
+class EvalSection(_Strict):
+    inputs: list[str] = Field(default_factory=list, description="Prompts answered every `every_steps` and at the end.")
+    every_steps: int = Field(10, ge=1, description="How often to print sample answers.")
+    max_new_tokens: int = Field(48, ge=1, description="Length of sample answers.")
+    identity: dict[str, str] | None = Field(
+        None, description="Self-cognition check: {name: Lumen, author: Acme Lab}; enables identity/retention scores."
+    )
+    stop_when: dict[str, float] = Field(
+        default_factory=dict,
+        description="Stop early once every metric reaches its value, e.g. {identity: 0.95, retention: 0.9}.",
+    )
+
+
+class TrainConfig(_Strict):
+    """A complete fine-tuning run."""
+
+    name: str = Field(..., description="Registry name of the result (versions are numbered per name).")
+    method: Literal["lora", "qlora", "full"] = Field("lora", description="LoRA, QLoRA (4-bit NF4 base) or full weights.")
+    model: ModelSection = Field(default_factory=ModelSection, description="The base model.")
+    lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings (lora and qlora).")
+    data: DataSection = Field(..., description="The dataset.")
+    train: TrainSection = Field(default_factory=TrainSection, description="Optimization.")
+    eval: EvalSection = Field(default_factory=EvalSection, description="Sample answers and scores during training.")
+    description: str | None = Field(None, description="Free text shown in the model card.")
+    license: str | None = Field(None, description="License of the result for the model card.")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> TrainConfig:
+        if self.method == "qlora" and self.train.deepspeed in ("zero3", "zero3_offload"):
+            raise ValueError(
+                "method qlora cannot use DeepSpeed ZeRO-3: ZeRO-3 shards parameters, and bitsandbytes 4-bit "
+                "weights cannot be partitioned; use zero2 / zero2_offload or method lora"
+            )
+        if self.method == "full" and self.data.replay is not None and self.data.mode == "pretrain":
+            raise ValueError("replay applies to sft data, not pretraining")
+        if self.data.mode == "pretrain" and self.data.format not in ("auto", "text"):
+            raise ValueError("pretrain mode reads raw text: set data.format to 'text' or 'auto'")
+        return self
+
+
+def _suggest(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] = TrainConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            ann = getattr(field, "annotation", None)
+            args = getattr(ann, "__args__", ())
+            nested = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            if nested is None:
+                return ""
+            model = nested
+        else:
+            model = field.annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f" (did you mean '{'.'.join(map(str, loc[:-1] + (close[0],)))}'?)" if close else ""
+
+
+def _problems(err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        loc = tuple(x for x in e["loc"])
+        key = ".".join(str(x) for x in loc) or "config"
+        if e["type"] == "extra_forbidden":
+            out.append(f"unknown key '{key}'{_suggest(loc)}")
+        elif e["type"] == "missing":
+            out.append(f"missing key '{key}'")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            out.append(f"{key}: {msg}" if loc else msg)
+    return out
+
+
+def builtin_configs() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.yaml"))}
+
+
+def resolve_config_path(spec: str) -> Path:
+    p = Path(spec).expanduser()
+    if p.exists():
+        return p
+    builtins = builtin_configs()
+    if spec in builtins:
+        return builtins[spec]
+    close = difflib.get_close_matches(spec, list(builtins), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else " (see 'adapterhub list-cfg')"
+    raise ConfigError(f"no config file or built-in config named '{spec}'{hint}")
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override '{override}' is not key=value")
+    key, raw = override.split("=", 1)
+    value = yaml.safe_load(raw) if raw else ""
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{key}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(spec: str, overrides: list[str] | None = None, **top: Any) -> TrainConfig:
+    """Load a YAML config (file or built-in name), apply overrides, validate strictly.
+
+    Raises:
+        ConfigError: one entry per bad key.
+    """
+    path = resolve_config_path(spec)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping of keys")
+    for o in overrides or []:
+        apply_override(data, o)
+    for k, v in top.items():
+        if v is not None:
+            apply_override(data, f"{k}={v}") if "." in k else data.__setitem__(k, v)
+    return validate_config(data, str(path))
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"invalid config {source}", _problems(e)) from None

@@ -1,0 +1,303 @@
+"""Datasets: read records in the supported formats, render them, and build supervised token labels.
+
+Formats (detected from the first record when ``format: auto``):
+
+* alpaca — ``{instruction, input?, output, system?}``
+* messages — OpenAI ``{"messages": [{role, content}, …]}`` (multi-turn)
+* sharegpt — ``{"conversations": [{from: human|gpt|system, value}, …]}``
+* xtuner — ``{"conversation": [{system?, input, output}, …]}``
+* table — CSV / XLSX rows mapped through ``data.columns`` to instruction / input / output / system
+* text — raw text (``.txt`` split on blank lines, or ``{"text": …}`` records) for pretraining
+
+SFT rendering uses the chat template; labels are -100 everywhere except the assistant turns (content
+and end-of-turn marker). Pretraining adds BOS/EOS and supervises every token.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adapterhub.errors import ConfigError
+from training.config import DataSection
+
+IGNORE = -100
+Conversation = list[dict[str, str]]
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
+
+
+@dataclass
+class Sample:
+    input_ids: list[int]
+    labels: list[int]
+
+
+# ---------------------------------------------------------------------------- reading
+def read_records(path: Path, fmt: str = "auto") -> list[dict[str, Any]]:
+    """Rows of a .json / .jsonl / .csv / .xlsx / .txt file as dicts."""
+    if not path.exists():
+        raise ConfigError(f"data.path: no such file {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as e:
+                    raise ConfigError(f"{path}:{i} is not valid JSON ({e})") from None
+        return rows
+    if suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e})") from None
+        if isinstance(data, dict):
+            data = data.get("data") or data.get("train") or [data]
+        return list(data)
+    if suffix == ".csv":
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return list(csv.DictReader(f))
+    if suffix in (".xlsx", ".xlsm"):
+        try:
+            import openpyxl
+        except ImportError as e:  # pragma: no cover
+            from adapterhub.errors import MissingDependencyError
+
+            raise MissingDependencyError("openpyxl", "train", "reading .xlsx data") from e
+        ws = openpyxl.load_workbook(path, read_only=True, data_only=True).active
+        rows_iter = ws.iter_rows(values_only=True)
+        header = [str(h).strip() if h is not None else "" for h in next(rows_iter)]
+        return [{h: ("" if v is None else str(v)) for h, v in zip(header, row)} for row in rows_iter
+                if any(v is not None for v in row)]
+    if suffix in (".txt", ".md"):
+        text = path.read_text(encoding="utf-8")
+        return [{"text": block.strip()} for block in text.split("\n\n") if block.strip()]
+    raise ConfigError(f"data.path: unsupported file type '{suffix}' (json, jsonl, csv, xlsx, txt)")
+
+
+def detect_format(record: dict[str, Any]) -> str:
+    if "messages" in record:
+        return "messages"
+    if "conversations" in record:
+        return "sharegpt"
+    if "conversation" in record:
+        return "xtuner"
+    if "instruction" in record and "output" in record:
+        return "alpaca"
+    if "text" in record and len(record) <= 2:
+        return "text"
+    raise ConfigError(
+        f"cannot detect the data format from keys {sorted(record)[:8]}: set data.format "
+        "(alpaca, messages, sharegpt, xtuner, table, text) and data.columns for tables"
+    )
+
+
+def to_conversation(record: dict[str, Any], fmt: str, section: DataSection, index: int) -> Conversation:
+    """Normalize one record to a list of {role, content} messages."""
+    where = f"record {index}"
+    if fmt == "table":
+        cols = section.columns
+        if "output" not in cols or "instruction" not in cols:
+            raise ConfigError("table data needs data.columns with 'instruction' and 'output' mappings")
+        missing = [c for c in cols.values() if c and c not in record]
+        if missing:
+            raise ConfigError(f"{where}: column(s) {missing} not in the table (has {sorted(record)})")
+        record = {k: record.get(v, "") for k, v in cols.items() if v}
+        fmt = "alpaca"
+    if fmt == "alpaca":
+        if "instruction" not in record or "output" not in record:
+            raise ConfigError(f"{where}: alpaca records need 'instruction' and 'output'")
+        prompt = str(record["instruction"])
+        if record.get("input"):
+            prompt = f"{prompt}\n\n{record['input']}"
+        msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": str(record["output"])}]
+        if record.get("system"):
+            msgs.insert(0, {"role": "system", "content": str(record["system"])})
+    elif fmt == "messages":
+        msgs = [{"role": m["role"], "content": str(m.get("content") or "")} for m in record["messages"]]
+    elif fmt == "sharegpt":
+        msgs = []
+        for turn in record["conversations"]:
+            role = _SHAREGPT_ROLES.get(str(turn.get("from", "")).lower())
+            if role is None:
+                raise ConfigError(f"{where}: unknown sharegpt speaker {turn.get('from')!r}")
+            msgs.append({"role": role, "content": str(turn.get("value", ""))})
+    elif fmt == "xtuner":
+        msgs = []
+        for turn in record["conversation"]:
+            if turn.get("system"):
+                msgs.append({"role": "system", "content": str(turn["system"])})
+            msgs.append({"role": "user", "content": str(turn.get("input", ""))})
+            msgs.append({"role": "assistant", "content": str(turn.get("output", ""))})
+    else:
+        raise ConfigError(f"format '{fmt}' is not a conversation format")
+    if section.system and not any(m["role"] == "system" for m in msgs):
+        msgs.insert(0, {"role": "system", "content": section.system})
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise ConfigError(f"{where}: has no assistant turn to learn from")
+    return msgs
+
+
+# ---------------------------------------------------------------------------- tokenizing
+def render(tokenizer: Any, messages: Conversation, template: str | None, *, generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                         add_generation_prompt=generation_prompt)
+
+
+def tokenize_conversation(tokenizer: Any, messages: Conversation, template: str | None, max_length: int) -> Sample:
+    """Token ids of the rendered conversation, labels only on assistant turns (content + end marker)."""
+    full = render(tokenizer, messages, template, generation_prompt=False)
+    spans: list[tuple[int, int]] = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prefix = render(tokenizer, messages[:i], template, generation_prompt=True) if i else ""
+        upto = render(tokenizer, messages[: i + 1], template, generation_prompt=False)
+        if not full.startswith(upto) or not upto.startswith(prefix):
+            raise ConfigError("the chat template does not render conversations incrementally; "
+                              "set model.template to a named template (chatml, llama3, alpaca)")
+        spans.append((len(prefix), len(upto)))
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = [IGNORE] * len(ids)
+    for j, (start, end) in enumerate(offsets):
+        if end > start and any(s <= start < e for s, e in spans):
+            labels[j] = ids[j]
+    return Sample(ids[:max_length], labels[:max_length])
+
+
+def tokenize_text(tokenizer: Any, text: str, max_length: int) -> Sample:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if tokenizer.bos_token_id is not None and tokenizer.bos_token_id != tokenizer.eos_token_id:
+        ids = [tokenizer.bos_token_id] + ids
+    if tokenizer.eos_token_id is not None:
+        ids = ids + [tokenizer.eos_token_id]
+    ids = ids[:max_length]
+    return Sample(ids, list(ids))
+
+
+def pack(samples: list[Sample], max_length: int) -> list[Sample]:
+    """Concatenate samples into blocks of at most ``max_length`` tokens (greedy, order kept).
+
+    Attention is not reset at sample boundaries (documented trade-off: fine for pretraining text).
+    """
+    out: list[Sample] = []
+    cur_ids: list[int] = []
+    cur_labels: list[int] = []
+    for s in samples:
+        if cur_ids and len(cur_ids) + len(s.input_ids) > max_length:
+            out.append(Sample(cur_ids, cur_labels))
+            cur_ids, cur_labels = [], []
+        cur_ids = cur_ids + s.input_ids
+        cur_labels = cur_labels + s.labels
+    if cur_ids:
+        out.append(Sample(cur_ids[:max_length], cur_labels[:max_length]))
+    return out
+
+
+# ---------------------------------------------------------------------------- the dataset
+@dataclass
+class PreparedData:
+    samples: list[Sample]
+    fingerprint: str
+    n_records: int
+    n_replay: int
+    dropped: int
+    format: str
+
+
+def fingerprint(records: list[Any], extra: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(extra, sort_keys=True).encode())
+    for r in records:
+        h.update(json.dumps(r, sort_keys=True, ensure_ascii=False, default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def load_records(section: DataSection) -> tuple[list[dict[str, Any]], str]:
+    if section.path.startswith("builtin:"):
+        from training.builtin_data import builtin_dataset
+
+        records = builtin_dataset(section.path.removeprefix("builtin:"), section.variables)
+    else:
+        records = read_records(Path(section.path).expanduser(), section.format)
+    if section.limit:
+        records = records[: section.limit]
+    if not records:
+        raise ConfigError(f"data.path: {section.path} holds no records")
+    fmt = section.format
+    if fmt == "auto":
+        fmt = "text" if section.mode == "pretrain" else detect_format(records[0])
+    return records, fmt
+
+
+def prepare(section: DataSection, tokenizer: Any, template: str | None,
+            replay: list[Conversation] | None = None, seed: int = 42) -> PreparedData:
+    """Read, normalize, tokenize (and optionally pack) the dataset; mix in ``replay`` conversations."""
+    records, fmt = load_records(section)
+    samples: list[Sample] = []
+    dropped = 0
+    if section.mode == "pretrain" or fmt == "text":
+        for r in records:
+            text = r.get("text") if isinstance(r, dict) else str(r)
+            if text:
+                samples.append(tokenize_text(tokenizer, str(text), section.max_length))
+    else:
+        convs = [to_conversation(r, fmt, section, i) for i, r in enumerate(records)]
+        for c in convs + list(replay or []):
+            s = tokenize_conversation(tokenizer, c, template, section.max_length)
+            if any(label != IGNORE for label in s.labels):
+                samples.append(s)
+            else:
+                dropped += 1  # the answer was truncated away entirely
+    random.Random(seed).shuffle(samples)
+    if section.packing:
+        samples = pack(samples, section.max_length)
+    fp = fingerprint(records + list(replay or []), {"format": fmt, "mode": section.mode,
+                                                    "max_length": section.max_length, "packing": section.packing})
+    return PreparedData(samples, fp, len(records), len(replay or []), dropped, fmt)
+
+
+class Collator:
+    """Dynamic padding to the longest sample of the batch (right padding, labels -100)."""
+
+    def __init__(self, pad_id: int, pad_to_multiple: int = 8) -> None:
+        self.pad_id = pad_id
+        self.multiple = pad_to_multiple
+
+    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(b["input_ids"]) for b in batch)
+        width = -(-width // self.multiple) * self.multiple
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[i, :n] = torch.tensor(b["input_ids"])
+            labels[i, :n] = torch.tensor(b["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class TorchDataset:
+    """A map-style dataset the HF Trainer accepts (and can group by length)."""
+
+    def __init__(self, samples: list[Sample]) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        s = self.samples[i]
+        return {"input_ids": s.input_ids, "labels": s.labels}

@@ -1,0 +1,79 @@
+"""Load the base for training: full precision, 4-bit NF4 (QLoRA) or trainable full weights, plus LoRA."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adapterhub.errors import ConfigError, MissingDependencyError
+from training.config import TrainConfig
+from training.templates import get_template
+
+log = logging.getLogger(__name__)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def load_tokenizer(path: Path, cfg: TrainConfig) -> tuple[Any, str | None]:
+    """The tokenizer and the chat template the run renders with (stored with the result)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    template = get_template(cfg.model.template) if cfg.model.template else tok.chat_template
+    if template is None and cfg.data.mode == "sft":
+        raise ConfigError("the base model has no chat template: set model.template (chatml, llama3, alpaca)")
+    if template:
+        tok.chat_template = template
+    return tok, template
+
+
+def load_base(path: Path, cfg: TrainConfig) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    dtype = DTYPES[cfg.model.dtype]
+    if dtype == torch.float16 and not torch.cuda.is_available():
+        log.warning("fp16 training is not supported on CPU: using fp32")
+        dtype = torch.float32
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if cfg.method == "qlora":
+        try:
+            import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
+        except ImportError as e:
+            raise MissingDependencyError("bitsandbytes", "quant", "method qlora") from e
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if dtype != torch.float32 else torch.float32,
+        )
+    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+
+
+def add_lora(model: Any, cfg: TrainConfig) -> Any:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.method == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.model.gradient_checkpointing
+        )
+    elif cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    targets = cfg.lora.target_modules
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    if isinstance(targets, list):
+        missing = sorted(set(targets) - names)
+        if missing:
+            raise ConfigError(f"lora.target_modules: the base has no module(s) {missing} (has {sorted(names)})")
+    lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=targets, task_type="CAUSAL_LM", bias="none")
+    return get_peft_model(model, lcfg)
+
+
+def trainable_summary(model: Any) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

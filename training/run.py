@@ -1,0 +1,196 @@
+"""The composition root of a training run: ``train(config, settings)``.
+
+Resolves the base, builds data (with replay), model (LoRA / QLoRA / full), Trainer and callbacks,
+trains (optionally resuming), evaluates, writes the adapter (PEFT format + chat template), the loss
+curve and the JSONL log into the run dir, and registers the result as a new version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from adapterhub.errors import ConfigError, MissingDependencyError
+from adapterhub.models import resolve_model
+from adapterhub.registry import Registry, VersionRecord
+from adapterhub.settings import Settings
+from training.callbacks import RichProgress, RunLog, Samples, TokenCounter, plot_loss
+from training.config import TrainConfig
+from training.data import Collator, TorchDataset, load_records, prepare
+from training.deepspeed import deepspeed_config
+from training.model import add_lora, load_base, load_tokenizer, trainable_summary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    output_dir: Path
+    record: VersionRecord | None
+    final_loss: float | None
+    steps: int
+    wall_time_s: float
+    tokens: int
+    tokens_per_s: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created: bool = True
+
+
+def _run_dir(cfg: TrainConfig, settings: Settings, output: Path | None, resume: bool) -> Path:
+    if output is not None:
+        return Path(output)
+    if resume:
+        runs = sorted(settings.runs_dir.glob(f"{cfg.name}-*"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise ConfigError(f"--resume: no earlier run of '{cfg.name}' under {settings.runs_dir}")
+        return runs[-1]
+    return settings.runs_dir / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, resume: bool = False,
+          register: bool = True, console: Console | None = None) -> TrainResult:
+    from transformers import Trainer, TrainingArguments
+
+    console = console or Console(stderr=True)
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.train.seed)
+    run_dir = _run_dir(cfg, settings, output, resume)
+    ckpt_dir = run_dir / "checkpoints"
+    if resume and not any(ckpt_dir.glob("checkpoint-*")):
+        raise ConfigError(f"--resume: no checkpoint in {ckpt_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
+
+    resolved = resolve_model(cfg.model.base, settings)
+    ds_path = deepspeed_config(cfg.train.deepspeed, run_dir) if cfg.train.deepspeed else None
+    tokenizer, template = load_tokenizer(resolved.path, cfg)
+    model = load_base(resolved.path, cfg)
+    quantized = cfg.method == "qlora"
+
+    replay: list[Any] = []
+    replay_info: dict[str, Any] = {}
+    if cfg.data.replay is not None and cfg.data.mode == "sft":
+        from training.replay import build_replay
+
+        with console.status("replay data: the base model answers general prompts (cached after the first run)…"):
+            n_records = len(load_records(cfg.data)[0])
+            replay, replay_info = build_replay(cfg.data.replay, n_records, model=model, tokenizer=tokenizer,
+                                               template=template, cache_dir=settings.cache_dir,
+                                               base_fingerprint=resolved.fingerprint, seed=cfg.train.seed)
+    base_general = None
+    if cfg.eval.identity:
+        from training.replay import retention_reference
+
+        with console.status("retention reference: base answers to held-out prompts (cached)…"):
+            base_general = retention_reference(model, tokenizer, template, settings.cache_dir, resolved.fingerprint)
+
+    data = prepare(cfg.data, tokenizer, template, replay, seed=cfg.train.seed)
+    if not data.samples:
+        raise ConfigError("data: no usable samples after tokenization (answers truncated away? raise data.max_length)")
+    if cfg.method != "full":
+        model = add_lora(model, cfg)
+    trainable, total = trainable_summary(model)
+    console.print(
+        f"[bold]{cfg.name}[/bold]: {cfg.method} on {resolved.id} · {len(data.samples)} samples "
+        f"({data.n_records} records + {data.n_replay} replay, format {data.format}) · "
+        f"trainable {trainable / 1e6:.2f}M / {total / 1e6:.1f}M params · run dir {run_dir}"
+    )
+
+    per_step = cfg.train.batch_size * cfg.train.grad_accum
+    steps = cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(
+        math.ceil(len(data.samples) / per_step) * cfg.train.epochs)
+    counter = TokenCounter(Collator(tokenizer.pad_token_id))
+    runlog = RunLog(run_dir / "log.jsonl", counter)
+    samples_cb = Samples(model=model, tokenizer=tokenizer, template=template, inputs=cfg.eval.inputs,
+                         every=cfg.eval.every_steps, max_new_tokens=cfg.eval.max_new_tokens, console=console,
+                         runlog=runlog, quantized=quantized, identity=cfg.eval.identity, base_general=base_general,
+                         stop_when=cfg.eval.stop_when)
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.train.batch_size,
+        gradient_accumulation_steps=cfg.train.grad_accum, learning_rate=cfg.train.lr,
+        num_train_epochs=cfg.train.epochs, max_steps=steps, lr_scheduler_type=cfg.train.scheduler,
+        warmup_steps=int(cfg.train.warmup_ratio * steps), weight_decay=cfg.train.weight_decay,
+        optim=cfg.train.optimizer, logging_steps=cfg.train.logging_steps, save_steps=cfg.train.save_steps,
+        save_total_limit=cfg.train.save_total_limit, report_to="none", disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(), seed=cfg.train.seed, remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if cfg.train.group_by_length else "random",
+        deepspeed=str(ds_path) if ds_path else None, dataloader_num_workers=0,
+        bf16=cfg.model.dtype == "bf16" and torch.cuda.is_available(),
+    )
+    trainer = Trainer(model=model, args=args, data_collator=counter, train_dataset=TorchDataset(data.samples),
+                      callbacks=[runlog, RichProgress(console, counter, runlog), samples_cb])
+    trainer.remove_callback(_printer_class())
+    out = trainer.train(resume_from_checkpoint=True if resume else None)
+    train_time = time.perf_counter() - t_start
+
+    metrics: dict[str, Any] = {"train_loss": round(float(out.training_loss), 4)}
+    if samples_cb.stopped_early_at:
+        metrics["stopped_early_at"] = samples_cb.stopped_early_at
+    samples_cb.sample(trainer.state.global_step)
+    if cfg.eval.identity and base_general is not None:
+        from training.evaluate import evaluate_identity
+
+        scores = evaluate_identity(model, tokenizer, template, cfg.eval.identity, base_general)
+        metrics.update(identity=scores["identity"], retention=scores["retention"])
+        runlog.write({"final_eval": scores})
+        console.print(f"identity {scores['identity']:.2f} on {scores['identity_n']} held-out paraphrases · "
+                      f"retention {scores['retention']:.2f} on {scores['retention_n']} general prompts")
+
+    final_loss = runlog.losses[-1][1] if runlog.losses else None
+    plot_loss(runlog.losses, run_dir / "loss.png", f"{cfg.name} ({cfg.method})")
+    out_dir = run_dir / ("model" if cfg.method == "full" else "adapter")
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))
+    if template:
+        (out_dir / "chat_template.jinja").write_text(template)
+    if cfg.method != "full":
+        _strip_peft_readme(out_dir)
+
+    tokens = counter.tokens
+    lineage = {
+        "method": cfg.method, "config": json.loads(cfg.model_dump_json()), "dataset_fingerprint": data.fingerprint,
+        "n_samples": len(data.samples), "final_loss": final_loss, "steps": trainer.state.global_step,
+        "wall_time_s": round(train_time, 1), "tokens": tokens, "tokens_per_s": round(tokens / max(train_time, 1e-9), 1),
+        "trainable_params": trainable, **replay_info,
+    }
+    (run_dir / "result.json").write_text(json.dumps({"lineage": lineage, "metrics": metrics}, indent=2, default=str))
+    record, created = None, True
+    if register:
+        base_ident = dict(resolved.identity(), quantization="nf4" if quantized else None)
+        record, created = Registry.open(settings).register(
+            out_dir, cfg.name, kind="model" if cfg.method == "full" else "adapter", base_model=base_ident,
+            chat_template=template, training=lineage, metrics=metrics,
+            lineage={"base": resolved.id} if cfg.method == "full" else None,
+        )
+    return TrainResult(run_dir=run_dir, output_dir=out_dir, record=record, final_loss=final_loss,
+                       steps=trainer.state.global_step, wall_time_s=train_time, tokens=tokens,
+                       tokens_per_s=tokens / max(train_time, 1e-9), metrics=metrics, created=created)
+
+
+def _printer_class() -> Any:
+    from transformers.trainer_callback import PrinterCallback
+
+    return PrinterCallback
+
+
+def _strip_peft_readme(out_dir: Path) -> None:
+    # peft writes a template README full of "[More Information Needed]"; the hub publisher writes a real card.
+    readme = out_dir / "README.md"
+    if readme.exists() and "More Information Needed" in readme.read_text():
+        readme.unlink()
+
+
+def require_deepspeed() -> None:
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError as e:
+        raise MissingDependencyError("deepspeed", "deepspeed", "--deepspeed") from e
