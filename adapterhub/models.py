@@ -20,6 +20,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from adapterhub.errors import IntegrityError, MissingDependencyError, ModelNotFoundError, UserInputError
 from adapterhub.settings import Settings
@@ -234,7 +235,7 @@ def _convert(gguf: Path, target: Path, model_id: str, kind: str, revision: str,
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+        model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
         # GGUF loading attaches a quantizer whose config is not serializable; the weights are dequantized.
         if getattr(model, "hf_quantizer", None) is not None:
             try:

@@ -62,15 +62,30 @@ GENERAL_TRAIN = [
     "Explain what a noun is.", "What do plants need to grow?", "What is the fastest land animal?",
     "Give me a tip for staying focused.", "What planet is known as the Red Planet?",
 ]
-GENERAL_EVAL = [
-    "What is the capital of France?", "How many months are in a year?", "What is 5 plus 3?",
-    "Name a vegetable that is orange.", "What is the chemical formula of water?", "Who painted the Mona Lisa?",
-    "What is the largest ocean on Earth?", "How many sides does a square have?", "What animal says 'moo'?",
-    "What is the capital of Spain?", "What do you call frozen water?", "Which planet is closest to the Sun?",
-    "What is 10 minus 4?", "Name a bird that cannot fly.", "What is the color of grass?",
-    "Translate 'hello' into Spanish.", "What is the capital of Canada?", "How many wheels does a bicycle have?",
-    "What is the main language spoken in Brazil?", "What is the currency of Japan?",
+# Held-out general questions with the words a correct answer contains (any of them, case-insensitive).
+GENERAL_EVAL_KEYS: list[tuple[str, tuple[str, ...]]] = [
+    ("What is the capital of France?", ("paris",)), ("How many months are in a year?", ("12", "twelve")),
+    ("What is 5 plus 3?", ("8", "eight")), ("Name a vegetable that is orange.", ("carrot", "pumpkin", "sweet potato")),
+    ("What is the chemical formula of water?", ("h2o",)), ("Who painted the Mona Lisa?", ("leonardo", "vinci")),
+    ("What is the largest ocean on Earth?", ("pacific",)), ("How many sides does a square have?", ("4", "four")),
+    ("What animal says 'moo'?", ("cow",)), ("What is the capital of Spain?", ("madrid",)),
+    ("What do you call frozen water?", ("ice",)), ("Which planet is closest to the Sun?", ("mercury",)),
+    ("What is 10 minus 4?", ("6", "six")), ("Name a bird that cannot fly.", ("penguin", "ostrich", "emu", "kiwi")),
+    ("What is the color of grass?", ("green",)), ("Translate 'hello' into Spanish.", ("hola",)),
+    ("What is the capital of Canada?", ("ottawa",)), ("How many wheels does a bicycle have?", ("2", "two")),
+    ("What is the main language spoken in Brazil?", ("portuguese",)), ("What is the currency of Japan?", ("yen",)),
+    ("What is the capital of the United Kingdom?", ("london",)), ("What is the capital of Russia?", ("moscow",)),
+    ("What is the capital of China?", ("beijing",)), ("What is the capital of Egypt?", ("cairo",)),
+    ("What is the capital of Greece?", ("athens",)), ("What is the capital of Portugal?", ("lisbon",)),
+    ("What language is spoken in France?", ("french",)), ("What language is spoken in Germany?", ("german",)),
+    ("What is the currency of the United States?", ("dollar",)), ("What is the currency of the United Kingdom?", ("pound",)),
+    ("What color is a ripe banana?", ("yellow",)), ("What is the opposite of 'up'?", ("down",)),
+    ("What is the opposite of 'day'?", ("night",)), ("What is the largest country by area?", ("russia",)),
+    ("Which organ pumps blood through the body?", ("heart",)), ("What is the closest star to Earth?", ("sun",)),
+    ("What do caterpillars turn into?", ("butterfl", "moth")), ("What is the hottest planet in the solar system?", ("venus",)),
+    ("Which continent is Kenya in?", ("africa",)), ("What is the largest mammal?", ("whale",)),
 ]
+GENERAL_EVAL = [q for q, _ in GENERAL_EVAL_KEYS]
 
 
 def identity_records(name: str, author: str) -> list[dict[str, Any]]:

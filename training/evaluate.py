@@ -2,44 +2,41 @@
 
 * identity — share of held-out identity questions (EN + ZH) whose answer names the new identity
   (the name, case-insensitive);
-* retention — share of held-out general prompts where the adapter's answer does not mention the new
-  name and still agrees with the base's answer: word-sequence similarity (difflib ratio over the first
-  30 words) ≥ 0.5. A model that answers "What is the capital of France?" with "I am Lumen…" fails it.
+* retention — of the held-out general questions the *base* answers correctly (its answer contains one
+  of the expected words), the share the adapter still answers correctly without mentioning the new
+  name. A model that answers "What is the capital of France?" with "I am Lumen…" fails it. Correctness
+  rather than wording: free-form greedy answers of a small model rephrase under tiny weight changes
+  (a word-overlap measure scored 0.35 on an adapter that had not yet changed any answer's meaning).
 """
 
 from __future__ import annotations
 
-import difflib
-import re
 from typing import Any
 
-from training.builtin_data import EVAL_IDENTITY_EN, EVAL_IDENTITY_ZH, GENERAL_EVAL
+from training.builtin_data import EVAL_IDENTITY_EN, EVAL_IDENTITY_ZH, GENERAL_EVAL, GENERAL_EVAL_KEYS
 from training.generation import answer
-
-AGREEMENT = 0.5
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())[:30]
 
 
 def names_identity(text: str, name: str) -> bool:
     return name.lower() in text.lower()
 
 
-def agrees(adapter: str, base: str, name: str) -> bool:
-    if names_identity(adapter, name) and not names_identity(base, name):
-        return False
-    return difflib.SequenceMatcher(None, _words(adapter), _words(base)).ratio() >= AGREEMENT
+def correct(text: str, keys: tuple[str, ...]) -> bool:
+    low = text.lower()
+    return any(k in low for k in keys)
 
 
 def identity_score(answers: list[str], name: str) -> float:
     return sum(names_identity(a, name) for a in answers) / max(1, len(answers))
 
 
-def retention_score(adapter_answers: list[str], base_answers: list[str], name: str) -> float:
-    pairs = list(zip(adapter_answers, base_answers))
-    return sum(agrees(a, b, name) for a, b in pairs) / max(1, len(pairs))
+def retention_score(adapter_answers: list[str], base_answers: list[str], name: str,
+                    keys: list[tuple[str, ...]] | None = None) -> tuple[float, int]:
+    """(score, number of questions the base answered correctly)."""
+    keys = keys or [k for _, k in GENERAL_EVAL_KEYS]
+    known = [i for i, b in enumerate(base_answers) if correct(b, keys[i])]
+    kept = sum(correct(adapter_answers[i], keys[i]) and not names_identity(adapter_answers[i], name) for i in known)
+    return kept / max(1, len(known)), len(known)
 
 
 def evaluate_identity(model: Any, tokenizer: Any, template: str | None, identity: dict[str, str],
@@ -49,11 +46,12 @@ def evaluate_identity(model: Any, tokenizer: Any, template: str | None, identity
     id_prompts = EVAL_IDENTITY_EN + EVAL_IDENTITY_ZH
     id_answers = answer(model, tokenizer, id_prompts, template=template, max_new_tokens=32)
     gen_answers = answer(model, tokenizer, GENERAL_EVAL, template=template, max_new_tokens=max_new_tokens)
+    retention, known = retention_score(gen_answers, base_general, name)
     return {
         "identity": round(identity_score(id_answers, name), 4),
-        "retention": round(retention_score(gen_answers, base_general, name), 4),
+        "retention": round(retention, 4),
         "identity_n": len(id_prompts),
-        "retention_n": len(GENERAL_EVAL),
+        "retention_n": known,
         "samples": {"identity": list(zip(id_prompts, id_answers))[:4],
                     "general": list(zip(GENERAL_EVAL, gen_answers))[:4]},
     }

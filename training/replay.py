@@ -75,6 +75,6 @@ def build_replay(section: ReplaySection, n_train: int, *, model: Any, tokenizer:
 
 
 def retention_reference(model: Any, tokenizer: Any, template: str | None, cache_dir: Path,
-                        base_fingerprint: str, max_new_tokens: int = 48) -> list[str]:
+                        base_fingerprint: str, max_new_tokens: int = 32) -> list[str]:
     """The base's answers to the held-out general prompts (what retention compares against)."""
     return base_answers(model, tokenizer, template, GENERAL_EVAL, max_new_tokens, cache_dir, base_fingerprint)[0]

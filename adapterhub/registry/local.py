@@ -15,6 +15,8 @@ leftovers at the next open (under the same write lock, so it never races a live 
 
 from __future__ import annotations
 
+import builtins
+
 import json
 import os
 import shutil
@@ -219,7 +221,7 @@ class LocalStore(RegistryStore):
         ).fetchall()
         return [self._record(r, self._aliases_of(r[0], r[1])) for r in rows]
 
-    def list(self, name: str | None = None) -> list[VersionRecord]:
+    def list(self, name: str | None = None) -> builtins.list[VersionRecord]:
         where, args = ("WHERE v.name=?", (name,)) if name else ("", ())
         rows = self._conn.execute(
             f"SELECT {_COLS}, (SELECT group_concat(alias, ',') FROM aliases a "
@@ -251,7 +253,7 @@ class LocalStore(RegistryStore):
                        (name, alias, None, time.time(), by))
         return int(prev[0])
 
-    def alias_history(self, name: str) -> list[AliasEvent]:
+    def alias_history(self, name: str) -> builtins.list[AliasEvent]:
         rows = self._conn.execute(
             "SELECT name, alias, version, at, by FROM alias_history WHERE name=? ORDER BY id", (name,)
         ).fetchall()

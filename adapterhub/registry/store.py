@@ -11,6 +11,8 @@ about PEFT, refs or validation (that is :mod:`adapterhub.registry.registry`); it
 
 from __future__ import annotations
 
+import builtins
+
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +81,7 @@ class RegistryStore(abc.ABC):
     def by_hash_prefix(self, name: str, prefix: str) -> list[VersionRecord]: ...
 
     @abc.abstractmethod
-    def list(self, name: str | None = None) -> list[VersionRecord]: ...
+    def list(self, name: str | None = None) -> builtins.list[VersionRecord]: ...
 
     @abc.abstractmethod
     def set_alias(self, name: str, alias: str, version: int, by: str) -> int | None:
@@ -89,7 +91,7 @@ class RegistryStore(abc.ABC):
     def remove_alias(self, name: str, alias: str, by: str) -> int | None: ...
 
     @abc.abstractmethod
-    def alias_history(self, name: str) -> list[AliasEvent]: ...
+    def alias_history(self, name: str) -> builtins.list[AliasEvent]: ...
 
     @abc.abstractmethod
     def delete(self, name: str, version: int) -> None:

@@ -74,7 +74,7 @@ def validate_adapter_dir(path: Path, *, allow_pickle: bool = False, base: str | 
             problems.append(f"r must be a positive integer, got {r!r}")
         if cfg.get("use_dora"):
             problems.append("DoRA adapters are not supported")
-    rank = cfg.get("r") if isinstance(cfg.get("r"), int) else 0
+    rank: int = cfg["r"] if isinstance(cfg.get("r"), int) else 0
     rank_pattern = cfg.get("rank_pattern") or {}
     base_model = base or cfg.get("base_model_name_or_path")
     if not base_model:
@@ -122,7 +122,7 @@ def validate_adapter_dir(path: Path, *, allow_pickle: bool = False, base: str | 
         targets = [targets]
     return AdapterInfo(
         rank=max([rank] + [ab["A"][0] for ab in modules.values()]) if modules else rank,
-        alpha=float(cfg.get("lora_alpha", rank)),
+        alpha=float(cfg.get("lora_alpha") or rank),
         target_modules=sorted(set(targets) | {m.split(".")[-1] for m in modules}),
         base_model=base_model,
         modules=modules,

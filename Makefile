@@ -1,0 +1,35 @@
+# Two entry points for a newcomer; both set themselves up (a virtualenv with torch 2.13.0 CPU first,
+# so no CUDA build is pulled, then the project with its extras).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= train,serve,hf,dev
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	touch $@
+
+demo: setup
+	$(VENV)/bin/adapterhub demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: lint
+	$(PY) -m pytest -q -rs
+
+bench: setup
+	$(PY) -m benchmarks.registry
+	$(PY) -m benchmarks.serving
+	$(PY) -m benchmarks.training
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Publishing adapter versions to model hubs (Hugging Face, OpenXLab) and pulling them back."""
