@@ -47,7 +47,13 @@ def evaluate_identity(model: Any, tokenizer: Any, template: str | None, identity
     id_answers = answer(model, tokenizer, id_prompts, template=template, max_new_tokens=32)
     gen_answers = answer(model, tokenizer, GENERAL_EVAL, template=template, max_new_tokens=max_new_tokens)
     retention, known = retention_score(gen_answers, base_general, name)
+    keys = [k for _, k in GENERAL_EVAL_KEYS]
+    misses_identity = [(q, a) for q, a in zip(id_prompts, id_answers) if not names_identity(a, name)]
+    misses_retention = [(GENERAL_EVAL[i], gen_answers[i]) for i in range(len(GENERAL_EVAL))
+                        if correct(base_general[i], keys[i])
+                        and not (correct(gen_answers[i], keys[i]) and not names_identity(gen_answers[i], name))]
     return {
+        "misses": {"identity": misses_identity, "retention": misses_retention},
         "identity": round(identity_score(id_answers, name), 4),
         "retention": round(retention, 4),
         "identity_n": len(id_prompts),

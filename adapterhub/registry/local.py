@@ -152,8 +152,8 @@ class LocalStore(RegistryStore):
         name, version, h, kind, base, rank, size, created, metrics = row
         return VersionRecord(
             name=name, version=version, content_hash=h, kind=kind, base_model=base, rank=rank,
-            size=size, created_at=created, path=self.versions_dir / name / str(version),
-            aliases=aliases, metrics=json.loads(metrics or "{}"),
+            size=size, created_at=created, root=self.versions_dir,
+            aliases=aliases, metrics=json.loads(metrics) if metrics and metrics != "{}" else {},
         )
 
     def _aliases_of(self, name: str, version: int) -> tuple[str, ...]:
@@ -223,12 +223,14 @@ class LocalStore(RegistryStore):
 
     def list(self, name: str | None = None) -> builtins.list[VersionRecord]:
         where, args = ("WHERE v.name=?", (name,)) if name else ("", ())
-        rows = self._conn.execute(
-            f"SELECT {_COLS}, (SELECT group_concat(alias, ',') FROM aliases a "
-            f"WHERE a.name=v.name AND a.version=v.version) FROM versions v {where} ORDER BY v.name, v.version",
-            args,
-        ).fetchall()
-        return [self._record(r[:9], tuple(sorted(r[9].split(","))) if r[9] else ()) for r in rows]
+        rows = self._conn.execute(f"SELECT {_COLS} FROM versions v {where} ORDER BY v.name, v.version",
+                                  args).fetchall()
+        aliases: dict[tuple[str, int], list[str]] = {}
+        for a_name, alias, version in self._conn.execute(
+            f"SELECT name, alias, version FROM aliases {where.replace('v.', '')} ORDER BY alias", args
+        ):
+            aliases.setdefault((a_name, version), []).append(alias)
+        return [self._record(r, tuple(aliases.get((r[0], r[1]), ()))) for r in rows]
 
     def set_alias(self, name: str, alias: str, version: int, by: str) -> int | None:
         now = time.time()

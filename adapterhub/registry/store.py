@@ -31,9 +31,13 @@ class VersionRecord:
     rank: int | None
     size: int
     created_at: float
-    path: Path
+    root: Path  # the store's versions directory; ``path`` is derived (cheap to list 10,000 records)
     aliases: tuple[str, ...] = ()
     metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.name / str(self.version)
 
     @property
     def ref(self) -> str:

@@ -1,0 +1,70 @@
+"""Shared helpers: timing, a results table, a JSON record and a bar chart under docs/."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def timeit(fn: Callable[[], Any], repeat: int = 5) -> float:
+    """Median wall time of ``fn`` in seconds."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine() -> str:
+    import os
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def report(name: str, rows: list[dict[str, Any]], columns: list[str], *, chart: tuple[str, str, str] | None = None,
+           extra: dict[str, Any] | None = None) -> None:
+    """Print a table, save ``docs/bench_<name>.json`` and optionally a bar chart ``docs/bench_<name>.png``.
+
+    ``chart`` = (label column, value column, y-axis label).
+    """
+    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c)).ljust(w) for c, w in zip(columns, widths)))
+    DOCS.mkdir(exist_ok=True)
+    (DOCS / f"bench_{name}.json").write_text(json.dumps(
+        {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M"), "rows": rows, **(extra or {})}, indent=2))
+    if chart:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        label, value, ylabel = chart
+        fig, ax = plt.subplots(figsize=(7, 3.6), dpi=120)
+        labels = [str(r[label]) for r in rows]
+        vals = [float(r[value]) for r in rows]
+        bars = ax.bar(labels, vals, color=["#888888"] + ["#3b75af"] * (len(vals) - 1))
+        ax.bar_label(bars, labels=[_fmt(v) for v in vals], fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{name} — {machine()}", fontsize=9)
+        plt.setp(ax.get_xticklabels(), rotation=15, ha="right", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(DOCS / f"bench_{name}.png")
+        plt.close(fig)
+        print(f"chart: {DOCS / f'bench_{name}.png'}")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return "" if v is None else str(v)

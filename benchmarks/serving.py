@@ -1,0 +1,214 @@
+"""Serving throughput on the demo model, all measured in one run.
+
+* base-only: a batch of requests for the base model through the hf engine;
+* mixed: the same batch with every request on a different one of 8 adapters (our batched LoRA);
+* naive swapping (baseline): peft with the 8 adapters loaded, one request at a time, ``set_adapter``;
+* peft mixed: one peft ``generate(adapter_names=…)`` call for the whole mixed batch (for reference);
+* hot-load: p50 of loading an adapter into a free slot;
+* HTTP overhead: the mixed workload through the server with the openai client vs the engine directly.
+
+Run: ``python -m benchmarks.serving [--requests 8] [--tokens 64]`` (pulls the demo model if needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from adapterhub.models import DEMO_MODEL, pull_demo
+from adapterhub.registry import Registry
+from adapterhub.registry.local import LocalStore
+from adapterhub.settings import Settings
+from benchmarks.common import report
+
+PROMPTS = [
+    "Write a long story about a lighthouse keeper.", "Explain how rainbows form, in detail.",
+    "Describe a day in the life of a farmer.", "Write a letter to a friend about your travels.",
+    "Explain how a bicycle works.", "Tell me about the history of bread.",
+    "Describe the ocean to someone who has never seen it.", "Write a poem about autumn leaves.",
+]
+
+
+def make_adapters(base: Path, out: Path, n: int, r: int = 16) -> list[Path]:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    paths = []
+    for i in range(n):
+        torch.manual_seed(100 + i)
+        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.bfloat16)
+        pm = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear",
+                                              init_lora_weights=False))
+        with torch.no_grad():
+            for name, p in pm.named_parameters():
+                if "lora_B" in name:
+                    p.mul_(0.01)  # keep outputs fluent: a small random perturbation of the base
+        pm.save_pretrained(str(out / f"a{i}"))
+        paths.append(out / f"a{i}")
+    return paths
+
+
+async def run_engine(engine, requests) -> tuple[float, int]:
+    async def one(req):
+        n = 0
+        async for d in engine.generate(req):
+            if d.finish_reason is not None:
+                n = d.completion_tokens
+        return n
+
+    t0 = time.perf_counter()
+    counts = await asyncio.gather(*(one(r) for r in requests))
+    return time.perf_counter() - t0, sum(counts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--adapters", type=int, default=8)
+    args = ap.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    settings = Settings()
+    base = pull_demo(settings)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    paths = make_adapters(base.path, tmp / "adapters", args.adapters)
+    registry = Registry(LocalStore(tmp / "registry"))
+    for i, p in enumerate(paths):
+        registry.register(p, f"a{i}", base_model=base.identity())
+
+    from serving.engines.base import GenerationRequest, SamplingParams
+    from serving.engines.hf import HFEngine
+
+    engine = HFEngine(base.path, model_id=DEMO_MODEL, fingerprint=base.fingerprint, max_loaded=args.adapters,
+                      max_batch_size=args.requests)
+    engine.start()
+    tok = engine.tokenizer
+    prompts = [engine.encode_chat([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], None)
+               for i in range(args.requests)]
+    params = SamplingParams(max_tokens=args.tokens)
+
+    # hot-load p50: load each adapter into a free slot, unload, repeat
+    loads = []
+    for _ in range(3):
+        for i, p in enumerate(paths):
+            t0 = time.perf_counter()
+            engine.load_adapter(f"k{i}", registry.path(f"a{i}"))
+            loads.append(time.perf_counter() - t0)
+        for i in range(len(paths)):
+            engine.unload_adapter(f"k{i}")
+    for i in range(len(paths)):
+        engine.load_adapter(f"a{i}", registry.path(f"a{i}"))
+
+    def reqs(mixed: bool):
+        return [GenerationRequest(prompts[i], params, f"a{i % args.adapters}" if mixed else None)
+                for i in range(args.requests)]
+
+    asyncio.run(run_engine(engine, reqs(False)))  # warm-up
+    t_base, n_base = asyncio.run(run_engine(engine, reqs(False)))
+    t_mixed, n_mixed = asyncio.run(run_engine(engine, reqs(True)))
+
+    # HTTP: same mixed workload through the server and the official client
+    import openai
+
+    from serving.app import create_app
+    from serving.config import ServeConfig
+    from serving.server import BackgroundServer
+
+    app = create_app(ServeConfig(base=DEMO_MODEL, max_loaded=args.adapters), engine=engine, registry=registry,
+                     base_name=DEMO_MODEL)
+    with BackgroundServer(app) as url:
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
+
+        async def http_mixed() -> tuple[float, int]:
+            t0 = time.perf_counter()
+            rs = await asyncio.gather(*(client.chat.completions.create(
+                model=f"a{i % args.adapters}", max_tokens=args.tokens, temperature=0,
+                messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]) for i in range(args.requests)))
+            return time.perf_counter() - t0, sum(r.usage.completion_tokens for r in rs)
+
+        asyncio.run(http_mixed())  # loads adapters through the manager
+        t_http, n_http = asyncio.run(http_mixed())
+    engine.stop()
+    del engine
+
+    # baselines with plain peft
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base.path), dtype=torch.bfloat16)
+    pm = PeftModel.from_pretrained(model, str(paths[0]), adapter_name="a0")
+    for i, p in enumerate(paths[1:], 1):
+        pm.load_adapter(str(p), adapter_name=f"a{i}")
+    pm.eval()
+    eos = list(engine_eos(tok))
+
+    @torch.no_grad()
+    def naive() -> tuple[float, int]:
+        t0, n = time.perf_counter(), 0
+        for i in range(args.requests):
+            pm.set_adapter(f"a{i % args.adapters}")
+            ids = torch.tensor([prompts[i]])
+            out = pm.generate(input_ids=ids, max_new_tokens=args.tokens, do_sample=False, eos_token_id=eos,
+                              pad_token_id=tok.pad_token_id)
+            n += _gen_len(out[0][len(prompts[i]):].tolist(), eos)
+        return time.perf_counter() - t0, n
+
+    @torch.no_grad()
+    def peft_mixed() -> tuple[float, int]:
+        tok.padding_side = "left"
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+        mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
+        t0 = time.perf_counter()
+        out = pm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.tokens, do_sample=False,
+                          eos_token_id=eos, pad_token_id=tok.pad_token_id,
+                          adapter_names=[f"a{i % args.adapters}" for i in range(args.requests)])
+        n = sum(_gen_len(row[width:].tolist(), eos) for row in out)
+        return time.perf_counter() - t0, n
+
+    t_naive, n_naive = naive()
+    t_pm, n_pm = peft_mixed()
+
+    tps = {
+        "naive swap (peft set_adapter, 1 at a time)": n_naive / t_naive,
+        "peft mixed batch (adapter_names=)": n_pm / t_pm,
+        "adapterhub base-only batch": n_base / t_base,
+        "adapterhub 8-adapter mixed batch": n_mixed / t_mixed,
+        "adapterhub mixed via HTTP (openai client)": n_http / t_http,
+    }
+    rows = [{"workload": k, "tok_per_s": round(v, 1), "vs_naive": round(v / tps[next(iter(tps))], 2),
+             "vs_base_only": round(v / tps["adapterhub base-only batch"], 2)} for k, v in tps.items()]
+    p50 = statistics.median(loads) * 1000
+    http_overhead = (t_http / n_http) / (t_mixed / n_mixed) - 1
+    print(f"{args.requests} requests × {args.tokens} tokens, greedy, bf16, {args.adapters} adapters r=16 all-linear")
+    report("serving", rows, ["workload", "tok_per_s", "vs_naive", "vs_base_only"],
+           chart=("workload", "tok_per_s", "generated tokens / s"),
+           extra={"hot_load_p50_ms": round(p50, 1), "hot_load_max_ms": round(max(loads) * 1000, 1),
+                  "http_overhead": round(http_overhead, 3), "requests": args.requests, "tokens": args.tokens})
+    print(f"hot-load p50 {p50:.1f} ms (max {max(loads) * 1000:.1f} ms over {len(loads)} loads); "
+          f"HTTP overhead vs engine: {http_overhead * 100:+.1f}% per token")
+
+
+def engine_eos(tok) -> set[int]:
+    ids = {tok.eos_token_id}
+    tid = tok.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(tid, int) and tid >= 0:
+        ids.add(tid)
+    return {i for i in ids if i is not None}
+
+
+def _gen_len(ids: list[int], eos: list[int]) -> int:
+    for j, t in enumerate(ids):
+        if t in eos:
+            return j
+    return len(ids)
+
+
+if __name__ == "__main__":
+    main()
