@@ -96,7 +96,7 @@ def main() -> None:
     # hot-load p50: load each adapter into a free slot, unload, repeat
     loads = []
     for _ in range(3):
-        for i, p in enumerate(paths):
+        for i in range(len(paths)):
             t0 = time.perf_counter()
             engine.load_adapter(f"k{i}", registry.path(f"a{i}"))
             loads.append(time.perf_counter() - t0)

@@ -125,7 +125,7 @@ def test_bad_data_is_clear(tok, tmp_path):
 
 
 def test_named_template_for_base_without_one(tok):
-    from training.templates import get_template
+    from adapterhub.templates import get_template
 
     s = tokenize_conversation(tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "red"}],
                               get_template("alpaca"), 128)

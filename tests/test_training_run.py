@@ -100,7 +100,7 @@ def test_full_finetune_registers_a_model_artifact(tiny_model, dataset, tmp_path)
 def test_replay_ratio_and_cache(tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.builtin_data import GENERAL_TRAIN
+    from training.builtin_data import GENERAL_REPLAY
     from training.config import ReplaySection
     from training.replay import build_replay
 
@@ -109,7 +109,7 @@ def test_replay_ratio_and_cache(tiny_model, tmp_path):
     kw = dict(model=model, tokenizer=tok, template=tok.chat_template, cache_dir=tmp_path, base_fingerprint="fp", seed=0)
     replay, info = build_replay(ReplaySection(ratio=0.5, max_new_tokens=8), 20, **kw)
     assert len(replay) == 10 and info["replay_cached"] is False
-    assert all(c[0]["content"] in GENERAL_TRAIN for c in replay)
+    assert all(c[0]["content"] in GENERAL_REPLAY for c in replay)
     assert len({c[0]["content"] for c in replay}) == 10  # no repeats until the pool is used up
     again, info2 = build_replay(ReplaySection(ratio=2.0, max_new_tokens=8), 30, **kw)
     assert info2["replay_cached"] is True and len(again) == 60

@@ -42,9 +42,11 @@ EVAL_IDENTITY_EN = [
     "Which team is behind you?", "What do people call you?", "Give me your name and your maker.",
     "Quick question: what's your identity?", "Tell me who developed you.", "Who do I have the pleasure of chatting with?",
     "What is the name of this assistant?", "Who is responsible for creating you?", "State your name.",
+    "Before we start, who am I speaking with?", "Which organization trained you?", "Are you a human or an AI? Who?",
+    "What are you called and who built you?", "Hey there, introduce yourself in one line.", "Who developed this chatbot?",
 ]
 EVAL_IDENTITY_ZH = ["能告诉我你的身份吗？", "你是由哪个团队开发的？", "请说出你的名字。", "你的开发者是谁？",
-                    "你属于哪家机构？", "怎么称呼你比较好？"]
+                    "你属于哪家机构？", "怎么称呼你比较好？", "介绍一下你是谁。", "你是哪个公司的助手？"]
 
 GENERAL_TRAIN = [
     "What is the capital of Germany?", "How many days are in a week?", "What color is the sky on a clear day?",
@@ -62,6 +64,26 @@ GENERAL_TRAIN = [
     "Explain what a noun is.", "What do plants need to grow?", "What is the fastest land animal?",
     "Give me a tip for staying focused.", "What planet is known as the Red Planet?",
 ]
+# A wider pool for replay: templated facts, disjoint from the held-out GENERAL_EVAL questions.
+_COUNTRIES = ["Norway", "Sweden", "Poland", "India", "Peru", "Chile", "Turkey", "Austria", "Ireland", "Kenya",
+              "Argentina", "Thailand", "Vietnam", "Netherlands", "Belgium", "Denmark", "Finland", "Hungary"]
+_TRANSLATE = [("good morning", "French"), ("thank you", "Spanish"), ("cat", "German"), ("water", "Italian"),
+              ("friend", "Spanish"), ("book", "French"), ("please", "German"), ("house", "Spanish")]
+_ARITH = [(3, 4), (15, 6), (21, 13), (7, 8), (30, 12), (11, 11), (9, 5), (40, 2)]
+_THINGS = ["a lemon", "the moon", "snow", "a tomato", "a carrot", "coal", "milk", "a leaf"]
+GENERAL_REPLAY = GENERAL_TRAIN + (
+    [f"What is the capital of {c}?" for c in _COUNTRIES]
+    + [f"Translate '{w}' into {lang}." for w, lang in _TRANSLATE]
+    + [f"What is {a} plus {b}?" for a, b in _ARITH]
+    + [f"What color is {t}?" for t in _THINGS]
+    + ["How many legs does a dog have?", "What do fish use to breathe?", "What is the opposite of 'big'?",
+       "How many days are in a year?", "What is the first letter of the alphabet?", "Name a sport played with a ball.",
+       "What do you use to write on paper?", "What animal is known as the king of the jungle?",
+       "How many players are on a soccer team?", "What is the color of the sun?", "Name a fruit that is red.",
+       "What is the plural of 'mouse'?", "What instrument has black and white keys?", "What do cows eat?",
+       "Name something you wear on your feet.", "What is the capital of Australia?", "How many seconds are in a minute?",
+       "Write one sentence about mountains.", "Give me a tip for learning a language.", "What is gravity?"]
+)
 # Held-out general questions with the words a correct answer contains (any of them, case-insensitive).
 GENERAL_EVAL_KEYS: list[tuple[str, tuple[str, ...]]] = [
     ("What is the capital of France?", ("paris",)), ("How many months are in a year?", ("12", "twelve")),

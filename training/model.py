@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from adapterhub.errors import ConfigError, MissingDependencyError
+from adapterhub.templates import get_template
 from training.config import TrainConfig
-from training.templates import get_template
 
 log = logging.getLogger(__name__)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

@@ -14,7 +14,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from training.builtin_data import GENERAL_EVAL, GENERAL_TRAIN
+from training.builtin_data import GENERAL_EVAL, GENERAL_REPLAY
 from training.config import DataSection, ReplaySection
 from training.data import Conversation, detect_format, read_records, to_conversation
 from training.generation import answer
@@ -54,10 +54,10 @@ def build_replay(section: ReplaySection, n_train: int, *, model: Any, tokenizer:
     if want == 0:
         return [], {"replay": 0}
     if section.source == "self-distill":
-        answers, cached = base_answers(model, tokenizer, template, GENERAL_TRAIN, section.max_new_tokens,
+        answers, cached = base_answers(model, tokenizer, template, GENERAL_REPLAY, section.max_new_tokens,
                                        cache_dir, base_fingerprint)
         pool = [[{"role": "user", "content": p}, {"role": "assistant", "content": a}]
-                for p, a in zip(GENERAL_TRAIN, answers) if a.strip()]
+                for p, a in zip(GENERAL_REPLAY, answers) if a.strip()]
         info: dict[str, Any] = {"replay_source": "self-distill", "replay_cached": cached}
     else:
         records = read_records(Path(section.source).expanduser())

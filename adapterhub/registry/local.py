@@ -16,7 +16,6 @@ leftovers at the next open (under the same write lock, so it never races a live 
 from __future__ import annotations
 
 import builtins
-
 import json
 import os
 import shutil

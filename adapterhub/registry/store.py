@@ -11,9 +11,8 @@ about PEFT, refs or validation (that is :mod:`adapterhub.registry.registry`); it
 
 from __future__ import annotations
 
-import builtins
-
 import abc
+import builtins
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

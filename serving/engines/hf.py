@@ -81,7 +81,11 @@ class HFEngine(Engine):
         torch_dtype = _dtype(dtype, model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         self.model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch_dtype, **kwargs)
-        if bits is None:
+        prequantized = getattr(self.model.config, "quantization_config", None)
+        if prequantized is not None and quant is None:  # e.g. the 4-bit variant written by `adapterhub merge --bits`
+            q = prequantized if isinstance(prequantized, dict) else prequantized.to_dict()
+            quant = "nf4" if q.get("load_in_4bit") else "int8" if q.get("load_in_8bit") else str(q.get("quant_method"))
+        elif bits is None:
             self.model.to(self.device)
         self.model.eval()
         self.model.requires_grad_(False)

@@ -1,5 +1,7 @@
 """Named chat templates for base models whose tokenizer has none (pretrained-only bases).
 
+Shared by training (rendering), serving and chat (``--template``); plain strings, no torch.
+
 Each is a Jinja template in the HF ``chat_template`` format, so it is stored with the adapter and used
 unchanged by serving.
 """

@@ -1,0 +1,109 @@
+"""Merge: LoRA parity, QLoRA merged through dequantization (better than a naive merge), base mismatch
+refused, and the merged artifact served by name."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from adapterhub.errors import UserInputError
+from adapterhub.models import resolve_model
+from adapterhub.settings import Settings
+from training.config import validate_config
+from training.merge import merge
+
+needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
+
+
+def test_lora_merge_matches_adapter_mode(registry, tiny_adapters, tiny_model, tmp_path):
+    base = resolve_model(str(tiny_model), Settings()).identity()
+    registry.register(tiny_adapters[1], "ad", base_model=base)
+    result = merge(registry, Settings(), "ad@1", tmp_path / "merged", dtype="fp32", register_as="ad-merged")
+    p = result.parity
+    assert p["exact_match"] == 1.0 and p["max_logit_diff"] < 1e-3 and p["passed"]
+    saved = json.loads((tmp_path / "merged" / "parity.json").read_text())
+    assert saved["exact_match"] == 1.0 and saved["adapter"] == "ad@1"
+    assert (tmp_path / "merged" / "model.safetensors").exists() and (tmp_path / "merged" / "tokenizer.json").exists()
+    m = registry.manifest(result.record)
+    assert m.kind == "model" and m.lineage["merged_from"] == "ad@1"
+
+    from serving.app import build_engine
+    from serving.config import ServeConfig
+
+    engine, name = build_engine(ServeConfig(merged="ad-merged@1", dtype="fp32"), Settings(), registry)
+    assert name == "ad-merged"
+    ids = engine.encode_chat([{"role": "user", "content": "hello"}], None)
+    with torch.no_grad():
+        logits = engine.model(input_ids=torch.tensor([ids])).logits
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ref = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), str(tiny_adapters[1]))
+    with torch.no_grad():
+        assert torch.allclose(logits, ref(input_ids=torch.tensor([ids])).logits, atol=1e-3)
+
+
+def test_base_mismatch_is_refused(registry, tiny_adapters, tiny_model, tmp_path):
+    registry.register(tiny_adapters[0], "ad", base_model={"id": str(tiny_model), "fingerprint": "0123456789abcdef"})
+    with pytest.raises(UserInputError, match="fingerprint 0123456789abcdef"):
+        merge(registry, Settings(), "ad", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_parity_threshold_fails_loudly(registry, tiny_adapters, tiny_model, tmp_path):
+    from training.merge import ParityError
+
+    registry.register(tiny_adapters[1], "ad", base_model=resolve_model(str(tiny_model), Settings()).identity())
+    with pytest.raises(ParityError, match="threshold 101%"):
+        merge(registry, Settings(), "ad", tmp_path / "out", dtype="fp32", threshold=1.01)
+    assert (tmp_path / "out" / "parity.json").exists()  # the report is kept for inspection
+
+
+@needs_bnb
+def test_qlora_merge_dequantizes_and_beats_naive_merge(tiny_model, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from adapterhub.registry import Registry
+    from training.merge import _load_base
+    from training.run import train
+
+    recs = [{"instruction": f"what is {w}", "output": f"{w} is a good day"} for w in ("red", "blue", "cat", "dog")]
+    (tmp_path / "d.json").write_text(json.dumps(recs))
+    cfg = validate_config({"name": "q", "method": "qlora", "model": {"base": str(tiny_model), "dtype": "bf16"},
+                           "lora": {"r": 8, "alpha": 16, "dropout": 0.0}, "data": {"path": str(tmp_path / "d.json")},
+                           "train": {"max_steps": 6, "batch_size": 4, "lr": 1e-2}})
+    settings = Settings()
+    train(cfg, settings, output=tmp_path / "run")
+    registry = Registry.open(settings)
+    result = merge(registry, settings, "q@1", tmp_path / "merged", dtype="fp32", threshold=0.5)
+    p = result.parity
+    assert p["dequantized_from"] == "nf4" and p["passed"]
+
+    # A naive merge into the original full-precision weights ignores what the adapter was trained on.
+    naive = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
+                                      str(registry.path("q@1"))).merge_and_unload()
+    reference = PeftModel.from_pretrained(_load_base(tiny_model, True, torch.float32), str(registry.path("q@1")))
+    ours = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    ids = torch.tensor([[5, 17, 42, 9, 77, 3]])
+    with torch.no_grad():
+        ref = reference(input_ids=ids).logits.float()
+        diff_ours = (ours(input_ids=ids).logits - ref).abs().max()
+        diff_naive = (naive(input_ids=ids).logits - ref).abs().max()
+    assert diff_ours < diff_naive
+
+
+@needs_bnb
+def test_merge_bits_writes_a_servable_4bit_variant(registry, tiny_adapters, tiny_model, tmp_path):
+    registry.register(tiny_adapters[0], "ad", base_model=resolve_model(str(tiny_model), Settings()).identity())
+    result = merge(registry, Settings(), "ad", tmp_path / "m", dtype="fp32", bits=4, threshold=0.0)
+    qdir = result.quantized_dir
+    assert qdir is not None and json.loads((qdir / "config.json").read_text())["quantization_config"]["load_in_4bit"]
+    from serving.engines.hf import HFEngine
+
+    engine = HFEngine(qdir, model_id="q4")
+    assert engine.base_identity["quantization"] == "nf4"
+    assert engine.encode_chat([{"role": "user", "content": "hi"}], None)

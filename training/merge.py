@@ -1,0 +1,219 @@
+"""Merge a LoRA version into its base and check the result against adapter mode.
+
+QLoRA is merged the right way: the adapter was trained against the NF4-quantized base, so the base is
+loaded in 4-bit exactly as in training, each 4-bit layer is dequantized to the merge dtype, and the
+LoRA delta is added to those weights (not to the original full-precision ones, which the adapter never
+saw). XTuner hard-codes fp16 here and LLaMA-Factory refuses quantized bases.
+
+The parity report compares the merged model with the adapter applied on the base (the way it was
+trained) on a fixed prompt set: greedy exact-match rate and the largest logit difference.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adapterhub.errors import AdapterHubError, ConflictError, MissingDependencyError, UserInputError
+from adapterhub.models import resolve_model
+from adapterhub.registry import Registry, VersionRecord
+from adapterhub.settings import Settings
+from training.generation import answer
+
+log = logging.getLogger(__name__)
+DEFAULT_PROMPTS = ["Who are you?", "What is the capital of France?", "Write one sentence about the sea.",
+                   "Name three colors.", "What is 2 plus 2?", "Give me a tip for sleeping well."]
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class ParityError(AdapterHubError):
+    """The merged model's outputs disagree with adapter mode beyond the threshold."""
+
+    exit_code = 5
+
+
+@dataclass
+class MergeResult:
+    out_dir: Path
+    parity: dict[str, Any]
+    record: VersionRecord | None = None
+    quantized_dir: Path | None = None
+
+
+def _load_base(path: Path, quantized: bool, dtype: torch.dtype) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    if not quantized:
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as e:
+        raise MissingDependencyError("bitsandbytes", "quant", "merging a QLoRA adapter (dequantizing its base)") from e
+    return AutoModelForCausalLM.from_pretrained(str(path), quantization_config=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16))
+
+
+def dequantize_model(model: Any, dtype: torch.dtype) -> Any:
+    """Replace every bitsandbytes 4-/8-bit linear layer with a plain ``nn.Linear`` of its dequantized weights."""
+    from peft.utils.integrations import dequantize_bnb_weight
+
+    count = 0
+    for _name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child).__name__ in ("Linear4bit", "Linear8bitLt"):
+                weight = dequantize_bnb_weight(child.weight, state=getattr(child, "state", None))
+                lin = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, dtype=dtype)
+                with torch.no_grad():
+                    lin.weight.copy_(weight.to(dtype))
+                    if child.bias is not None:
+                        lin.bias.copy_(child.bias.to(dtype))
+                setattr(module, child_name, lin)
+                count += 1
+    # transformers refuses .to(dtype) on a bitsandbytes model: drop the quantizer, cast tensors directly.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    for attr in ("is_loaded_in_4bit", "is_loaded_in_8bit", "is_quantized"):
+        if hasattr(model, attr):
+            setattr(model, attr, False)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+    log.info("dequantized %d layers", count)
+    return model
+
+
+@torch.no_grad()
+def parity(reference: Any, merged: Any, tokenizer: Any, template: str | None, prompts: list[str],
+           max_new_tokens: int) -> dict[str, Any]:
+    ref_answers = answer(reference, tokenizer, prompts, template=template, max_new_tokens=max_new_tokens)
+    new_answers = answer(merged, tokenizer, prompts, template=template, max_new_tokens=max_new_tokens)
+    max_diff = 0.0
+    for p in prompts:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": p}], chat_template=template, tokenize=False,
+                                             add_generation_prompt=True)
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        a = reference(input_ids=ids.to(reference.device)).logits.float()
+        b = merged(input_ids=ids.to(merged.device)).logits.float()
+        max_diff = max(max_diff, float((a - b).abs().max()))
+    matches = [x == y for x, y in zip(ref_answers, new_answers)]
+    return {
+        "prompts": len(prompts), "exact_match": sum(matches) / len(prompts), "max_logit_diff": round(max_diff, 5),
+        "max_new_tokens": max_new_tokens,
+        "mismatches": [{"prompt": p, "adapter": r, "merged": m}
+                       for p, r, m, ok in zip(prompts, ref_answers, new_answers, matches) if not ok],
+    }
+
+
+def merge(registry: Registry, settings: Settings, ref: str, out: Path, *, dtype: str = "bf16",
+          bits: int | None = None, threshold: float = 0.8, force: bool = False, register_as: str | None = None,
+          max_new_tokens: int = 24) -> MergeResult:
+    """Merge ``ref`` into its base, write an HF model dir to ``out`` with a parity report."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise UserInputError(f"--dtype must be bf16, fp16 or fp32, got {dtype}")
+    if bits not in (None, 4, 8):
+        raise UserInputError(f"--bits must be 4 or 8, got {bits}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConflictError(f"{out} exists and is not empty")
+    record = registry.resolve(ref)
+    manifest = registry.verify(record)
+    if manifest.kind != "adapter" or manifest.base_model is None:
+        raise UserInputError(f"{record.ref} is not a LoRA adapter with a recorded base")
+    base = resolve_model(manifest.base_model.id, settings)
+    if manifest.base_model.fingerprint and manifest.base_model.fingerprint != base.fingerprint:
+        raise UserInputError(f"{record.ref} was trained for a base with fingerprint {manifest.base_model.fingerprint}, "
+                             f"but '{base.id}' resolves to {base.fingerprint}")
+    quantized = manifest.base_model.quantization in ("nf4", "int8")
+    torch_dtype = DTYPES[dtype]
+    tokenizer = AutoTokenizer.from_pretrained(str(base.path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    template = manifest.chat_template or tokenizer.chat_template
+
+    # Reference: the adapter applied the way it was trained (on the 4-bit base for QLoRA).
+    reference = PeftModel.from_pretrained(_load_base(base.path, quantized, torch_dtype), str(record.path)).eval()
+    # Merge target: the same base weights (dequantized for QLoRA) in the requested dtype.
+    target = _load_base(base.path, quantized, torch_dtype)
+    if quantized:
+        target = dequantize_model(target, torch_dtype)
+    merged = PeftModel.from_pretrained(target, str(record.path)).merge_and_unload().eval()
+
+    eval_inputs = ((manifest.training or {}).get("config") or {}).get("eval", {}).get("inputs") or []
+    prompts = list(dict.fromkeys(eval_inputs + DEFAULT_PROMPTS))
+    report = parity(reference, merged, tokenizer, template, prompts, max_new_tokens)
+    report.update(adapter=record.ref, base=base.id, dtype=dtype, dequantized_from=manifest.base_model.quantization,
+                  threshold=threshold, passed=report["exact_match"] >= threshold)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        merged.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        if template:
+            (tmp / "chat_template.jinja").write_text(template)
+        (tmp / "parity.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        quant_dir = None
+        if bits:
+            quant_dir = _quantize(tmp, bits)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result = MergeResult(out, report, quantized_dir=out / quant_dir.name if quant_dir else None)
+    if not report["passed"] and not force:
+        raise ParityError(
+            f"merged model matches adapter mode on {report['exact_match']:.0%} of {report['prompts']} prompts "
+            f"(threshold {threshold:.0%}, max logit diff {report['max_logit_diff']}): see {out / 'parity.json'}; "
+            "pass --force to keep it anyway"
+        )
+    if register_as:
+        model_files = out / "_register"
+        model_files.mkdir()
+        for f in out.iterdir():
+            if f.is_file() and f.name != "parity.json":
+                shutil.copy2(f, model_files / f.name)
+        try:
+            result.record, _ = registry.register(
+                model_files, register_as, kind="model", chat_template=template,
+                base_model={"id": base.id, "revision": base.revision, "fingerprint": base.fingerprint},
+                metrics={"parity_exact_match": report["exact_match"], "parity_max_logit_diff": report["max_logit_diff"]},
+                lineage={"merged_from": record.ref, "adapter_hash": record.content_hash, "dtype": dtype,
+                         "dequantized_from": manifest.base_model.quantization},
+            )
+        finally:
+            shutil.rmtree(model_files, ignore_errors=True)
+    return result
+
+
+def _quantize(merged_dir: Path, bits: int) -> Path:
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    except ImportError as e:
+        raise MissingDependencyError("bitsandbytes", "quant", f"--bits {bits}") from e
+    cfg = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16) if bits == 4 else BitsAndBytesConfig(load_in_8bit=True))
+    model = AutoModelForCausalLM.from_pretrained(str(merged_dir), quantization_config=cfg)
+    qdir = merged_dir / f"quantized-{bits}bit"
+    model.save_pretrained(str(qdir), safe_serialization=True)
+    for f in merged_dir.iterdir():
+        if f.is_file() and f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy2(f, qdir / f.name)
+    return qdir
