@@ -24,6 +24,50 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "", None}
+BLOCKED: list[str] = []
+
+
+def _is_loopback(host) -> bool:
+    import ipaddress
+
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(str(host).strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_network():
+    """Refuse (before any packet is sent) every connection or name lookup that is not loopback."""
+    import socket
+
+    real_connect, real_connect_ex, real_getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+    def check(address):
+        if isinstance(address, tuple) and not _is_loopback(address[0]):
+            BLOCKED.append(str(address[0]))
+            raise ConnectionRefusedError(f"tests may only reach 127.0.0.1, not {address[0]}")
+
+    def connect(self, address):
+        check(address)
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        check(address)
+        return real_connect_ex(self, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        check((host,))
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
+    yield BLOCKED
+    socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = real_connect, real_connect_ex, real_getaddrinfo
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path, monkeypatch):
     """Every test gets its own ADAPTERHUB_HOME; the demo model cache is shared through a symlink."""

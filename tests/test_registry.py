@@ -156,7 +156,9 @@ print(rec.version, created)
 
 def _variant(src: Path, dst: Path, i: int) -> Path:
     shutil.copytree(src, dst)
-    (dst / "README.md").write_text(f"variant {i}\n")  # distinct content → distinct hash
+    cfg = json.loads((dst / "adapter_config.json").read_text())
+    cfg["revision"] = f"variant-{i}"  # distinct content → distinct hash
+    (dst / "adapter_config.json").write_text(json.dumps(cfg))
     return dst
 
 

@@ -40,10 +40,11 @@ from adapterhub.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Files copied from a source directory; anything else (optimizer states, checkpoints) is left behind.
+# Files copied from a source directory; anything else (optimizer states, checkpoints, peft's template
+# README — the hub publishers write the real model card as README.md) is left behind.
 _ADAPTER_FILES = (
     "adapter_config.json", ADAPTER_WEIGHTS, "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "chat_template.jinja", "README.md", "generation_config.json",
+    "special_tokens_map.json", "chat_template.jinja", "generation_config.json",
 )
 
 
