@@ -2,9 +2,12 @@
 # so no CUDA build is pulled, then the project with its extras).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= train,serve,hf,dev
+EXTRAS ?= train,serve,hf,quant,dev
 
-.PHONY: setup demo test lint bench clean
+# Where `make test` keeps the demo model for the slow end-to-end test (pulled once, as a set-up step).
+TEST_HOME ?= $(CURDIR)/.cache/test-home
+
+.PHONY: setup demo test lint bench clean demo-model
 
 setup: $(VENV)/.installed
 
@@ -23,8 +26,11 @@ lint: setup
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: lint
-	$(PY) -m pytest -q -rs
+demo-model: setup
+	ADAPTERHUB_HOME=$(TEST_HOME) $(VENV)/bin/adapterhub models pull-demo
+
+test: lint demo-model
+	ADAPTERHUB_TEST_MODELS=$(TEST_HOME)/models $(PY) -m pytest -q -rs
 
 bench: setup
 	$(PY) -m benchmarks.registry

@@ -113,6 +113,9 @@ def main() -> None:
     t_base, n_base = asyncio.run(run_engine(engine, reqs(False)))
     t_mixed, n_mixed = asyncio.run(run_engine(engine, reqs(True)))
 
+    for i in range(len(paths)):  # the server's adapter manager loads them again under its own keys
+        engine.unload_adapter(f"a{i}")
+
     # HTTP: same mixed workload through the server and the official client
     import openai
 

@@ -99,7 +99,9 @@ class LoraSlots:
         if key in self.loaded:
             return
         if not self.free:
-            raise RuntimeError("no free adapter slot")
+            from adapterhub.errors import OverloadedError
+
+            raise OverloadedError(f"all {self.slots - 1} adapter slots are in use")
         cfg: dict[str, Any] = json.loads((path / "adapter_config.json").read_text())
         tensors = load_file(str(path / "adapter_model.safetensors"))
         pairs: dict[str, dict[str, torch.Tensor]] = {}

@@ -1,0 +1,44 @@
+"""The README's main job end to end on the real demo model (slow: a few minutes on 2 cores).
+
+Needs the demo model pulled beforehand (``make test`` does it as a set-up step); the test itself
+makes no network request.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = os.environ.get("ADAPTERHUB_TEST_MODELS")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (MODELS and (Path(MODELS) / "smollm2-135m-instruct" / "config.json").exists()),
+                       reason="demo model not pulled: run `make test` (it pulls it first) or set ADAPTERHUB_TEST_MODELS"),
+]
+
+
+def test_demo_trains_lumen_and_serves_both_answers(_isolated_home):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "adapterhub.cli.main", "demo", "--max-tokens", "40"],
+                          capture_output=True, text=True, env=env, timeout=1500)
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for cmd in ("$ adapterhub models pull-demo", "$ adapterhub train self_cognition_lumen",
+                "$ adapterhub tag lumen@1 production", "$ adapterhub serve --adapters lumen@production"):
+        assert cmd in out
+    table = out[out.index("5. Ask both models"):]
+    who_row = table[table.index("Who are you?"):table.index("What is the capital")]
+    assert "Lumen" in who_row or "Acme" in who_row
+    assert "SmolLM" in who_row or "Hugging Face" in who_row or "assistant" in who_row  # the base's own answer
+    assert "Paris" in table[table.index("What is the capital"):]
+    from adapterhub.registry import Registry
+    from adapterhub.settings import Settings
+
+    m = Registry.open(Settings()).manifest("lumen@production")
+    assert m.metrics["identity"] >= 0.95 and m.metrics["retention"] >= 0.9
