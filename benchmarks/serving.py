@@ -126,9 +126,9 @@ def main() -> None:
     app = create_app(ServeConfig(base=DEMO_MODEL, max_loaded=args.adapters), engine=engine, registry=registry,
                      base_name=DEMO_MODEL)
     with BackgroundServer(app) as url:
-        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
 
         async def http_mixed() -> tuple[float, int]:
+            client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
             t0 = time.perf_counter()
             rs = await asyncio.gather(*(client.chat.completions.create(
                 model=f"a{i % args.adapters}", max_tokens=args.tokens, temperature=0,

@@ -42,9 +42,9 @@ def _root(
 
 
 def _register_commands() -> None:
-    from adapterhub.cli import chat, demo, hub, merge, models, registry, serve, train
+    from adapterhub.cli import chat, demo, deploy, hub, merge, models, registry, serve, train
 
-    for mod in (models, registry, train, serve, merge, chat, hub, demo):
+    for mod in (models, registry, train, serve, merge, chat, hub, deploy, demo):
         mod.register(app)
 
 

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,7 @@ class HFEngine(Engine):
         max_batch_size: int = 8,
         max_waiting: int = 256,
         device: str | None = None,
+        batch_window_s: float = 0.02,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -105,6 +107,8 @@ class HFEngine(Engine):
         self.eos_ids = _eos_ids(self.tokenizer, self.model)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.max_batch_size = max_batch_size
+        self.batch_window_s = batch_window_s
+        self.batch_quiet_s = 0.004
         self._queue: queue.Queue[_Row] = queue.Queue(maxsize=max_waiting)
         # Serializes load/unload (the slot free-list). The worker does not take it: loads write only
         # free slots, and the adapter manager never unloads an adapter a queued request uses.
@@ -199,9 +203,16 @@ class HFEngine(Engine):
             except queue.Empty:
                 continue
             rows = [first]
+            # Gather window: requests of one burst arrive a few ms apart (HTTP parsing, tokenizing); wait
+            # while they keep coming (up to batch_window_s), so they share a batch instead of the first
+            # one running alone and the rest waiting for it.
+            deadline = time.monotonic() + self.batch_window_s
             while len(rows) < self.max_batch_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
                 try:
-                    rows.append(self._queue.get_nowait())
+                    rows.append(self._queue.get(timeout=min(remaining, self.batch_quiet_s)))
                 except queue.Empty:
                     break
             rows = [r for r in rows if not self._drop_if_cancelled(r)]
@@ -252,7 +263,7 @@ class HFEngine(Engine):
         cache = DynamicCache()
         try:
             out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                             past_key_values=cache, use_cache=True)
+                             past_key_values=cache, use_cache=True, logits_to_keep=1)
             step = 0
             while True:
                 logits = out.logits[:, -1, :].float()

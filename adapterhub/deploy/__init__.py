@@ -1,0 +1,1 @@
+"""Deployment artifacts generated from registry versions (the OpenXLab Gradio app)."""
