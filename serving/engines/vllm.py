@@ -1,0 +1,151 @@
+"""The ``vllm`` engine: vLLM's async engine with LoRA enabled, behind the same seam as ``hf``.
+
+* each adapter key (name@version#hash) gets a fresh, never reused integer LoRA id, so a new version
+  never hits vLLM's cached state of an old one;
+* ``max_loras`` is set one above the adapters the manager keeps loaded: on vLLM CPU builds a base
+  request in a mixed batch picked up the *last* LoRA slot (upstream PR #48421); keeping that slot
+  empty made 10 of 10 base outputs right where ``max_loras == adapters`` gave 0 of 10;
+* vLLM pins its own torch: install it in its own environment (``make test-vllm`` does it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from adapterhub.errors import MissingDependencyError, UserInputError
+from serving.engines.base import Delta, Engine, EngineCapabilities, GenerationRequest
+from serving.engines.lora import LINEAR_TARGETS
+
+log = logging.getLogger(__name__)
+_ids = itertools.count(1)
+
+
+def _module_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    h = int(cfg["hidden_size"])
+    heads = int(cfg["num_attention_heads"])
+    kv = int(cfg.get("num_key_value_heads") or heads)
+    hd = int(cfg.get("head_dim") or h // heads)
+    inter = int(cfg["intermediate_size"])
+    return {"q_proj": (h, heads * hd), "k_proj": (h, kv * hd), "v_proj": (h, kv * hd), "o_proj": (heads * hd, h),
+            "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
+
+
+class VLLMEngine(Engine):
+    name = "vllm"
+
+    def __init__(self, model_path: Path, *, model_id: str, fingerprint: str | None = None, dtype: str = "auto",
+                 bits: int | None = None, max_loaded: int = 8, max_lora_rank: int = 16,
+                 extra_args: dict[str, str] | None = None) -> None:
+        try:
+            from transformers import AutoTokenizer
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as e:
+            raise MissingDependencyError("vllm", "vllm", "--engine vllm (see README: vLLM in its own venv)") from e
+        if bits is not None:
+            raise UserInputError("--bits applies to the hf engine; for vLLM serve a pre-quantized model (AWQ/GPTQ)")
+        cfg = json.loads((Path(model_path) / "config.json").read_text())
+        extra = dict(extra_args or {})
+        args: dict[str, Any] = dict(
+            model=str(model_path), enable_lora=True, max_loras=max_loaded + 1, max_lora_rank=max_lora_rank,
+            max_cpu_loras=max(2 * (max_loaded + 1), 4), dtype={"fp32": "float32", "bf16": "bfloat16",
+                                                               "fp16": "float16"}.get(dtype, dtype),
+            enable_prefix_caching=False,
+        )
+        for k, v in extra.items():
+            args[k] = int(v) if v.isdigit() else float(v) if k == "gpu_memory_utilization" else v
+        import torch
+
+        if "gpu_memory_utilization" not in args and not torch.cuda.is_available():
+            # On CPU builds this is the share of host RAM reserved for the KV cache (vLLM's 0.92 default
+            # refuses to start beside other processes).
+            args["gpu_memory_utilization"] = 0.4
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        self._loras: dict[str, Any] = {}
+        self._caps = EngineCapabilities(
+            max_lora_rank=max_lora_rank, max_loaded=max_loaded,
+            context_length=int(args.get("max_model_len") or cfg.get("max_position_embeddings", 2048)),
+            target_modules=frozenset(LINEAR_TARGETS), module_shapes=_module_shapes(cfg),
+        )
+        self._identity = {"id": model_id, "fingerprint": fingerprint, "quantization": None}
+
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        return self._caps
+
+    @property
+    def base_identity(self) -> dict[str, Any]:
+        return dict(self._identity)
+
+    @property
+    def default_chat_template(self) -> str | None:
+        return self.tokenizer.chat_template
+
+    def encode_chat(self, messages: list[dict[str, str]], chat_template: str | None) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, chat_template=chat_template or self.tokenizer.chat_template,
+                                                  tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def load_adapter(self, key: str, path: Path) -> None:
+        from vllm.lora.request import LoRARequest
+
+        if key not in self._loras:  # vLLM loads the weights on first use; the id is new for every key
+            self._loras[key] = LoRARequest(key, next(_ids), str(path))
+
+    def unload_adapter(self, key: str) -> None:
+        req = self._loras.pop(key, None)
+        if req is not None:
+            try:
+                loop = asyncio.get_running_loop()
+                loop.create_task(self.engine.remove_lora(req.lora_int_id))
+            except RuntimeError:
+                asyncio.run(self.engine.remove_lora(req.lora_int_id))
+
+    def loaded_adapters(self) -> list[str]:
+        return list(self._loras)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        p = request.params
+        sp = SamplingParams(max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, seed=p.seed,
+                            stop=list(p.stop) or None)
+        lora = self._loras.get(request.adapter_key) if request.adapter_key else None
+        rid = request.request_id or f"req-{next(_ids)}"
+        sent = 0
+        finished = False
+        try:
+            async for out in self.engine.generate(TokensPrompt(prompt_token_ids=request.prompt_ids), sp, rid,
+                                                  lora_request=lora):
+                if request.cancelled:
+                    break
+                comp = out.outputs[0]
+                text = comp.text
+                if out.finished:
+                    finished = True
+                    reason = "length" if comp.finish_reason == "length" else "stop"
+                    yield Delta(text[sent:], reason, len(comp.token_ids))
+                    return
+                if len(text) > sent and not text.endswith("\ufffd"):
+                    yield Delta(text[sent:], None, len(comp.token_ids))
+                    sent = len(text)
+        finally:
+            if not finished:
+                await self.engine.abort(rid)
+
+    def stop(self) -> None:
+        try:
+            self.engine.shutdown()
+        except Exception:  # pragma: no cover
+            log.debug("vLLM shutdown failed", exc_info=True)

@@ -1,0 +1,54 @@
+"""Deployment manifests: Kubernetes objects validate against the official schemas (offline, via
+kubernetes-validate); the KubeRay RayService and compose file get YAML + field checks."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+def docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("kubernetes_validate") is None, reason="kubernetes-validate missing")
+@pytest.mark.parametrize("name", ["registry-pvc.yaml", "vllm-deployment.yaml", "secrets.example.yaml"])
+def test_k8s_objects_validate_against_schema(name):
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    for d in docs(DEPLOY / "k8s" / name):
+        kubernetes_validate.validate(d, version, strict=True)
+
+
+def test_deployment_wires_registry_probes_and_gpu():
+    dep, svc = docs(DEPLOY / "k8s" / "vllm-deployment.yaml")
+    spec = dep["spec"]["template"]["spec"]
+    server = spec["containers"][0]
+    assert "--max-loaded" in server["args"] and server["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert server["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == "adapterhub-registry"
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+
+
+def test_rayservice_points_at_the_affinity_app():
+    (rs,) = docs(DEPLOY / "k8s" / "rayservice.yaml")
+    assert rs["kind"] == "RayService" and rs["apiVersion"] == "ray.io/v1"
+    app = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
+    assert app["import_path"] == "serving.scaleout.ray_serve:app"
+    module, attr = app["import_path"].split(":")
+    assert importlib.util.find_spec(module) is not None
+    assert {d["name"] for d in app["deployments"]} == {"AdapterReplica"}
+
+
+def test_compose_services_mount_the_registry():
+    compose = yaml.safe_load((DEPLOY / "docker" / "compose.yaml").read_text())
+    for name in ("cpu", "vllm"):
+        svc = compose["services"][name]
+        assert "adapterhub-data:/data" in svc["volumes"]
+        assert (DEPLOY.parent / svc["build"]["dockerfile"]).exists()
