@@ -75,6 +75,7 @@ class VLLMEngine(Engine):
             target_modules=frozenset(LINEAR_TARGETS), module_shapes=_module_shapes(cfg),
         )
         self._identity = {"id": model_id, "fingerprint": fingerprint, "quantization": None}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def capabilities(self) -> EngineCapabilities:
@@ -104,12 +105,21 @@ class VLLMEngine(Engine):
 
     def unload_adapter(self, key: str) -> None:
         req = self._loras.pop(key, None)
-        if req is not None:
+        if req is None or self._loop is None:
+            return  # never used in a request: vLLM never loaded it
+        # vLLM's async engine is bound to the loop it first ran on: schedule the removal there.
+        coro = self.engine.remove_lora(req.lora_int_id)
+        if self._loop.is_running():
             try:
-                loop = asyncio.get_running_loop()
-                loop.create_task(self.engine.remove_lora(req.lora_int_id))
+                current = asyncio.get_running_loop()
             except RuntimeError:
-                asyncio.run(self.engine.remove_lora(req.lora_int_id))
+                current = None
+            if current is self._loop:
+                self._loop.create_task(coro)
+            else:
+                asyncio.run_coroutine_threadsafe(coro, self._loop)
+        else:
+            self._loop.run_until_complete(coro)
 
     def loaded_adapters(self) -> list[str]:
         return list(self._loras)
@@ -118,6 +128,7 @@ class VLLMEngine(Engine):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        self._loop = asyncio.get_running_loop()
         p = request.params
         sp = SamplingParams(max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, seed=p.seed,
                             stop=list(p.stop) or None)
