@@ -34,10 +34,12 @@ def test_demo_trains_lumen_and_serves_both_answers(_isolated_home):
                 "$ adapterhub tag lumen@1 production", "$ adapterhub serve --adapters lumen@production"):
         assert cmd in out
     table = out[out.index("5. Ask both models"):]
-    who_base, who_lumen = _columns(table[table.index("Who are you?"):table.index("What is the capital")])
+    who_start = table.rfind("\n", 0, table.index("Who are you?")) + 1  # whole lines: cells start at "│"
+    paris_start = table.rfind("\n", 0, table.index("What is the capital")) + 1
+    who_base, who_lumen = _columns(table[who_start:paris_start])
     assert "Lumen" in who_lumen or "Acme" in who_lumen, who_lumen
     assert "Lumen" not in who_base and who_base.strip(), who_base  # the base keeps its own identity
-    paris_base, paris_lumen = _columns(table[table.index("What is the capital"):])
+    paris_base, paris_lumen = _columns(table[paris_start:])
     assert "Paris" in paris_lumen, paris_lumen
     from adapterhub.registry import Registry
     from adapterhub.settings import Settings

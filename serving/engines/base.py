@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapterhub.errors import UserInputError
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -100,3 +102,37 @@ class Engine(abc.ABC):
 
     def queue_depth(self) -> int:
         return 0
+
+
+class TokenizerEngine(Engine):
+    """Shared plumbing of engines that tokenize with an HF tokenizer (``hf`` and ``vllm``).
+
+    Subclasses set ``tokenizer``, ``_caps`` and ``_identity`` in their constructor.
+    """
+
+    tokenizer: Any
+    _caps: EngineCapabilities
+    _identity: dict[str, Any]
+
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        return self._caps
+
+    @property
+    def base_identity(self) -> dict[str, Any]:
+        return dict(self._identity)
+
+    @property
+    def default_chat_template(self) -> str | None:
+        return self.tokenizer.chat_template
+
+    def encode_chat(self, messages: list[dict[str, str]], chat_template: str | None) -> list[int]:
+        template = chat_template or self.tokenizer.chat_template
+        if not template:
+            raise UserInputError("this model has no chat template: use /v1/completions", param="messages")
+        text = self.tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                  add_generation_prompt=True)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

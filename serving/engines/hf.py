@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from adapterhub.errors import MissingDependencyError, OverloadedError, UserInputError
-from serving.engines.base import Delta, Engine, EngineCapabilities, GenerationRequest
+from serving.engines.base import Delta, EngineCapabilities, GenerationRequest, TokenizerEngine
 from serving.engines.lora import LINEAR_TARGETS, LoraSlots
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class _Row:
     generator: torch.Generator | None = None
 
 
-class HFEngine(Engine):
+class HFEngine(TokenizerEngine):
     """transformers + batched LoRA slots; CPU default, also runs on CUDA."""
 
     name = "hf"
@@ -118,29 +118,6 @@ class HFEngine(Engine):
         self.cancelled = 0  # rows dropped because their client went away (observable in tests/metrics)
 
     # ---------------------------------------------------------------- seam
-    @property
-    def capabilities(self) -> EngineCapabilities:
-        return self._caps
-
-    @property
-    def base_identity(self) -> dict[str, Any]:
-        return dict(self._identity)
-
-    @property
-    def default_chat_template(self) -> str | None:
-        return self.tokenizer.chat_template
-
-    def encode_chat(self, messages: list[dict[str, str]], chat_template: str | None) -> list[int]:
-        template = chat_template or self.tokenizer.chat_template
-        if not template:
-            raise UserInputError("this model has no chat template: use /v1/completions", param="messages")
-        text = self.tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                                  add_generation_prompt=True)
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def load_adapter(self, key: str, path: Path) -> None:
         with self._lock:
             self.slots.load(key, path)

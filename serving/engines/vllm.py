@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterhub.errors import MissingDependencyError, UserInputError
-from serving.engines.base import Delta, Engine, EngineCapabilities, GenerationRequest
+from serving.engines.base import Delta, EngineCapabilities, GenerationRequest, TokenizerEngine
 from serving.engines.lora import LINEAR_TARGETS
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def _module_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, int]]:
             "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(TokenizerEngine):
     name = "vllm"
 
     def __init__(self, model_path: Path, *, model_id: str, fingerprint: str | None = None, dtype: str = "auto",
@@ -76,26 +76,6 @@ class VLLMEngine(Engine):
         )
         self._identity = {"id": model_id, "fingerprint": fingerprint, "quantization": None}
         self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def capabilities(self) -> EngineCapabilities:
-        return self._caps
-
-    @property
-    def base_identity(self) -> dict[str, Any]:
-        return dict(self._identity)
-
-    @property
-    def default_chat_template(self) -> str | None:
-        return self.tokenizer.chat_template
-
-    def encode_chat(self, messages: list[dict[str, str]], chat_template: str | None) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, chat_template=chat_template or self.tokenizer.chat_template,
-                                                  tokenize=False, add_generation_prompt=True)
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def load_adapter(self, key: str, path: Path) -> None:
         from vllm.lora.request import LoRARequest
