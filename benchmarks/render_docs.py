@@ -9,8 +9,9 @@ from benchmarks.common import DOCS
 INTRO = """# Benchmarks
 
 Each benchmark measures its baseline in the same run and reports ratios against it. This machine is a
-shared 2-core VM whose speed varies between runs (the same base-only batch measured 42–83 tok/s on
-different runs the same hour), so compare ratios within a table, not absolute numbers across tables.
+shared 2-core VM whose speed varies between runs (the serving base-only batch measured 42.6 and
+30.4 tok/s in two benchmark runs the same hour; an isolated check of the same decode loop gave 83–101),
+so compare ratios within a table, not absolute numbers across tables.
 Commands: `python -m benchmarks.registry`, `python -m benchmarks.serving`, `python -m benchmarks.training`
 (or `make bench`); then `python -m benchmarks.render_docs` rewrites this file.
 """

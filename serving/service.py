@@ -47,8 +47,16 @@ class CompletionService:
         return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, seed=seed,
                               stop=req.stop_list())
 
-    async def _lease(self, model: str) -> Lease:
-        return await self.manager.acquire(model)
+    async def _start(self, req: Any, encode: Any) -> tuple[Lease, list[int], list[GenerationRequest]]:
+        """Lease the model, encode the prompt, build the n engine requests; the lease is released if any
+        step fails. The caller releases it when the last choice ends."""
+        lease = await self.manager.acquire(req.model)
+        try:
+            prompt = encode(lease)
+            return lease, prompt, self._requests(lease, prompt, req)
+        except BaseException:
+            self.manager.release(lease)
+            raise
 
     def _requests(self, lease: Lease, prompt: list[int], req: Any) -> list[GenerationRequest]:
         rid = new_id("req")
@@ -63,10 +71,8 @@ class CompletionService:
 
     async def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
         t0 = time.perf_counter()
-        lease = await self._lease(req.model)
+        lease, prompt, gens = await self._start(req, lambda lease: self.encode_messages(req, lease))
         try:
-            prompt = self.encode_messages(req, lease)
-            gens = self._requests(lease, prompt, req)
             results = await asyncio.gather(*(_collect(self.engine, g) for g in gens))
         finally:
             self.manager.release(lease)
@@ -79,18 +85,12 @@ class CompletionService:
                  "logprobs": None}
                 for i, (text, reason, _) in enumerate(results)
             ],
-            "usage": _usage(len(prompt) * req.n if req.n > 1 else len(prompt), completion),
+            "usage": _usage(len(prompt), completion),
         }
 
     async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
         """Validate eagerly (errors before the first byte), then return the chunk iterator."""
-        lease = await self._lease(req.model)
-        try:
-            prompt = self.encode_messages(req, lease)
-            gens = self._requests(lease, prompt, req)
-        except BaseException:
-            self.manager.release(lease)
-            raise
+        lease, prompt, gens = await self._start(req, lambda lease: self.encode_messages(req, lease))
         cid, created = new_id("chatcmpl"), now()
 
         def chunk(i: int, delta: dict[str, Any], reason: str | None) -> dict[str, Any]:
@@ -132,10 +132,8 @@ class CompletionService:
     async def complete(self, req: CompletionRequest) -> dict[str, Any]:
         t0 = time.perf_counter()
         text_in = self._prompt_text(req)
-        lease = await self._lease(req.model)
+        lease, prompt, gens = await self._start(req, lambda _lease: self.engine.encode(text_in))
         try:
-            prompt = self.engine.encode(text_in)
-            gens = self._requests(lease, prompt, req)
             results = await asyncio.gather(*(_collect(self.engine, g) for g in gens))
         finally:
             self.manager.release(lease)
@@ -150,13 +148,7 @@ class CompletionService:
 
     async def complete_stream(self, req: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
         text_in = self._prompt_text(req)
-        lease = await self._lease(req.model)
-        try:
-            prompt = self.engine.encode(text_in)
-            gens = self._requests(lease, prompt, req)
-        except BaseException:
-            self.manager.release(lease)
-            raise
+        lease, prompt, gens = await self._start(req, lambda _lease: self.engine.encode(text_in))
         cid, created = new_id("cmpl"), now()
 
         async def frames() -> AsyncIterator[dict[str, Any]]:

@@ -134,6 +134,15 @@ def test_identity_metrics_land_in_registry(tiny_model, tmp_path):
     assert 0.0 <= m.metrics["identity"] <= 1.0 and 0.0 <= m.metrics["retention"] <= 1.0
     assert m.training["replay"] == round(58 * 0.25) and m.training["replay_source"] == "self-distill"
 
+    # `adapterhub eval REF` scores again (identity from the recorded training config) and stores the metrics.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "adapterhub.cli.main", "eval", result.record.ref], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert f"{result.record.ref}: identity" in out.stdout and "held-out paraphrases" in out.stdout
+    again = Registry.open(Settings()).manifest(result.record.ref)
+    assert again.metrics["identity"] == pytest.approx(float(out.stdout.split("identity ")[1].split()[0]), abs=0.005)
+
 
 def test_config_errors_one_per_bad_key_via_cli(tmp_path):
     cfg = tmp_path / "bad.yaml"

@@ -79,12 +79,13 @@ class HuggingFacePublisher(Publisher):
     def _tag_hash(self, repo: str, revision: str) -> str | None:
         from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
 
-        try:
-            path = self._call(lambda: self.api.hf_hub_download(repo, MANIFEST, revision=revision,
-                                                               cache_dir=tempfile.mkdtemp(prefix="hf-")), "read manifest")
-        except (EntryNotFoundError, RevisionNotFoundError):
-            return None
-        return published_hash(Path(path).read_text())
+        with tempfile.TemporaryDirectory(prefix="adapterhub-hf-") as cache:
+            try:
+                path = self._call(lambda: self.api.hf_hub_download(repo, MANIFEST, revision=revision, cache_dir=cache),
+                                  "read manifest")
+            except (EntryNotFoundError, RevisionNotFoundError):
+                return None
+            return published_hash(Path(path).read_text())
 
     def push(self, registry: Registry, ref: str, repo: str, *, private: bool = False,
              alias_tags: bool = False) -> PushResult:
