@@ -7,7 +7,7 @@ EXTRAS ?= train,serve,hf,quant,scale,dev
 # Where `make test` keeps the demo model for the slow end-to-end test (pulled once, as a set-up step).
 TEST_HOME ?= $(CURDIR)/.cache/test-home
 
-.PHONY: setup demo test lint bench clean demo-model test-vllm
+.PHONY: setup demo test lint bench clean demo-model test-vllm bench-vllm
 
 setup: $(VENV)/.installed
 
@@ -41,7 +41,10 @@ test-vllm: demo-model
 	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
 	$(VLLM_VENV)/bin/pip install -q peft pytest pytest-timeout pydantic-settings typer rich pyyaml fastapi uvicorn openai
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
-	ADAPTERHUB_TEST_MODELS=$(TEST_HOME)/models $(VLLM_VENV)/bin/python -m pytest -q -rs tests/test_vllm_engine.py
+	ADAPTERHUB_TEST_MODELS=$(TEST_HOME)/models $(VLLM_VENV)/bin/python -m pytest -q -rs tests/test_vllm_engine.py tests/test_engine_contract.py
+
+bench-vllm: test-vllm
+	ADAPTERHUB_HOME=$(TEST_HOME) $(VLLM_VENV)/bin/python -m benchmarks.serving_vllm
 
 bench: setup
 	$(PY) -m benchmarks.registry

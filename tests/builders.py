@@ -1,7 +1,8 @@
 """Builders for tiny real models used across the test suite (no network).
 
-* :func:`build_tiny_model` — a 2-layer Llama (hidden 64) with a byte-level BPE tokenizer trained here
-  on a few hundred lines, with a ChatML chat template, saved as a normal HF directory.
+* :func:`build_tiny_model` — a 2-layer Llama (hidden 64; 2 heads of 32, the smallest head size vLLM's
+  CPU attention takes) with a byte-level BPE tokenizer trained here on a few hundred lines, with a
+  ChatML chat template, saved as a normal HF directory.
 * :func:`build_lora_adapter` — a PEFT LoRA adapter for it with random (non-zero) weights, so its
   outputs differ from the base.
 """
@@ -68,7 +69,7 @@ def build_tiny_model(out: Path, *, seed: int = 0, hidden: int = 64) -> Path:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )
@@ -104,3 +105,11 @@ def build_lora_adapter(base_dir: Path, out: Path, *, seed: int = 1, r: int = 4,
     data["base_model_name_or_path"] = str(base_dir)
     cfg_path.write_text(json.dumps(data, indent=2))
     return out
+
+
+def pythonpath() -> str:
+    """PYTHONPATH for a CLI subprocess: the repo first, then whatever the caller had (e.g. a pip --target dir)."""
+    import os
+
+    root = str(Path(__file__).resolve().parents[1])
+    return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)

@@ -1,4 +1,5 @@
-"""The engine contract: every engine passes this suite (hf always; vLLM when installed).
+"""The engine contract: every engine passes this suite (hf on CPU always, on CUDA when there is a GPU;
+vLLM when installed — ``make test-vllm``).
 
 Reference outputs come from plain transformers / peft ``generate`` on the same tiny model, so the
 suite checks our batched LoRA math, not just self-consistency.
@@ -17,10 +18,14 @@ from serving.engines.base import GenerationRequest, SamplingParams
 PROMPT = [{"role": "user", "content": "hello who are you"}]
 
 
-def _hf(tiny_model):
+def _hf(tiny_model, device="cpu"):
     from serving.engines.hf import HFEngine
 
-    return HFEngine(tiny_model, model_id="tiny", max_loaded=2, max_lora_rank=8, dtype="fp32")
+    return HFEngine(tiny_model, model_id="tiny", max_loaded=2, max_lora_rank=8, dtype="fp32", device=device)
+
+
+def _hf_cuda(tiny_model):
+    return _hf(tiny_model, "cuda")
 
 
 def _vllm(tiny_model):
@@ -30,6 +35,7 @@ def _vllm(tiny_model):
 
 
 ENGINES = [pytest.param(_hf, id="hf"),
+           pytest.param(_hf_cuda, id="hf-cuda", marks=pytest.mark.gpu),
            pytest.param(_vllm, id="vllm", marks=pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                                                    reason="vllm not installed"))]
 

@@ -56,11 +56,10 @@ def _run(engine, reqs):
     async def go():
         return await asyncio.gather(*(one(k, f"r{next(_COUNTER)}") for k in reqs))
 
-    # vLLM's async engine binds to the loop it first runs on: keep one loop for the module.
-    return _LOOP.run_until_complete(go())
+    # A new event loop per call on purpose: the engine keeps vLLM on its own loop and bridges to ours.
+    return asyncio.run(go())
 
 
-_LOOP = asyncio.new_event_loop()
 _COUNTER = __import__("itertools").count()
 
 
@@ -78,3 +77,9 @@ def test_new_version_gets_a_new_lora_id(engine, adapters):
     assert len(set(ids.values())) == len(ids)
     assert _run(engine, ["a0@2#y"]) == _run(engine, ["a1@1#x"])
     engine.unload_adapter("a0@2#y")
+
+
+@pytest.mark.gpu
+def test_cuda_build_runs_the_model_on_the_gpu(engine):
+    # On a GPU machine (VLLM_PKG=vllm) the two tests above then check the CUDA build's LoRA kernels.
+    assert engine.engine.vllm_config.device_config.device_type == "cuda"

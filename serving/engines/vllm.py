@@ -5,6 +5,9 @@
 * ``max_loras`` is set one above the adapters the manager keeps loaded: on vLLM CPU builds a base
   request in a mixed batch picked up the *last* LoRA slot (upstream PR #48421); keeping that slot
   empty made 10 of 10 base outputs right where ``max_loras == adapters`` gave 0 of 10;
+* vLLM's ``AsyncLLM`` binds to the event loop it first runs on, so the engine owns one loop on its own
+  thread; ``generate`` bridges deltas from it to whatever loop the caller runs (the server's, a test's
+  ``asyncio.run``, the chat CLI's);
 * vLLM pins its own torch: install it in its own environment (``make test-vllm`` does it).
 """
 
@@ -14,7 +17,8 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from serving.engines.lora import LINEAR_TARGETS
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
+_END = object()
 
 
 def _module_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, int]]:
@@ -66,7 +71,14 @@ class VLLMEngine(TokenizerEngine):
             # On CPU builds this is the share of host RAM reserved for the KV cache (vLLM's 0.92 default
             # refuses to start beside other processes).
             args["gpu_memory_utilization"] = 0.4
-        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
+        self._thread.start()
+
+        async def build() -> Any:
+            return AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+
+        self.engine = self._call(build(), timeout=None)
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         self._loras: dict[str, Any] = {}
         self._caps = EngineCapabilities(
@@ -75,7 +87,10 @@ class VLLMEngine(TokenizerEngine):
             target_modules=frozenset(LINEAR_TARGETS), module_shapes=_module_shapes(cfg),
         )
         self._identity = {"id": model_id, "fingerprint": fingerprint, "quantization": None}
-        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _call(self, coro: Coroutine[Any, Any, Any], timeout: float | None = 60.0) -> Any:
+        """Run ``coro`` on the engine's loop and wait for it (never called from that loop)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def load_adapter(self, key: str, path: Path) -> None:
         from vllm.lora.request import LoRARequest
@@ -85,30 +100,36 @@ class VLLMEngine(TokenizerEngine):
 
     def unload_adapter(self, key: str) -> None:
         req = self._loras.pop(key, None)
-        if req is None or self._loop is None:
-            return  # never used in a request: vLLM never loaded it
-        # vLLM's async engine is bound to the loop it first ran on: schedule the removal there.
-        coro = self.engine.remove_lora(req.lora_int_id)
-        if self._loop.is_running():
-            try:
-                current = asyncio.get_running_loop()
-            except RuntimeError:
-                current = None
-            if current is self._loop:
-                self._loop.create_task(coro)
-            else:
-                asyncio.run_coroutine_threadsafe(coro, self._loop)
-        else:
-            self._loop.run_until_complete(coro)
+        if req is not None:  # vLLM may never have loaded it (no request used it): then this is a no-op
+            self._call(self.engine.remove_lora(req.lora_int_id))
 
     def loaded_adapters(self) -> list[str]:
         return list(self._loras)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        caller = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        def push(item: Any) -> None:
+            caller.call_soon_threadsafe(queue.put_nowait, item)
+
+        fut = asyncio.run_coroutine_threadsafe(self._pump(request, push), self._loop)
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            fut.cancel()  # a no-op once finished; otherwise cancels the pump, which aborts the request
+
+    async def _pump(self, request: GenerationRequest, push: Callable[[Any], None]) -> None:
+        """Runs on the engine's loop: feed vLLM's outputs for one request to ``push``."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        self._loop = asyncio.get_running_loop()
         p = request.params
         sp = SamplingParams(max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, seed=p.seed,
                             stop=list(p.stop) or None)
@@ -126,17 +147,26 @@ class VLLMEngine(TokenizerEngine):
                 if out.finished:
                     finished = True
                     reason = "length" if comp.finish_reason == "length" else "stop"
-                    yield Delta(text[sent:], reason, len(comp.token_ids))
-                    return
+                    push(Delta(text[sent:], reason, len(comp.token_ids)))
+                    break
                 if len(text) > sent and not text.endswith("\ufffd"):
-                    yield Delta(text[sent:], None, len(comp.token_ids))
+                    push(Delta(text[sent:], None, len(comp.token_ids)))
                     sent = len(text)
+        except Exception as e:  # noqa: BLE001 - handed to the caller's loop, raised there
+            push(e)
         finally:
             if not finished:
                 await self.engine.abort(rid)
+            push(_END)
 
     def stop(self) -> None:
-        try:
+        async def shutdown() -> None:
             self.engine.shutdown()
+
+        try:
+            self._call(shutdown())
         except Exception:  # pragma: no cover
             log.debug("vLLM shutdown failed", exc_info=True)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self.engine = None  # AsyncLLM.__del__ would shut down again at interpreter exit, after its imports are gone
