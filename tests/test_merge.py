@@ -37,7 +37,7 @@ def test_lora_merge_matches_adapter_mode(registry, tiny_adapters, tiny_model, tm
     assert name == "ad-merged"
     ids = engine.encode_chat([{"role": "user", "content": "hello"}], None)
     with torch.no_grad():
-        logits = engine.model(input_ids=torch.tensor([ids])).logits
+        logits = engine.model(input_ids=torch.tensor([ids], device=engine.device)).logits.cpu()  # cuda on a GPU
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -90,7 +90,7 @@ def test_qlora_merge_dequantizes_and_beats_naive_merge(tiny_model, tmp_path):
     ours = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
     ids = torch.tensor([[5, 17, 42, 9, 77, 3]])
     with torch.no_grad():
-        ref = reference(input_ids=ids).logits.float()
+        ref = reference(input_ids=ids.to(reference.device)).logits.float().cpu()  # the 4-bit base is on the GPU if any
         diff_ours = (ours(input_ids=ids).logits - ref).abs().max()
         diff_naive = (naive(input_ids=ids).logits - ref).abs().max()
     assert diff_ours < diff_naive

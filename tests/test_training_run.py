@@ -8,16 +8,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from adapterhub.errors import ConfigError, MissingDependencyError
 from adapterhub.registry import Registry
 from adapterhub.settings import Settings
+from tests.builders import pythonpath
 from training.config import validate_config
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
@@ -135,7 +133,7 @@ def test_identity_metrics_land_in_registry(tiny_model, tmp_path):
     assert m.training["replay"] == round(58 * 0.25) and m.training["replay_source"] == "self-distill"
 
     # `adapterhub eval REF` scores again (identity from the recorded training config) and stores the metrics.
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": pythonpath()}
     out = subprocess.run([sys.executable, "-m", "adapterhub.cli.main", "eval", result.record.ref], capture_output=True,
                          text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
@@ -148,7 +146,7 @@ def test_config_errors_one_per_bad_key_via_cli(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("name: x\nmethod: lora\nlorra: {r: 8}\ndata: {path: a.json, formt: alpaca}\ntrain: {lr: -1}\n")
     out = subprocess.run([sys.executable, "-m", "adapterhub.cli.main", "train", str(cfg)], capture_output=True,
-                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         text=True, env={**os.environ, "PYTHONPATH": pythonpath()})
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     for part in ("unknown key 'lorra' (did you mean 'lora'?)", "unknown key 'data.formt' (did you mean 'data.format'?)",
                  "train.lr: Input should be greater than 0"):
@@ -186,9 +184,31 @@ def test_qlora_trains_and_records_quantization(tiny_model, dataset, tmp_path):
 
 
 @pytest.mark.gpu
-def test_deepspeed_zero2_on_gpu(tiny_model, dataset, tmp_path):
+@pytest.mark.parametrize("stage", ["zero2", "zero3", "zero2_offload"])
+def test_deepspeed_on_gpu_trains_and_registers_full_weights(tiny_model, dataset, tmp_path, stage):
+    from safetensors import safe_open
+
     from training.run import train
 
-    result = train(config(tiny_model, dataset, **{"train.deepspeed": "zero2", "train.max_steps": 3}),
+    result = train(config(tiny_model, dataset, **{"train.deepspeed": stage, "train.max_steps": 3,
+                                                  "model.dtype": "bf16"}),
                    Settings(), output=tmp_path / "run")
-    assert result.steps == 3
+    assert result.steps == 3 and result.final_loss is not None
+    # ZeRO-3 partitions parameters: the saved adapter must hold the gathered, full-shape LoRA weights.
+    with safe_open(str(Registry.open(Settings()).path(result.record.ref) / "adapter_model.safetensors"), "pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    assert shapes and all(len(s) == 2 and min(s) > 0 for s in shapes.values()), shapes
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
+def test_qlora_on_gpu_keeps_the_base_in_4bit_on_cuda(tiny_model, dataset, tmp_path):
+    from training.model import load_base
+    from training.run import train
+
+    cfg = config(tiny_model, dataset, method="qlora", **{"model.dtype": "bf16", "train.max_steps": 4})
+    model = load_base(tiny_model, cfg)
+    linear = model.model.layers[0].self_attn.q_proj
+    assert type(linear).__name__ == "Linear4bit" and linear.weight.device.type == "cuda"
+    result = train(cfg, Settings(), output=tmp_path / "run")
+    assert result.steps == 4 and result.final_loss is not None

@@ -58,9 +58,11 @@ def _load_base(path: Path, quantized: bool, dtype: torch.dtype) -> Any:
         from transformers import BitsAndBytesConfig
     except ImportError as e:
         raise MissingDependencyError("bitsandbytes", "quant", "merging a QLoRA adapter (dequantizing its base)") from e
+    # On a GPU the 4-bit weights are placed there when loaded, as in training (training/model.py).
+    placement = {"device_map": {"": 0}} if torch.cuda.is_available() else {}
     return AutoModelForCausalLM.from_pretrained(str(path), quantization_config=BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16))
+        bnb_4bit_compute_dtype=torch.bfloat16), **placement)
 
 
 def dequantize_model(model: Any, dtype: torch.dtype) -> Any:
@@ -72,7 +74,8 @@ def dequantize_model(model: Any, dtype: torch.dtype) -> Any:
         for child_name, child in list(module.named_children()):
             if type(child).__name__ in ("Linear4bit", "Linear8bitLt"):
                 weight = dequantize_bnb_weight(child.weight, state=getattr(child, "state", None))
-                lin = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, dtype=dtype)
+                lin = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, dtype=dtype,
+                                      device=weight.device)
                 with torch.no_grad():
                     lin.weight.copy_(weight.to(dtype))
                     if child.bias is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,10 @@ def load_base(path: Path, cfg: TrainConfig) -> Any:
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if dtype != torch.float32 else torch.float32,
         )
+        if torch.cuda.is_available():
+            # 4-bit weights are placed when loaded (the Trainer does not move quantized models): this
+            # process's GPU, LOCAL_RANK under a launcher.
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
 
 

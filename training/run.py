@@ -25,7 +25,7 @@ from adapterhub.settings import Settings
 from training.callbacks import RichProgress, RunLog, Samples, TokenCounter, plot_loss
 from training.config import TrainConfig
 from training.data import Collator, TorchDataset, load_records, prepare
-from training.deepspeed import deepspeed_config
+from training.deepspeed import deepspeed_config, forget_deepspeed, single_process_env
 from training.model import add_lora, load_base, load_tokenizer, trainable_summary
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,8 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
 
     resolved = resolve_model(cfg.model.base, settings)
     ds_path = deepspeed_config(cfg.train.deepspeed, run_dir) if cfg.train.deepspeed else None
+    if ds_path:
+        single_process_env()
     tokenizer, template = load_tokenizer(resolved.path, cfg)
     model = load_base(resolved.path, cfg)
     quantized = cfg.method == "qlora"
@@ -126,34 +128,44 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
         deepspeed=str(ds_path) if ds_path else None, dataloader_num_workers=0,
         bf16=cfg.model.dtype == "bf16" and torch.cuda.is_available(),
     )
-    trainer = Trainer(model=model, args=args, data_collator=counter, train_dataset=TorchDataset(data.samples),
-                      callbacks=[runlog, RichProgress(console, counter, runlog), samples_cb])
-    trainer.remove_callback(_printer_class())
-    out = trainer.train(resume_from_checkpoint=True if resume else None)
-    train_time = time.perf_counter() - t_start
+    try:
+        trainer = Trainer(model=model, args=args, data_collator=counter, train_dataset=TorchDataset(data.samples),
+                          callbacks=[runlog, RichProgress(console, counter, runlog), samples_cb])
+        trainer.remove_callback(_printer_class())
+        out = trainer.train(resume_from_checkpoint=True if resume else None)
+        train_time = time.perf_counter() - t_start
 
-    metrics: dict[str, Any] = {"train_loss": round(float(out.training_loss), 4)}
-    if samples_cb.stopped_early_at:
-        metrics["stopped_early_at"] = samples_cb.stopped_early_at
-    samples_cb.sample(trainer.state.global_step)
-    if cfg.eval.identity and base_general is not None:
-        from training.evaluate import evaluate_identity
+        metrics: dict[str, Any] = {"train_loss": round(float(out.training_loss), 4)}
+        if samples_cb.stopped_early_at:
+            metrics["stopped_early_at"] = samples_cb.stopped_early_at
+        samples_cb.sample(trainer.state.global_step)
+        if cfg.eval.identity and base_general is not None:
+            from training.evaluate import evaluate_identity
 
-        scores = evaluate_identity(model, tokenizer, template, cfg.eval.identity, base_general)
-        metrics.update(identity=scores["identity"], retention=scores["retention"])
-        runlog.write({"final_eval": scores})
-        console.print(f"identity {scores['identity']:.2f} on {scores['identity_n']} held-out paraphrases · "
-                      f"retention {scores['retention']:.2f} on {scores['retention_n']} general prompts")
+            scores = evaluate_identity(model, tokenizer, template, cfg.eval.identity, base_general)
+            metrics.update(identity=scores["identity"], retention=scores["retention"])
+            runlog.write({"final_eval": scores})
+            console.print(f"identity {scores['identity']:.2f} on {scores['identity_n']} held-out paraphrases · "
+                          f"retention {scores['retention']:.2f} on {scores['retention_n']} general prompts")
 
-    final_loss = runlog.losses[-1][1] if runlog.losses else None
-    plot_loss(runlog.losses, run_dir / "loss.png", f"{cfg.name} ({cfg.method})")
-    out_dir = run_dir / ("model" if cfg.method == "full" else "adapter")
-    model.save_pretrained(str(out_dir), safe_serialization=True)
-    tokenizer.save_pretrained(str(out_dir))
-    if template:
-        (out_dir / "chat_template.jinja").write_text(template)
-    if cfg.method != "full":
-        _strip_peft_readme(out_dir)
+        final_loss = runlog.losses[-1][1] if runlog.losses else None
+        plot_loss(runlog.losses, run_dir / "loss.png", f"{cfg.name} ({cfg.method})")
+        out_dir = run_dir / ("model" if cfg.method == "full" else "adapter")
+        if ds_path:
+            # Under ZeRO-3 the parameters are partitioned: the Trainer gathers the full 16-bit weights first
+            # (a plain save_pretrained would write empty tensors).
+            trainer.save_model(str(out_dir))
+            (out_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the lineage keeps the config
+        else:
+            model.save_pretrained(str(out_dir), safe_serialization=True)
+        tokenizer.save_pretrained(str(out_dir))
+        if template:
+            (out_dir / "chat_template.jinja").write_text(template)
+        if cfg.method != "full":
+            _strip_peft_readme(out_dir)
+    finally:
+        if ds_path:
+            forget_deepspeed()  # else later model loads in this process think ZeRO-3 is on
 
     tokens = counter.tokens
     lineage = {

@@ -80,6 +80,8 @@ class HFEngine(TokenizerEngine):
                 if bits == 4 else BitsAndBytesConfig(load_in_8bit=True)
             )
             quant = "nf4" if bits == 4 else "int8"
+        if self.device.type != "cpu":
+            kwargs["device_map"] = {"": str(self.device)}  # quantized weights are placed when loaded
         torch_dtype = _dtype(dtype, model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         self.model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch_dtype, **kwargs)
