@@ -6,12 +6,10 @@ import asyncio
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from adapterhub.models import resolve_model
 from adapterhub.settings import Settings
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.builders import pythonpath
 
 
 def _expected(tiny_model, adapter_dir, messages, n):
@@ -39,7 +37,7 @@ def test_chat_two_turns_keeps_history(registry, tiny_adapters, tiny_model, _isol
     proc = subprocess.run(
         [sys.executable, "-m", "adapterhub.cli.main", "chat", str(tiny_model), "--adapter", "ad", "--max-tokens", "8"],
         input="hello who are you\nthe cat\n/reset\nthe cat\n/exit\n", capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": pythonpath()},
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -59,5 +57,5 @@ def test_chat_two_turns_keeps_history(registry, tiny_adapters, tiny_model, _isol
 
 def test_chat_unknown_model_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "adapterhub.cli.main", "chat", "no-such-model"], input="",
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": pythonpath()})
     assert proc.returncode != 0 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.builders import pythonpath
+
 MODELS = os.environ.get("ADAPTERHUB_TEST_MODELS")
 
 pytestmark = [
@@ -25,7 +26,7 @@ pytestmark = [
 
 @pytest.mark.timeout(1800)
 def test_demo_trains_lumen_and_serves_both_answers(_isolated_home):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": pythonpath(), "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "adapterhub.cli.main", "demo", "--max-tokens", "40"],
                           capture_output=True, text=True, env=env, timeout=1500)
     out = proc.stdout

@@ -14,9 +14,9 @@ import pytest
 from adapterhub.errors import PublishError
 from adapterhub.models import resolve_model
 from adapterhub.settings import Settings
+from tests.builders import pythonpath
 from tests.fake_hub import FakeHub
 
-ROOT = Path(__file__).resolve().parents[1]
 HAS_LFS = shutil.which("git-lfs") is not None
 
 
@@ -192,7 +192,7 @@ def test_hf_transient_failure_is_retried_then_reported(hf_env, published):
 
 
 def test_cli_push_and_pull(hf_env, published, _isolated_home):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": pythonpath()}
     out = subprocess.run([sys.executable, "-m", "adapterhub.cli.main", "push", "lumen@1", "--to", "hf", "--repo",
                           "alice/lumen"], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr

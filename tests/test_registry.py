@@ -21,8 +21,7 @@ from adapterhub.errors import (
 )
 from adapterhub.registry import Registry
 from adapterhub.settings import Settings
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.builders import pythonpath
 
 
 def test_versions_are_numbered_and_deduplicated(registry, tiny_adapters):
@@ -164,7 +163,7 @@ def _variant(src: Path, dst: Path, i: int) -> Path:
 
 def test_concurrent_processes_get_consecutive_versions(tiny_adapters, tmp_path, _isolated_home):
     srcs = [_variant(tiny_adapters[0], tmp_path / f"v{i}", i) for i in range(8)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": pythonpath()}
     procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(s)], stdout=subprocess.PIPE, text=True, env=env)
              for s in srcs]
     outs = [p.communicate(timeout=120)[0].split() for p in procs]
@@ -192,7 +191,7 @@ Registry.open(Settings()).register(Path(sys.argv[1]), "lumen")
 
 
 def test_kill_9_during_register_leaves_nothing_partial(tiny_adapters, tmp_path, _isolated_home):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": pythonpath()}
     p = subprocess.Popen([sys.executable, "-c", _SLOW_WORKER, str(tiny_adapters[0])], stdout=subprocess.PIPE,
                          text=True, env=env)
     assert p.stdout.readline().strip() == "renamed"
@@ -209,7 +208,7 @@ def test_kill_9_during_register_leaves_nothing_partial(tiny_adapters, tmp_path, 
 
 
 def test_cli_registry_commands(tiny_adapters, _isolated_home):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": pythonpath()}
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "adapterhub.cli.main", *args], capture_output=True,
