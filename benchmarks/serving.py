@@ -7,7 +7,10 @@
 * hot-load: p50 of loading an adapter into a free slot;
 * HTTP overhead: the mixed workload through the server with the openai client vs the engine directly.
 
-Run: ``python -m benchmarks.serving [--requests 8] [--tokens 64]`` (pulls the demo model if needed).
+Run: ``python -m benchmarks.serving [--requests 8] [--tokens 64]`` (pulls the demo model if needed). On a GPU
+machine everything (baselines too) runs on CUDA. ``--random-weights DIR`` benchmarks a randomly initialised
+model built from the config and tokenizer files in DIR, for a machine that cannot fetch the demo model:
+throughput does not depend on the weights' values.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from adapterhub.models import DEMO_MODEL, pull_demo
+from adapterhub.models import DEMO_MODEL, pull_demo, resolve_model
 from adapterhub.registry import Registry
 from adapterhub.registry.local import LocalStore
 from adapterhub.settings import Settings
@@ -33,6 +36,25 @@ PROMPTS = [
     "Explain how a bicycle works.", "Tell me about the history of bread.",
     "Describe the ocean to someone who has never seen it.", "Write a poem about autumn leaves.",
 ]
+
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def random_model(src: Path, out: Path) -> Path:
+    """A model with ``src``'s config and tokenizer and seeded random bf16 weights."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and not f.name.endswith((".safetensors", ".bin", ".gguf")):
+            shutil.copy(f, out / f.name)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(src)), dtype=torch.bfloat16).save_pretrained(
+        str(out))
+    return out
 
 
 def make_adapters(base: Path, out: Path, n: int, r: int = 16) -> list[Path]:
@@ -72,11 +94,15 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--adapters", type=int, default=8)
+    ap.add_argument("--random-weights", metavar="DIR", type=Path,
+                    help="a config + tokenizer dir: benchmark that architecture with random weights")
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     settings = Settings()
-    base = pull_demo(settings)
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    if args.random_weights:
+        base = resolve_model(str(random_model(args.random_weights, tmp / "random-base")), settings)
+    else:
+        base = pull_demo(settings)
     paths = make_adapters(base.path, tmp / "adapters", args.adapters)
     registry = Registry(LocalStore(tmp / "registry"))
     for i, p in enumerate(paths):
@@ -144,7 +170,7 @@ def main() -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(base.path), dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(str(base.path), dtype=torch.bfloat16).to(DEVICE)
     pm = PeftModel.from_pretrained(model, str(paths[0]), adapter_name="a0")
     for i, p in enumerate(paths[1:], 1):
         pm.load_adapter(str(p), adapter_name=f"a{i}")
@@ -156,7 +182,7 @@ def main() -> None:
         t0, n = time.perf_counter(), 0
         for i in range(args.requests):
             pm.set_adapter(f"a{i % args.adapters}")
-            ids = torch.tensor([prompts[i]])
+            ids = torch.tensor([prompts[i]], device=DEVICE)
             out = pm.generate(input_ids=ids, max_new_tokens=args.tokens, do_sample=False, eos_token_id=eos,
                               pad_token_id=tok.pad_token_id)
             n += _gen_len(out[0][len(prompts[i]):].tolist(), eos)
@@ -166,8 +192,9 @@ def main() -> None:
     def peft_mixed() -> tuple[float, int]:
         tok.padding_side = "left"
         width = max(len(p) for p in prompts)
-        ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts], device=DEVICE)
         mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
+        mask = mask.to(DEVICE)
         t0 = time.perf_counter()
         out = pm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.tokens, do_sample=False,
                           eos_token_id=eos, pad_token_id=tok.pad_token_id,
@@ -189,11 +216,15 @@ def main() -> None:
              "vs_base_only": round(v / tps["adapterhub base-only batch"], 2)} for k, v in tps.items()]
     p50 = statistics.median(loads) * 1000
     http_overhead = (t_http / n_http) / (t_mixed / n_mixed) - 1
-    print(f"{args.requests} requests × {args.tokens} tokens, greedy, bf16, {args.adapters} adapters r=16 all-linear")
-    report("serving", rows, ["workload", "tok_per_s", "vs_naive", "vs_base_only"],
+    weights = "random weights" if args.random_weights else "demo model"
+    print(f"{DEVICE}, {weights}: {args.requests} requests × {args.tokens} tokens, greedy, bf16, "
+          f"{args.adapters} adapters r=16 all-linear")
+    name = "serving" + ("" if DEVICE == "cpu" else f"_{DEVICE}") + ("_random" if args.random_weights else "")
+    report(name, rows, ["workload", "tok_per_s", "vs_naive", "vs_base_only"],
            chart=("workload", "tok_per_s", "generated tokens / s"),
            extra={"hot_load_p50_ms": round(p50, 1), "hot_load_max_ms": round(max(loads) * 1000, 1),
-                  "http_overhead": round(http_overhead, 3), "requests": args.requests, "tokens": args.tokens})
+                  "http_overhead": round(http_overhead, 3), "requests": args.requests, "tokens": args.tokens,
+                  "device": DEVICE, "weights": weights})
     print(f"hot-load p50 {p50:.1f} ms (max {max(loads) * 1000:.1f} ms over {len(loads)} loads); "
           f"HTTP overhead vs engine: {http_overhead * 100:+.1f}% per token")
 
