@@ -29,6 +29,23 @@ from serving.service import CompletionService
 log = logging.getLogger(__name__)
 
 
+DEFAULT_MAX_LORA_RANK = 16
+
+
+def derived_max_rank(refs: list[str], registry: Registry | None) -> int:
+    """The engine's LoRA rank when --max-lora-rank is not given: the largest among the adapters it is
+    asked to serve at start, and at least 16 so that typical adapters loaded later on demand fit."""
+    from adapterhub.registry.validation import validate_adapter_dir
+
+    ranks = [DEFAULT_MAX_LORA_RANK]
+    if registry is not None:
+        ranks += [validate_adapter_dir(registry.resolve(ref).path).rank for ref in refs]
+    rank = max(ranks)
+    if rank > DEFAULT_MAX_LORA_RANK:
+        log.info("max LoRA rank %d (the largest among --adapters)", rank)
+    return rank
+
+
 def build_engine(config: ServeConfig, settings: Settings, registry: Registry | None) -> tuple[Engine, str]:
     """Build the engine named by ``config``; returns (engine, served base name)."""
     from adapterhub.models import resolve_model
@@ -49,8 +66,9 @@ def build_engine(config: ServeConfig, settings: Settings, registry: Registry | N
         resolved = resolve_model(config.base, settings)
         path, model_id, fingerprint = resolved.path, resolved.id, resolved.fingerprint
     name = config.served_name or model_id
+    rank = config.max_lora_rank or derived_max_rank(config.adapters, registry)
     common: dict[str, Any] = dict(model_id=model_id, fingerprint=fingerprint, dtype=config.dtype,
-                                  max_loaded=config.max_loaded, max_lora_rank=config.max_lora_rank)
+                                  max_loaded=config.max_loaded, max_lora_rank=rank)
     if config.engine == "vllm":
         from serving.engines.vllm import VLLMEngine
 

@@ -20,7 +20,8 @@ class ServeConfig(BaseModel):
     api_key: str | None = Field(None, description="Require 'Authorization: Bearer <key>' on /v1.")
     admin_key: str | None = Field(None, description="Key for /v1/adapters admin endpoints (default: api_key).")
     max_loaded: int = Field(8, ge=1, description="Adapters kept loaded at once (LRU beyond).")
-    max_lora_rank: int = Field(16, ge=1, description="Largest adapter rank the engine accepts.")
+    max_lora_rank: int | None = Field(None, ge=1, description="Largest adapter rank the engine accepts "
+                                      "(default: the largest rank among `adapters`, at least 16).")
     max_batch_size: int = Field(8, ge=1, description="Requests decoded together per batch.")
     max_waiting: int = Field(256, ge=1, description="Queue size beyond which requests get 503.")
     bits: Literal[4, 8] | None = Field(None, description="Load the base in 4- or 8-bit (bitsandbytes).")

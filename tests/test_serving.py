@@ -273,3 +273,16 @@ def test_client_disconnect_cancels_generation(server, engine):
     while engine.cancelled == before:
         assert time.time() < deadline, "generation kept running after the client left"
         time.sleep(0.05)
+
+
+def test_max_lora_rank_is_derived_from_the_adapters_served(registry, tiny_model, tmp_path):
+    from serving.app import build_engine
+
+    base = resolve_model(str(tiny_model), Settings()).identity()
+    registry.register(build_lora_adapter(tiny_model, tmp_path / "big", r=32), "big", base_model=base)
+    engine, _ = build_engine(ServeConfig(base=str(tiny_model), adapters=["big"]), Settings(), registry)
+    assert engine.capabilities.max_lora_rank == 32
+    engine, _ = build_engine(ServeConfig(base=str(tiny_model)), Settings(), registry)
+    assert engine.capabilities.max_lora_rank == 16
+    engine, _ = build_engine(ServeConfig(base=str(tiny_model), adapters=["big"], max_lora_rank=8), Settings(), registry)
+    assert engine.capabilities.max_lora_rank == 8  # set explicitly: the manager then refuses "big" with the reason

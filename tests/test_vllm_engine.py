@@ -35,7 +35,7 @@ def adapters(tmp_path_factory):
 def engine(adapters):
     from serving.engines.vllm import VLLMEngine
 
-    eng = VLLMEngine(DEMO, model_id="demo", max_loaded=2, max_lora_rank=8, dtype="bf16",
+    eng = VLLMEngine(DEMO, model_id="demo", max_loaded=2, max_lora_rank=12, dtype="bf16",
                      extra_args={"max_model_len": "1024"})
     for i, a in enumerate(adapters):
         eng.load_adapter(f"a{i}@1#x", a)
@@ -69,6 +69,10 @@ def test_mixed_batch_matches_each_request_alone(engine):
     assert len(set(alone)) == 3, alone  # the adapters really change the text
     for _ in range(3):
         assert _run(engine, keys * 2) == alone * 2
+
+
+def test_rank_is_rounded_up_to_a_size_vllm_takes(engine):
+    assert engine.capabilities.max_lora_rank == 16  # asked for 12; vLLM takes 1, 8, 16, 32, …
 
 
 def test_new_version_gets_a_new_lora_id(engine, adapters):

@@ -29,6 +29,7 @@ from serving.engines.lora import LINEAR_TARGETS
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 _END = object()
+VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
 
 
 def _module_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, int]]:
@@ -55,6 +56,9 @@ class VLLMEngine(TokenizerEngine):
             raise MissingDependencyError("vllm", "vllm", "--engine vllm (see README: vLLM in its own venv)") from e
         if bits is not None:
             raise UserInputError("--bits applies to the hf engine; for vLLM serve a pre-quantized model (AWQ/GPTQ)")
+        if max_lora_rank > VLLM_RANKS[-1]:
+            raise UserInputError(f"max LoRA rank {max_lora_rank} is above vLLM's largest, {VLLM_RANKS[-1]}")
+        max_lora_rank = next(r for r in VLLM_RANKS if r >= max_lora_rank)  # vLLM takes only these sizes
         cfg = json.loads((Path(model_path) / "config.json").read_text())
         extra = dict(extra_args or {})
         args: dict[str, Any] = dict(
