@@ -76,6 +76,26 @@ def make_adapters(base: Path, out: Path, n: int, r: int = 16) -> list[Path]:
     return paths
 
 
+async def staggered(engine, requests, gap_s: float) -> dict[str, float]:
+    """Requests arriving ``gap_s`` apart: time to first token, latency and throughput."""
+    async def one(i, req):
+        await asyncio.sleep(i * gap_s)
+        t0, first, n = time.perf_counter(), None, 0
+        async for d in engine.generate(req):
+            if first is None and d.text:
+                first = time.perf_counter() - t0
+            if d.finish_reason is not None:
+                n = d.completion_tokens
+        return first or 0.0, time.perf_counter() - t0, n
+
+    t0 = time.perf_counter()
+    res = await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
+    wall = time.perf_counter() - t0
+    return {"ttft_p50_s": round(statistics.median(r[0] for r in res), 3),
+            "latency_mean_s": round(statistics.mean(r[1] for r in res), 2),
+            "tok_per_s": round(sum(r[2] for r in res) / wall, 1)}
+
+
 async def run_engine(engine, requests) -> tuple[float, int]:
     async def one(req):
         n = 0
@@ -138,6 +158,15 @@ def main() -> None:
     asyncio.run(run_engine(engine, reqs(False)))  # warm-up
     t_base, n_base = asyncio.run(run_engine(engine, reqs(False)))
     t_mixed, n_mixed = asyncio.run(run_engine(engine, reqs(True)))
+    # Continuous batching vs static batches (the same engine, joining switched off) on staggered arrivals:
+    # the gap is a quarter of one request's solo decode time, so most requests arrive mid-batch.
+    t_one, n_one = asyncio.run(run_engine(engine, reqs(True)[:1]))
+    gap = t_one / 4
+    arrivals = {}
+    for mode in (False, True):
+        engine.continuous = mode
+        arrivals["continuous" if mode else "static"] = asyncio.run(staggered(engine, reqs(True), gap))
+    engine.continuous = True
 
     for i in range(len(paths)):  # the server's adapter manager loads them again under its own keys
         engine.unload_adapter(f"a{i}")
@@ -224,9 +253,15 @@ def main() -> None:
            chart=("workload", "tok_per_s", "generated tokens / s"),
            extra={"hot_load_p50_ms": round(p50, 1), "hot_load_max_ms": round(max(loads) * 1000, 1),
                   "http_overhead": round(http_overhead, 3), "requests": args.requests, "tokens": args.tokens,
-                  "device": DEVICE, "weights": weights})
+                  "device": DEVICE, "weights": weights, "staggered_gap_s": round(gap, 3),
+                  "staggered_static": arrivals["static"], "staggered_continuous": arrivals["continuous"]})
     print(f"hot-load p50 {p50:.1f} ms (max {max(loads) * 1000:.1f} ms over {len(loads)} loads); "
           f"HTTP overhead vs engine: {http_overhead * 100:+.1f}% per token")
+    st, co = arrivals["static"], arrivals["continuous"]
+    print(f"staggered arrivals ({args.requests} requests, one every {gap * 1000:.0f} ms): time to first token p50 "
+          f"{st['ttft_p50_s']} s static vs {co['ttft_p50_s']} s continuous "
+          f"({st['ttft_p50_s'] / max(co['ttft_p50_s'], 1e-9):.1f}x); mean latency {st['latency_mean_s']} s vs "
+          f"{co['latency_mean_s']} s; {st['tok_per_s']} vs {co['tok_per_s']} tok/s")
 
 
 def engine_eos(tok) -> set[int]:

@@ -115,3 +115,34 @@ def test_capabilities(engine):
     assert caps.max_lora_rank == 8 and caps.context_length == 512
     assert {"q_proj", "v_proj", "down_proj"} <= caps.target_modules
     assert caps.module_shapes["q_proj"] == (64, 64)
+
+
+def test_request_arriving_mid_decode_joins_the_running_batch(engine, tiny_adapters):
+    """Continuous batching: a short request (on an adapter) sent while a long one (base) decodes
+    finishes first, and both get exactly the text they get alone."""
+    engine.load_adapter("a1", tiny_adapters[1])
+    long_ids, short_ids = engine.encode("the cat"), engine.encode("hello who are you")
+    long_alone, last = run(engine, long_ids, max_tokens=200)
+    assert last.completion_tokens == 200  # really long: no early end of sequence
+    short_alone = run(engine, short_ids, "a1", max_tokens=4)[0]
+    assert short_alone != run(engine, short_ids, max_tokens=4)[0]  # the adapter changes it
+
+    async def go():
+        order, started = [], asyncio.Event()
+
+        async def collect(ids, n, name, key=None, wait=None):
+            if wait is not None:
+                await wait.wait()
+            parts = []
+            async for d in engine.generate(GenerationRequest(ids, SamplingParams(max_tokens=n), key)):
+                parts.append(d.text)
+                started.set()
+            order.append(name)
+            return "".join(parts)
+
+        texts = await asyncio.gather(collect(long_ids, 200, "long"), collect(short_ids, 4, "short", "a1", started))
+        return texts, order
+
+    texts, order = asyncio.run(go())
+    assert texts == [long_alone, short_alone]
+    assert order == ["short", "long"]  # it did not wait for the long request to finish

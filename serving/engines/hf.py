@@ -1,10 +1,11 @@
 """The ``hf`` engine: transformers model + our batched multi-LoRA, with a batching scheduler.
 
-A worker thread takes up to ``max_batch_size`` waiting requests — whatever adapters they use — and
-decodes them together: one left-padded prefill, then one token per step for every row, each row
-with its own adapter slot, sampling parameters, stop strings and token budget. Finished or cancelled
-rows stop streaming at once; the batch ends when every row is done, then the next batch is formed
-from the queue (static batching: new requests wait for the current batch).
+A worker thread decodes up to ``max_batch_size`` requests together — whatever adapters they use —
+one token per step for every row, each row with its own adapter slot, sampling parameters, stop
+strings and token budget. Continuous batching: between two decode steps, finished or cancelled rows
+leave the batch (their KV cache rows are dropped) and waiting requests join it (a left-padded prefill
+of the newcomers, whose KV cache is then left-padded to the batch's length and concatenated), so a
+request arriving mid-batch starts at the next step instead of waiting for the whole batch.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class HFEngine(TokenizerEngine):
         max_waiting: int = 256,
         device: str | None = None,
         batch_window_s: float = 0.02,
+        continuous: bool = True,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -110,6 +112,7 @@ class HFEngine(TokenizerEngine):
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.max_batch_size = max_batch_size
         self.batch_window_s = batch_window_s
+        self.continuous = continuous  # False: static batches (the benchmark's baseline)
         self.batch_quiet_s = 0.004
         self._queue: queue.Queue[_Row] = queue.Queue(maxsize=max_waiting)
         # Serializes load/unload (the slot free-list). The worker does not take it: loads write only
@@ -118,6 +121,8 @@ class HFEngine(TokenizerEngine):
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.cancelled = 0  # rows dropped because their client went away (observable in tests/metrics)
+        self.peak_batch = 0  # most rows decoded together so far
+        self.prefills = 0
 
     # ---------------------------------------------------------------- seam
     def load_adapter(self, key: str, path: Path) -> None:
@@ -176,37 +181,59 @@ class HFEngine(TokenizerEngine):
     # ---------------------------------------------------------------- worker
     def _worker(self) -> None:
         torch.set_grad_enabled(False)
+        batch: _Batch | None = None
         while not self._stopping.is_set():
-            try:
-                first = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            rows = [first]
-            # Gather window: requests of one burst arrive a few ms apart (HTTP parsing, tokenizing); wait
-            # while they keep coming (up to batch_window_s), so they share a batch instead of the first
-            # one running alone and the rest waiting for it.
-            deadline = time.monotonic() + self.batch_window_s
-            while len(rows) < self.max_batch_size:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    rows.append(self._queue.get(timeout=min(remaining, self.batch_quiet_s)))
-                except queue.Empty:
-                    break
+            if batch is None:
+                rows = self._gather()
+            else:  # join the running batch at this step boundary, without waiting
+                rows = []
+                while self.continuous and len(batch.rows) + len(rows) < self.max_batch_size:
+                    try:
+                        rows.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
             rows = [r for r in rows if not self._drop_if_cancelled(r)]
-            if not rows:
-                continue
             try:
                 with torch.inference_mode():
-                    self._run_batch(rows)
-            except Exception as e:  # never kill the worker: fail the batch's requests
+                    if rows:
+                        joined = self._prefill(rows)
+                        batch = joined if batch is None else _merge(batch, joined) if joined else batch
+                    if batch is not None:
+                        self.peak_batch = max(self.peak_batch, len(batch.rows))
+                        batch = self._decode_step(batch)
+            except Exception as e:  # never kill the worker: fail the requests in flight
                 log.exception("batch failed")
-                for r in rows:
+                for r in rows + (batch.rows if batch is not None else []):
                     if not r.done:
                         r.done = True
                         r.loop.call_soon_threadsafe(r.out.put_nowait, e)
                         r.loop.call_soon_threadsafe(r.out.put_nowait, _END)
+                batch = None
+            finally:
+                self.slots.ctx.indices = None
+        for r in batch.rows if batch is not None else []:
+            if not r.done:
+                self._emit(r, Delta("", "cancelled", len(r.ids)))
+
+    def _gather(self) -> list[_Row]:
+        """Block for a first request, then take the rest of its burst (idle engine only)."""
+        try:
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        rows = [first]
+        # Gather window: requests of one burst arrive a few ms apart (HTTP parsing, tokenizing); wait
+        # while they keep coming (up to batch_window_s), so they share the first prefill.
+        deadline = time.monotonic() + self.batch_window_s
+        while len(rows) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                rows.append(self._queue.get(timeout=min(remaining, self.batch_quiet_s)))
+            except queue.Empty:
+                break
+        return rows
 
     def _drop_if_cancelled(self, row: _Row) -> bool:
         if row.req.cancelled:
@@ -221,9 +248,18 @@ class HFEngine(TokenizerEngine):
             row.done = True
             row.loop.call_soon_threadsafe(row.out.put_nowait, _END)
 
-    def _run_batch(self, rows: list[_Row]) -> None:
+    def _slot_indices(self, rows: list[_Row]) -> torch.Tensor:
+        try:
+            slots = [self.slots.slot_of(r.req.adapter_key) for r in rows]
+        except KeyError:
+            raise RuntimeError("adapter unloaded while queued") from None
+        return torch.tensor(slots, dtype=torch.long, device=self.device)
+
+    def _prefill(self, rows: list[_Row]) -> _Batch | None:
+        """Run the prompts of ``rows`` (left-padded), sample each row's first token."""
         from transformers import DynamicCache
 
+        self.prefills += 1
         dev = self.device
         lengths = [len(r.req.prompt_ids) for r in rows]
         width = max(lengths)
@@ -233,35 +269,34 @@ class HFEngine(TokenizerEngine):
             input_ids[i, width - lengths[i]:] = torch.tensor(r.req.prompt_ids)
             mask[i, width - lengths[i]:] = 1
         input_ids, mask = input_ids.to(dev), mask.to(dev)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        try:
-            slots = [self.slots.slot_of(r.req.adapter_key) for r in rows]
-        except KeyError:
-            raise RuntimeError("adapter unloaded while queued") from None
-        self.slots.ctx.indices = torch.tensor(slots, dtype=torch.long, device=dev)
-        cache = DynamicCache()
-        try:
-            out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                             past_key_values=cache, use_cache=True, logits_to_keep=1)
-            step = 0
-            while True:
-                logits = out.logits[:, -1, :].float()
-                next_ids = self._sample(logits, rows)
-                for i, r in enumerate(rows):
-                    if not r.done:
-                        self._advance(r, int(next_ids[i]))
-                if all(r.done or self._drop_if_cancelled(r) for r in rows) or self._stopping.is_set():
-                    break
-                step += 1
-                mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=dev)], dim=1)
-                position_ids = position_ids[:, -1:] + 1
-                out = self.model(input_ids=next_ids.view(-1, 1).to(dev), attention_mask=mask,
-                                 position_ids=position_ids, past_key_values=cache, use_cache=True)
-        finally:
-            self.slots.ctx.indices = None
-            for r in rows:
-                if not r.done:
-                    self._emit(r, Delta("", "cancelled", len(r.ids)))
+        batch = _Batch(rows, DynamicCache(), mask, torch.zeros(0, dtype=torch.long), self._slot_indices(rows))
+        self.slots.ctx.indices = batch.slots
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                         past_key_values=batch.cache, use_cache=True, logits_to_keep=1)
+        return self._after_forward(batch, out.logits[:, -1, :].float())
+
+    def _decode_step(self, batch: _Batch) -> _Batch | None:
+        dev = self.device
+        batch.mask = torch.cat([batch.mask, torch.ones((len(batch.rows), 1), dtype=batch.mask.dtype, device=dev)],
+                               dim=1)
+        self.slots.ctx.indices = batch.slots
+        out = self.model(input_ids=batch.next_ids.view(-1, 1).to(dev), attention_mask=batch.mask,
+                         position_ids=batch.mask.sum(-1, keepdim=True) - 1, past_key_values=batch.cache,
+                         use_cache=True)
+        return self._after_forward(batch, out.logits[:, -1, :].float())
+
+    def _after_forward(self, batch: _Batch, logits: torch.Tensor) -> _Batch | None:
+        """Sample, stream, then drop finished or cancelled rows from the batch (None when none is left)."""
+        batch.next_ids = self._sample(logits, batch.rows)
+        for i, r in enumerate(batch.rows):
+            if not r.done:
+                self._advance(r, int(batch.next_ids[i]))
+        keep = [i for i, r in enumerate(batch.rows) if not (r.done or self._drop_if_cancelled(r))]
+        if not keep:
+            return None
+        if len(keep) < len(batch.rows):
+            batch.select(keep)
+        return batch
 
     def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
         next_ids = logits.argmax(dim=-1)
@@ -308,6 +343,49 @@ class HFEngine(TokenizerEngine):
         chunk = text[r.emitted:]
         r.emitted = len(text)
         return chunk
+
+
+@dataclass
+class _Batch:
+    """The running batch: its rows, their KV cache (left-padded to a common length) and attention mask,
+    each row's last sampled token and its adapter slot."""
+
+    rows: list[_Row]
+    cache: Any
+    mask: torch.Tensor
+    next_ids: torch.Tensor
+    slots: torch.Tensor
+
+    def select(self, keep: list[int]) -> None:
+        idx = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
+        self.rows = [self.rows[i] for i in keep]
+        self.mask, self.slots = self.mask[idx], self.slots[idx]
+        self.next_ids = self.next_ids[torch.tensor(keep, dtype=torch.long)]
+        # Columns that are padding for every remaining row (the finished rows' longer prompts) go too.
+        first = int((self.mask.sum(0) > 0).nonzero()[0])
+        self.mask = self.mask[:, first:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[idx, :, first:]
+            layer.values = layer.values[idx, :, first:]
+
+
+def _merge(a: _Batch, b: _Batch) -> _Batch:
+    """One batch of ``a``'s rows then ``b``'s, the shorter side's KV cache and mask left-padded."""
+    t = max(a.mask.shape[1], b.mask.shape[1])
+
+    def pad(x: torch.Tensor, dim: int) -> torch.Tensor:
+        missing = t - x.shape[dim]
+        if missing == 0:
+            return x
+        shape = list(x.shape)
+        shape[dim] = missing
+        return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+    for la, lb in zip(a.cache.layers, b.cache.layers):
+        la.keys = torch.cat([pad(la.keys, 2), pad(lb.keys, 2)], dim=0)
+        la.values = torch.cat([pad(la.values, 2), pad(lb.values, 2)], dim=0)
+    return _Batch(a.rows + b.rows, a.cache, torch.cat([pad(a.mask, 1), pad(b.mask, 1)], dim=0),
+                  torch.cat([a.next_ids, b.next_ids]), torch.cat([a.slots, b.slots]))
 
 
 def _dtype(name: str, model_path: Path) -> torch.dtype:
