@@ -270,7 +270,7 @@ class HFEngine(TokenizerEngine):
             mask[i, width - lengths[i]:] = 1
         input_ids, mask = input_ids.to(dev), mask.to(dev)
         batch = _Batch(rows, DynamicCache(), mask, torch.zeros(0, dtype=torch.long), self._slot_indices(rows))
-        self.slots.ctx.indices = batch.slots
+        self.slots.ctx.indices = batch.lora_indices()
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                          past_key_values=batch.cache, use_cache=True, logits_to_keep=1)
         return self._after_forward(batch, out.logits[:, -1, :].float())
@@ -279,7 +279,7 @@ class HFEngine(TokenizerEngine):
         dev = self.device
         batch.mask = torch.cat([batch.mask, torch.ones((len(batch.rows), 1), dtype=batch.mask.dtype, device=dev)],
                                dim=1)
-        self.slots.ctx.indices = batch.slots
+        self.slots.ctx.indices = batch.lora_indices()
         out = self.model(input_ids=batch.next_ids.view(-1, 1).to(dev), attention_mask=batch.mask,
                          position_ids=batch.mask.sum(-1, keepdim=True) - 1, past_key_values=batch.cache,
                          use_cache=True)
@@ -355,6 +355,10 @@ class _Batch:
     mask: torch.Tensor
     next_ids: torch.Tensor
     slots: torch.Tensor
+
+    def lora_indices(self) -> torch.Tensor | None:
+        """The slot of each row, or None for an all-base batch (the LoRA layers then skip their math)."""
+        return self.slots if any(r.req.adapter_key for r in self.rows) else None
 
     def select(self, keep: list[int]) -> None:
         idx = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
