@@ -20,7 +20,9 @@ NOTES = {
     "registry": "Goal: list ≤ 200 ms and resolve ≤ 5 ms at 10,000 versions. Baseline: a file-only registry "
                 "that scans manifests on disk.",
     "serving": "Goals: mixed ≥ 0.8× base-only, ≥ 4× naive swapping, hot-load p50 ≤ 100 ms, HTTP overhead ≤ 10%. "
-               "Naive swapping = peft with the 8 adapters loaded, one request at a time with `set_adapter`.",
+               "Naive swapping = peft with the 8 adapters loaded, one request at a time with `set_adapter`. "
+               "staggered_*: the mixed requests arriving a quarter of one request's solo time apart, with "
+               "continuous batching vs static batches (the same engine with joining switched off).",
     "serving_cuda_random": "The serving benchmark on one H100 (CUDA build of torch 2.11, bf16): the demo model's "
                            "architecture with random weights (that machine cannot fetch the demo model; "
                            "throughput does not depend on the weights' values). "
