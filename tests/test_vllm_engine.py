@@ -87,3 +87,21 @@ def test_new_version_gets_a_new_lora_id(engine, adapters):
 def test_cuda_build_runs_the_model_on_the_gpu(engine):
     # On a GPU machine (VLLM_PKG=vllm) the two tests above then check the CUDA build's LoRA kernels.
     assert engine.engine.vllm_config.device_config.device_type == "cuda"
+
+
+def test_closing_the_stream_aborts_the_request_in_vllm(engine):
+    from serving.engines.base import GenerationRequest, SamplingParams
+
+    async def go():
+        stream = engine.generate(GenerationRequest(engine.encode_chat(MSG, None), SamplingParams(max_tokens=900)))
+        async for _ in stream:
+            break  # the client goes away after the first delta
+        await stream.aclose()
+        for _ in range(100):  # 900 tokens would take about a minute here; the abort takes milliseconds
+            if engine.engine.get_num_unfinished_requests() == 0:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    assert asyncio.run(go())
+    assert _run(engine, [None])[0]  # and the engine still serves
