@@ -24,10 +24,31 @@ _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?
 
 
 class SlotContext:
-    """Per-forward state shared by all wrapped layers: the slot index of each batch row."""
+    """Per-forward state shared by all wrapped layers: the slot index of each batch row.
+
+    ``version`` changes whenever the indices (a new tensor: rows joined or left the batch) or the slot
+    contents (a load or unload) change; layers keep their gathered per-row A/B until it does, so
+    decode steps of an unchanged batch skip the gather.
+    """
 
     def __init__(self) -> None:
-        self.indices: torch.Tensor | None = None
+        self._indices: torch.Tensor | None = None
+        self._last: torch.Tensor | None = None  # held, so a new tensor can never reuse its identity
+        self.version = 0
+
+    @property
+    def indices(self) -> torch.Tensor | None:
+        return self._indices
+
+    @indices.setter
+    def indices(self, value: torch.Tensor | None) -> None:
+        self._indices = value
+        if value is not None and value is not self._last:
+            self._last = value
+            self.version += 1
+
+    def invalidate(self) -> None:
+        self.version += 1
 
 
 class BatchedLoraLinear(nn.Module):
@@ -41,16 +62,20 @@ class BatchedLoraLinear(nn.Module):
         self.A = torch.zeros(slots, max_rank, self.in_features, dtype=dtype)
         self.B = torch.zeros(slots, self.out_features, max_rank, dtype=dtype)
         self.users = 0  # loaded adapters that target this layer; 0 → skip the LoRA math
+        self._gathered: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (version, A^T, B^T) per row
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         idx = self.ctx.indices
         if idx is None or self.users == 0:
             return y
-        a = self.A.index_select(0, idx)  # [b, r, in]
-        b = self.B.index_select(0, idx)  # [b, out, r]
-        h = torch.bmm(x.to(a.dtype), a.transpose(1, 2))
-        return y + torch.bmm(h, b.transpose(1, 2)).to(y.dtype)
+        if self._gathered is None or self._gathered[0] != self.ctx.version:
+            self._gathered = (self.ctx.version, self.A.index_select(0, idx).transpose(1, 2),  # [b, in, r]
+                              self.B.index_select(0, idx).transpose(1, 2))  # [b, r, out]
+        _, a, b = self._gathered
+        h = torch.bmm(x if x.dtype == a.dtype else x.to(a.dtype), a)
+        out = torch.bmm(h, b)
+        return y + (out if out.dtype == y.dtype else out.to(y.dtype))
 
 
 @dataclass
@@ -138,6 +163,7 @@ class LoraSlots:
         for name in pairs:
             self.layers[name].users += 1
         self.loaded[key] = SlotAdapter(slot, list(pairs))
+        self.ctx.invalidate()
 
     def unload(self, key: str) -> None:
         entry = self.loaded.pop(key, None)
@@ -149,6 +175,7 @@ class LoraSlots:
             layer.A[entry.slot].zero_()
             layer.B[entry.slot].zero_()
         self.free.append(entry.slot)
+        self.ctx.invalidate()
 
 
 def _pattern(patterns: dict[str, Any] | None, module: str, default: float) -> float:
