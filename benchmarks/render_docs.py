@@ -23,7 +23,8 @@ NOTES = {
                "Naive swapping = peft with the 8 adapters loaded, one request at a time with `set_adapter`. "
                "staggered_*: the mixed requests arriving a quarter of one request's solo time apart, with "
                "continuous batching vs static batches (the same engine with joining switched off).",
-    "serving_cuda_random": "The serving benchmark on one H100 (CUDA build of torch 2.11, bf16): the demo model's "
+    "serving_cuda_random": "The serving benchmark on one H100 (CUDA build of torch 2.11, bf16), run at the commit before the "
+                           "gathered-A/B cache (not re-run after it: the session's GPU time was spent): the demo model's "
                            "architecture with random weights (that machine cannot fetch the demo model; "
                            "throughput does not depend on the weights' values). "
                            "`python -m benchmarks.serving --random-weights DIR`.",
