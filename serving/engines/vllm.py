@@ -115,7 +115,10 @@ class VLLMEngine(TokenizerEngine):
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
         def push(item: Any) -> None:
-            caller.call_soon_threadsafe(queue.put_nowait, item)
+            try:
+                caller.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the caller's loop is gone (it stopped listening): nothing to deliver
+                pass
 
         fut = asyncio.run_coroutine_threadsafe(self._pump(request, push), self._loop)
         try:
