@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import threading
 
 import pytest
 import torch
@@ -146,3 +147,20 @@ def test_request_arriving_mid_decode_joins_the_running_batch(engine, tiny_adapte
     texts, order = asyncio.run(go())
     assert texts == [long_alone, short_alone]
     assert order == ["short", "long"]  # it did not wait for the long request to finish
+
+
+def test_a_caller_whose_event_loop_closes_does_not_fail_the_others(engine):
+    ids = engine.encode("the cat")
+    alone = run(engine, ids, max_tokens=120)[0]
+    result = {}
+    other = threading.Thread(target=lambda: result.update(text=run(engine, ids, max_tokens=120)[0]))
+    other.start()
+
+    async def leave_after_first_delta():
+        async for _ in engine.generate(GenerationRequest(engine.encode("hello who are you"),
+                                                         SamplingParams(max_tokens=120))):
+            break  # asyncio.run then finalizes the stream and closes this loop while the batch runs on
+
+    asyncio.run(leave_after_first_delta())
+    other.join(timeout=300)
+    assert result.get("text") == alone

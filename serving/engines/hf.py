@@ -246,10 +246,14 @@ class HFEngine(TokenizerEngine):
         return False
 
     def _emit(self, row: _Row, delta: Delta) -> None:
-        row.loop.call_soon_threadsafe(row.out.put_nowait, delta)
+        try:
+            row.loop.call_soon_threadsafe(row.out.put_nowait, delta)
+            if delta.finish_reason is not None:
+                row.loop.call_soon_threadsafe(row.out.put_nowait, _END)
+        except RuntimeError:  # the caller's event loop is closed: nobody listens, and the batch goes on
+            row.req.cancel()
         if delta.finish_reason is not None:
             row.done = True
-            row.loop.call_soon_threadsafe(row.out.put_nowait, _END)
 
     def _slot_indices(self, rows: list[_Row]) -> torch.Tensor:
         try:
