@@ -38,8 +38,10 @@ def derived_max_rank(refs: list[str], registry: Registry | None) -> int:
     from adapterhub.registry.validation import validate_adapter_dir
 
     ranks = [DEFAULT_MAX_LORA_RANK]
-    if registry is not None:
-        ranks += [validate_adapter_dir(registry.resolve(ref).path).rank for ref in refs]
+    for ref in refs if registry is not None else []:
+        record = registry.resolve(ref)
+        if registry.manifest(record).kind == "adapter":  # a model artifact is refused, with the reason, at pin
+            ranks.append(validate_adapter_dir(record.path).rank)
     rank = max(ranks)
     if rank > DEFAULT_MAX_LORA_RANK:
         log.info("max LoRA rank %d (the largest among --adapters)", rank)

@@ -281,3 +281,6 @@ def test_max_lora_rank_is_derived_from_the_adapters_served(registry, tiny_model,
     assert engine.capabilities.max_lora_rank == 16
     engine, _ = build_engine(ServeConfig(base=str(tiny_model), adapters=["big"], max_lora_rank=8), Settings(), registry)
     assert engine.capabilities.max_lora_rank == 8  # set explicitly: the manager then refuses "big" with the reason
+    registry.register(tiny_model, "whole", kind="model", base_model=base)
+    engine, _ = build_engine(ServeConfig(base=str(tiny_model), adapters=["whole"]), Settings(), registry)
+    assert engine.capabilities.max_lora_rank == 16  # not an adapter: no rank; pinning it says "serve it with --merged"

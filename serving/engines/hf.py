@@ -214,6 +214,8 @@ class HFEngine(TokenizerEngine):
                 batch = None
             finally:
                 self.slots.ctx.indices = None
+                if batch is None:
+                    self.slots.release_gathered()  # the per-row A/B copies of the batch that just ended
         for r in batch.rows if batch is not None else []:
             if not r.done:
                 self._emit(r, Delta("", "cancelled", len(r.ids)))

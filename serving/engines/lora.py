@@ -106,6 +106,11 @@ class LoraSlots:
         self.free = list(range(self.slots - 1, 0, -1))
         self.loaded: dict[str, SlotAdapter] = {}
 
+    def release_gathered(self) -> None:
+        """Drop each layer's gathered per-row A/B (up to batch × rank × (in + out) per layer) once idle."""
+        for layer in self.layers.values():
+            layer._gathered = None
+
     def module_shapes(self) -> dict[str, tuple[int, int]]:
         shapes: dict[str, tuple[int, int]] = {}
         for name, layer in self.layers.items():
