@@ -7,7 +7,7 @@ Layout::
     <root>/.staging/<pid>-<rand>/      versions being built
     <root>/.pending/<name>@<version>   marks a rename whose DB row may not have been committed
 
-Writes follow: build in staging → fsync → under ``BEGIN IMMEDIATE`` (one writer across processes)
+Writes follow: copy the caller's files into staging → fsync → under ``BEGIN IMMEDIATE`` (one writer across processes)
 allocate the number, write the pending marker, rename into place, insert the row, commit, drop the
 marker. A crash anywhere leaves either nothing visible or a complete version; ``_recover`` removes
 leftovers at the next open (under the same write lock, so it never races a live writer).
@@ -23,18 +23,18 @@ import sqlite3
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from adapterhub.registry.store import AliasEvent, RegistryStore, VersionRecord
+from adapterhub.registry.store import MANIFEST_FILE, AliasEvent, RegistryStore, VersionRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
     name TEXT NOT NULL, version INTEGER NOT NULL, content_hash TEXT NOT NULL, kind TEXT NOT NULL,
     base_model TEXT, rank INTEGER, size INTEGER NOT NULL, created_at REAL NOT NULL,
-    metrics TEXT NOT NULL DEFAULT '{}',
+    metrics TEXT NOT NULL DEFAULT '{}', base_fingerprint TEXT,
     PRIMARY KEY (name, version)
 );
 CREATE INDEX IF NOT EXISTS versions_hash ON versions (name, content_hash);
@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS alias_history (
     version INTEGER, at REAL NOT NULL, by TEXT NOT NULL
 );
 """
-_COLS = "v.name, v.version, v.content_hash, v.kind, v.base_model, v.rank, v.size, v.created_at, v.metrics"
+_COLS = ("v.name, v.version, v.content_hash, v.kind, v.base_model, v.rank, v.size, v.created_at, v.metrics, "
+         "v.base_fingerprint")
 
 
 def _fsync_tree(path: Path) -> None:
@@ -113,7 +114,15 @@ class LocalStore(RegistryStore):
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
+        self._migrate()
         self._recover()
+
+    def _migrate(self) -> None:
+        """Bring a registry written by an older adapterhub up to the current columns."""
+        cols = {r[1] for r in self._conn.execute("PRAGMA table_info(versions)")}
+        if "base_fingerprint" not in cols:
+            with self._write() as db:
+                db.execute("ALTER TABLE versions ADD COLUMN base_fingerprint TEXT")
 
     def close(self) -> None:
         self._conn.close()
@@ -144,15 +153,18 @@ class LocalStore(RegistryStore):
                     _rmtree(self.versions_dir / name / ver)
                 marker.unlink()
 
-    def staging_dir(self) -> Path:
+    def _staging_dir(self) -> Path:
         return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self._staging))
 
+    def open(self, record: VersionRecord) -> Path:
+        return self.versions_dir / record.name / str(record.version)
+
     def _record(self, row: tuple, aliases: tuple[str, ...] = ()) -> VersionRecord:
-        name, version, h, kind, base, rank, size, created, metrics = row
+        name, version, h, kind, base, rank, size, created, metrics, base_fp = row
         return VersionRecord(
             name=name, version=version, content_hash=h, kind=kind, base_model=base, rank=rank,
-            size=size, created_at=created, root=self.versions_dir,
-            aliases=aliases, metrics=json.loads(metrics) if metrics and metrics != "{}" else {},
+            size=size, created_at=created, aliases=aliases,
+            metrics=json.loads(metrics) if metrics and metrics != "{}" else {}, base_fingerprint=base_fp,
         )
 
     def _aliases_of(self, name: str, version: int) -> tuple[str, ...]:
@@ -165,9 +177,12 @@ class LocalStore(RegistryStore):
         row = self._conn.execute(sql, args).fetchone()
         return self._record(row, self._aliases_of(row[0], row[1])) if row else None
 
-    def put(self, name: str, staged: Path, content_hash: str, summary: dict[str, Any],
-            finalize: Any) -> tuple[VersionRecord, bool]:
+    def put(self, name: str, src: Path, content_hash: str, summary: dict[str, Any],
+            manifest_for: Callable[[int], bytes]) -> tuple[VersionRecord, bool]:
+        staged = self._staging_dir()
         try:
+            shutil.copytree(src, staged, dirs_exist_ok=True)
+            (staged / MANIFEST_FILE).unlink(missing_ok=True)
             _fsync_tree(staged)
             with self._write() as db:
                 existing = db.execute(
@@ -178,7 +193,7 @@ class LocalStore(RegistryStore):
                     return self._record(existing, self._aliases_of(name, existing[1])), False
                 (last,) = db.execute("SELECT MAX(version) FROM versions WHERE name=?", (name,)).fetchone()
                 version = (last or 0) + 1
-                finalize(staged, version)
+                (staged / MANIFEST_FILE).write_bytes(manifest_for(version))
                 _fsync_tree(staged)
                 final = self.versions_dir / name / str(version)
                 final.parent.mkdir(parents=True, exist_ok=True)
@@ -192,8 +207,9 @@ class LocalStore(RegistryStore):
                 created = time.time()
                 row = (name, version, content_hash, summary.get("kind", "adapter"), summary.get("base_model"),
                        summary.get("rank"), int(summary.get("size", 0)), created,
-                       json.dumps(summary.get("metrics") or {}))
-                db.execute("INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?)", row)
+                       json.dumps(summary.get("metrics") or {}), summary.get("base_fingerprint"))
+                db.execute("INSERT INTO versions (name, version, content_hash, kind, base_model, rank, size, "
+                           "created_at, metrics, base_fingerprint) VALUES (?,?,?,?,?,?,?,?,?,?)", row)
             marker.unlink(missing_ok=True)
             return self._record(row), True
         finally:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -121,34 +122,38 @@ class Registry:
             raise UserInputError(f"unknown kind {kind!r}: 'adapter' or 'model'")
         template = chat_template if chat_template is not None else _read_chat_template(src)
 
-        staged = self.store.staging_dir()
-        for f in files:
-            shutil.copy2(src / f, staged / f)
-        if kind == "adapter" and not (src / ADAPTER_WEIGHTS).exists():
-            convert_pickle_to_safetensors(src / PICKLE_WEIGHTS, staged / ADAPTER_WEIGHTS)
-        if kind == "adapter" and base_model is not None:
-            # Record the pinned base in the PEFT config too, so peft / vLLM users see it.
-            cfg_path = staged / "adapter_config.json"
-            cfg = json.loads(cfg_path.read_text())
-            cfg["base_model_name_or_path"] = base_model.id
-            cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        content_hash, entries = hash_files(staged)
-        size = sum(e.size for e in entries.values())
+        staged = Path(tempfile.mkdtemp(prefix="adapterhub-register-"))
+        try:
+            for f in files:
+                shutil.copy2(src / f, staged / f)
+            if kind == "adapter" and not (src / ADAPTER_WEIGHTS).exists():
+                convert_pickle_to_safetensors(src / PICKLE_WEIGHTS, staged / ADAPTER_WEIGHTS)
+            if kind == "adapter" and base_model is not None:
+                # Record the pinned base in the PEFT config too, so peft / vLLM users see it.
+                cfg_path = staged / "adapter_config.json"
+                cfg = json.loads(cfg_path.read_text())
+                cfg["base_model_name_or_path"] = base_model.id
+                cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+            content_hash, entries = hash_files(staged)
+            size = sum(e.size for e in entries.values())
 
-        def finalize(d: Path, version: int) -> None:
-            manifest = Manifest(
-                name=name, version=version, kind=kind, content_hash=content_hash, files=entries,
-                base_model=base_model, chat_template=template, lora=lora, training=training,
-                metrics=metrics or {}, lineage=lineage or {}, parent=parent,
-                created_at=time.time(), created_by=self.actor,
-            )
-            (d / MANIFEST).write_text(manifest.model_dump_json(indent=2, exclude_none=True))
+            def manifest_for(version: int) -> bytes:
+                manifest = Manifest(
+                    name=name, version=version, kind=kind, content_hash=content_hash, files=entries,
+                    base_model=base_model, chat_template=template, lora=lora, training=training,
+                    metrics=metrics or {}, lineage=lineage or {}, parent=parent,
+                    created_at=time.time(), created_by=self.actor,
+                )
+                return manifest.model_dump_json(indent=2, exclude_none=True).encode()
 
-        summary = {
-            "kind": kind, "base_model": base_model.id if base_model else None,
-            "rank": lora["r"] if lora else None, "size": size, "metrics": metrics,
-        }
-        record, created = self.store.put(name, staged, content_hash, summary, finalize)
+            summary = {
+                "kind": kind, "base_model": base_model.id if base_model else None,
+                "base_fingerprint": base_model.fingerprint if base_model else None,
+                "rank": lora["r"] if lora else None, "size": size, "metrics": metrics,
+            }
+            record, created = self.store.put(name, staged, content_hash, summary, manifest_for)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
         if not created:
             log.info("%s already holds this content as version %d", name, record.version)
         for alias in aliases:
@@ -226,7 +231,7 @@ class Registry:
 
     def manifest(self, ref: str | VersionRecord) -> Manifest:
         record = ref if isinstance(ref, VersionRecord) else self.resolve(ref)
-        m = read_manifest(record.path)
+        m = read_manifest(self.store.open(record))
         if record.metrics:
             m.metrics = {**m.metrics, **record.metrics}
         return m
@@ -236,30 +241,31 @@ class Registry:
         record = ref if isinstance(ref, VersionRecord) else self.resolve(ref)
         if verify:
             self.verify(record)
-        return record.path
+        return self.store.open(record)
 
     def verify(self, ref: str | VersionRecord) -> Manifest:
         """Check every file against the manifest. Raises :class:`IntegrityError` naming the bad file."""
         record = ref if isinstance(ref, VersionRecord) else self.resolve(ref)
+        root = self.store.open(record)
         try:
-            manifest = read_manifest(record.path)
+            manifest = read_manifest(root)
         except (OSError, ValueError) as e:
-            raise IntegrityError(f"{record.ref}: manifest unreadable ({e})", path=str(record.path)) from e
-        content_hash, entries = hash_files(record.path)
+            raise IntegrityError(f"{record.ref}: manifest unreadable ({e})", path=str(root)) from e
+        content_hash, entries = hash_files(root)
         for rel, expected in manifest.files.items():
             got = entries.get(rel)
             if got is None:
-                raise IntegrityError(f"{record.ref}: file {rel} is missing", path=str(record.path / rel))
+                raise IntegrityError(f"{record.ref}: file {rel} is missing", path=str(root / rel))
             if got.sha256 != expected.sha256:
                 raise IntegrityError(
                     f"{record.ref}: checksum mismatch in {rel} (expected {expected.sha256[:12]}…, "
-                    f"got {got.sha256[:12]}…)", path=str(record.path / rel),
+                    f"got {got.sha256[:12]}…)", path=str(root / rel),
                 )
         extra = sorted(set(entries) - set(manifest.files))
         if extra:
-            raise IntegrityError(f"{record.ref}: unexpected files {', '.join(extra)}", path=str(record.path))
+            raise IntegrityError(f"{record.ref}: unexpected files {', '.join(extra)}", path=str(root))
         if content_hash != record.content_hash:
-            raise IntegrityError(f"{record.ref}: content hash mismatch", path=str(record.path))
+            raise IntegrityError(f"{record.ref}: content hash mismatch", path=str(root))
         return manifest
 
     def list(self, name: str | None = None) -> list[VersionRecord]:

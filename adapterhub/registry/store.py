@@ -1,26 +1,33 @@
 """The storage seam of the registry.
 
-A ``RegistryStore`` keeps immutable version directories and their metadata rows. It knows nothing
-about PEFT, refs or validation (that is :mod:`adapterhub.registry.registry`); it guarantees:
+A ``RegistryStore`` keeps immutable versions (their files and a metadata row each) and mutable aliases.
+It knows nothing about PEFT, refs or validation (that is :mod:`adapterhub.registry.registry`), and it
+does not expose where or how it keeps files: an object store can implement it as well as a local
+directory. It guarantees (``tests/contracts/test_registry_store.py`` checks every implementation):
 
 * ``put`` is atomic: the version becomes visible with all its files or not at all, also across a
   crash or ``kill -9``; leftovers are cleaned the next time a store is opened;
-* versions are numbered 1, 2, 3… per name with no gaps or duplicates under concurrent processes;
-* a second ``put`` of the same content hash under the same name returns the existing version.
+* versions are numbered 1, 2, 3… per name with no gaps or duplicates under concurrent writers;
+* a second ``put`` of the same content hash under the same name returns the existing version;
+* ``open`` gives a local, read-only directory with exactly the version's files (for a remote store,
+  a content-addressed cache entry).
 """
 
 from __future__ import annotations
 
 import abc
 import builtins
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+MANIFEST_FILE = "adapterhub.json"
+
 
 @dataclass(frozen=True)
 class VersionRecord:
-    """One stored version: the metadata row plus where its files live."""
+    """One stored version's metadata row (cheap: listing 10,000 of them reads no file)."""
 
     name: str
     version: int
@@ -30,13 +37,9 @@ class VersionRecord:
     rank: int | None
     size: int
     created_at: float
-    root: Path  # the store's versions directory; ``path`` is derived (cheap to list 10,000 records)
     aliases: tuple[str, ...] = ()
     metrics: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def path(self) -> Path:
-        return self.root / self.name / str(self.version)
+    base_fingerprint: str | None = None
 
     @property
     def ref(self) -> str:
@@ -58,18 +61,20 @@ class RegistryStore(abc.ABC):
     """Storage for immutable versions and mutable aliases."""
 
     @abc.abstractmethod
-    def staging_dir(self) -> Path:
-        """A fresh private directory to build a version in; it is removed or consumed by ``put``."""
+    def put(self, name: str, src: Path, content_hash: str, summary: dict[str, Any],
+            manifest_for: Callable[[int], bytes]) -> tuple[VersionRecord, bool]:
+        """Store the files of the local directory ``src`` as the next version of ``name``.
+
+        ``src`` stays the caller's (it is copied, never moved). ``manifest_for(version)`` returns the
+        bytes of the version's ``adapterhub.json``, written beside the files before they become visible.
+        ``summary`` holds the row's columns (kind, base_model, base_fingerprint, rank, size, metrics).
+        Returns ``(record, created)``; ``created`` is False when a version with the same content hash
+        already existed.
+        """
 
     @abc.abstractmethod
-    def put(self, name: str, staged: Path, content_hash: str, summary: dict[str, Any],
-            finalize: Any) -> tuple[VersionRecord, bool]:
-        """Store ``staged`` as the next version of ``name``.
-
-        ``finalize(dir, version)`` is called with the version number before the files become visible
-        (to write the manifest). Returns ``(record, created)``; ``created`` is False when a version with
-        the same content hash already existed (the staged dir is then discarded).
-        """
+    def open(self, record: VersionRecord) -> Path:
+        """A local read-only directory holding the version's files (not verified: the registry does)."""
 
     @abc.abstractmethod
     def get(self, name: str, version: int) -> VersionRecord | None: ...
@@ -103,3 +108,6 @@ class RegistryStore(abc.ABC):
     @abc.abstractmethod
     def set_metrics(self, name: str, version: int, metrics: dict[str, Any]) -> None:
         """Merge ``metrics`` into the version's metrics (evaluation results added after registration)."""
+
+    def close(self) -> None:
+        """Release connections; the store is not used afterwards."""
