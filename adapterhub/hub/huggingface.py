@@ -1,33 +1,26 @@
-"""Publish to / pull from the Hugging Face Hub with ``huggingface_hub.HfApi``.
+"""The Hugging Face Hub transport, over ``huggingface_hub.HfApi``.
 
-One commit per version (all files + README.md model card), then tag ``v<version>``. Idempotent: if the
-tag exists and its manifest has the same content hash, nothing is uploaded; if ``main`` already holds
-this content (a push that died between commit and tag) only the tag is created. The token comes from
-``HF_TOKEN`` or the local HF login and is never logged.
+One commit per version (all files + README.md model card), then the tag ``v<version>``. The token comes
+from ``HF_TOKEN`` or the local HF login and is never logged. Transient failures (5xx, connection
+errors) are retried; every other failure becomes one PublishError saying what was published.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from adapterhub.errors import MissingDependencyError, PublishError
-from adapterhub.hub.publisher import (
-    Publisher,
-    PushResult,
-    published_hash,
-    register_pulled,
-    stage_version,
-    with_retries,
-)
-from adapterhub.registry import Registry, VersionRecord
+from adapterhub.hub.transport import HubTransport, with_retries
 from adapterhub.registry.validation import MANIFEST
 
-log = logging.getLogger(__name__)
+_NOTHING = "Nothing was published (commits are atomic): run the same push again."
+_UNTAGGED = "The files were committed but not tagged: run the same push again to add the tag."
 
 
 def _hf() -> Any:
@@ -38,7 +31,11 @@ def _hf() -> Any:
     return huggingface_hub
 
 
-class HuggingFacePublisher(Publisher):
+class _ServerError(Exception):
+    pass
+
+
+class HuggingFaceTransport(HubTransport):
     scheme = "hf"
 
     def __init__(self, *, endpoint: str | None = None, token: str | None = None, retries: int = 3,
@@ -49,10 +46,14 @@ class HuggingFacePublisher(Publisher):
         self.retries, self.backoff = retries, backoff
         self.api = hf.HfApi(endpoint=self.endpoint, token=self.token)
 
-    def _need_token(self) -> None:
+    def url(self, repo: str) -> str:
+        return f"{self.endpoint}/{repo}"
+
+    def ready_to_push(self) -> None:
         if not self.token:
             raise PublishError("no Hugging Face token: set HF_TOKEN or run 'hf auth login' (nothing was published)")
 
+    # ---------------------------------------------------------------- calls
     def _network_errors(self) -> tuple[type[BaseException], ...]:
         errors: list[type[BaseException]] = [ConnectionError, TimeoutError, _ServerError]
         for mod in ("httpx2", "httpx"):  # huggingface_hub 2.x uses httpx2, 1.x httpx
@@ -62,7 +63,7 @@ class HuggingFacePublisher(Publisher):
                 pass
         return tuple(errors)
 
-    def _call(self, fn: Any, what: str) -> Any:
+    def _retried(self, fn: Callable[[], Any], what: str) -> Any:
         from huggingface_hub.errors import HfHubHTTPError
 
         def guarded() -> Any:
@@ -76,68 +77,68 @@ class HuggingFacePublisher(Publisher):
         return with_retries(guarded, what, retries=self.retries, backoff=self.backoff,
                             retry_on=self._network_errors())
 
-    def _tag_hash(self, repo: str, revision: str) -> str | None:
+    def _push_call(self, fn: Callable[[], Any], repo: str, step: str, note: str = _NOTHING) -> Any:
+        """A push step: errors become one PublishError naming the step and what was published."""
+        from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+        try:
+            return self._retried(fn, step)
+        except RepositoryNotFoundError as e:
+            raise PublishError(f"cannot {step} on {repo}: repository not found or no access "
+                               "(nothing was published)") from e
+        except HfHubHTTPError as e:
+            status = getattr(e.response, "status_code", "?")
+            raise PublishError(f"cannot {step} on {repo}: HTTP {status} ({_short(e)}). {note}") from e
+        except (OSError, _ServerError) as e:
+            raise PublishError(f"cannot {step} on {repo} after {self.retries} tries ({type(e).__name__}). "
+                               f"{note}") from e
+
+    # ---------------------------------------------------------------- seam
+    def open_repo(self, repo: str, *, private: bool) -> None:
+        self._push_call(lambda: self.api.create_repo(repo, private=private, exist_ok=True), repo,
+                        "create the repository")
+
+    def _refs(self, repo: str) -> Any:
+        return self._push_call(lambda: self.api.list_repo_refs(repo), repo, "list tags")
+
+    def tag_commit(self, repo: str, tag: str) -> str | None:
+        return next((str(t.target_commit) for t in self._refs(repo).tags if t.name == tag), None)
+
+    def head_commit(self, repo: str) -> str | None:
+        return next((str(b.target_commit) for b in self._refs(repo).branches if b.name == "main"), None)
+
+    def manifest_at(self, repo: str, revision: str) -> str | None:
         from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
 
         with tempfile.TemporaryDirectory(prefix="adapterhub-hf-") as cache:
             try:
-                path = self._call(lambda: self.api.hf_hub_download(repo, MANIFEST, revision=revision, cache_dir=cache),
-                                  "read manifest")
+                path = self._push_call(lambda: self.api.hf_hub_download(repo, MANIFEST, revision=revision,
+                                                                        cache_dir=cache), repo, "read the manifest")
             except (EntryNotFoundError, RevisionNotFoundError):
                 return None
-            return published_hash(Path(path).read_text())
+            except PublishError as e:
+                if isinstance(e.__cause__, (EntryNotFoundError, RevisionNotFoundError)):
+                    return None
+                raise
+            return Path(path).read_text()
 
-    def push(self, registry: Registry, ref: str, repo: str, *, private: bool = False,
-             alias_tags: bool = False) -> PushResult:
-        from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+    def publish(self, repo: str, folder: Path, *, tag: str, message: str, description: str,
+                commit: str | None = None) -> str:
+        if commit is None:
+            info = self._push_call(lambda: self.api.upload_folder(
+                repo_id=repo, folder_path=str(folder), commit_message=message, commit_description=description),
+                repo, "upload the files")
+            commit = str(info.oid)
+        self._push_call(lambda: self.api.create_tag(repo, tag=tag, revision=commit, tag_message=description),
+                        repo, f"create tag {tag} (the files are on main as commit {commit[:12]})", _UNTAGGED)
+        return commit
 
-        self._need_token()
-        record, manifest, folder = stage_version(registry, ref, repo)
-        tag = f"v{record.version}"
-        url = f"{self.endpoint}/{repo}"
-        step = "create the repository"
-        try:
-            self._call(lambda: self.api.create_repo(repo, private=private, exist_ok=True), step)
-            refs = self._call(lambda: self.api.list_repo_refs(repo), "list tags")
-            tags = {t.name: t.target_commit for t in refs.tags}
-            if tag in tags:
-                if self._tag_hash(repo, tag) == record.content_hash:
-                    return PushResult(repo, tag, tags[tag], url, created=False)
-                raise PublishError(f"{repo} already has tag {tag} with different content: nothing was published; "
-                                   "push to another repository or remove the tag")
-            step = "upload the files"
-            if self._tag_hash(repo, "main") == record.content_hash:
-                commit = next(b.target_commit for b in refs.branches if b.name == "main")
-                log.info("main already holds %s (an earlier push stopped before tagging)", record.ref)
-            else:
-                info = self._call(lambda: self.api.upload_folder(
-                    repo_id=repo, folder_path=str(folder), commit_message=f"adapterhub: {record.ref}",
-                    commit_description=f"content sha256:{record.content_hash}"), step)
-                commit = info.oid
-            step = f"create tag {tag} (the files are on main as commit {str(commit)[:12]})"
-            self._call(lambda: self.api.create_tag(repo, tag=tag, revision=commit,
-                                                   tag_message=f"{record.ref} sha256:{record.content_hash}"), step)
-            if alias_tags:
-                for alias in record.aliases:
-                    if alias in tags:
-                        self._call(lambda a=alias: self.api.delete_tag(repo, tag=a), f"move tag {alias}")
-                    self._call(lambda a=alias: self.api.create_tag(repo, tag=a, revision=commit), f"tag {alias}")
-        except PublishError:
-            raise
-        except RepositoryNotFoundError as e:
-            raise PublishError(f"cannot {step} on {repo}: repository not found or no access (nothing was published)") from e
-        except HfHubHTTPError as e:
-            status = getattr(e.response, "status_code", "?")
-            raise PublishError(f"cannot {step} on {repo}: HTTP {status} ({_short(e)}). "
-                               f"{_what_was_published(step)}") from e
-        except (OSError, _ServerError) as e:
-            raise PublishError(f"cannot {step} on {repo} after {self.retries} tries ({type(e).__name__}). "
-                               f"{_what_was_published(step)}") from e
-        finally:
-            shutil.rmtree(folder.parent, ignore_errors=True)
-        return PushResult(repo, tag, commit, url, created=True)
+    def move_tag(self, repo: str, tag: str, commit: str) -> None:
+        if self.tag_commit(repo, tag) is not None:
+            self._push_call(lambda: self.api.delete_tag(repo, tag=tag), repo, f"move tag {tag}", "")
+        self._push_call(lambda: self.api.create_tag(repo, tag=tag, revision=commit), repo, f"tag {tag}", "")
 
-    def pull(self, registry: Registry, repo: str, revision: str | None, name: str) -> tuple[VersionRecord, bool]:
+    def download(self, repo: str, revision: str | None, dest: Path, files: Callable[[str], list[str]]) -> str:
         from huggingface_hub.errors import (
             EntryNotFoundError,
             HfHubHTTPError,
@@ -146,22 +147,16 @@ class HuggingFacePublisher(Publisher):
         )
 
         rev = revision or "main"
-        tmp = Path(tempfile.mkdtemp(prefix="adapterhub-hf-pull-"))
+        cache = Path(tempfile.mkdtemp(prefix="adapterhub-hf-pull-"))
         try:
-            mpath = self._call(lambda: self.api.hf_hub_download(repo, MANIFEST, revision=rev, cache_dir=str(tmp / "c")),
-                               "download manifest")
-            from adapterhub.registry import Manifest
-
-            manifest = Manifest.model_validate_json(Path(mpath).read_text())
-            folder = tmp / "files"
-            folder.mkdir()
-            shutil.copyfile(mpath, folder / MANIFEST)
-            for rel in manifest.files:
-                p = self._call(lambda r=rel: self.api.hf_hub_download(repo, r, revision=rev, cache_dir=str(tmp / "c")),
-                               f"download {rel}")
-                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(p, folder / rel)
-            return register_pulled(registry, folder, name, f"hf:{repo}@{rev}")
+            mpath = self._retried(lambda: self.api.hf_hub_download(repo, MANIFEST, revision=rev,
+                                                                   cache_dir=str(cache)), "download manifest")
+            shutil.copyfile(mpath, dest / MANIFEST)
+            for rel in files(Path(mpath).read_text()):
+                p = self._retried(partial(self.api.hf_hub_download, repo, rel, revision=rev, cache_dir=str(cache)),
+                                  f"download {rel}")
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(p, dest / rel)
         except RepositoryNotFoundError as e:
             raise PublishError(f"hf:{repo} not found (or private without a token)") from e
         except RevisionNotFoundError as e:
@@ -173,18 +168,9 @@ class HuggingFacePublisher(Publisher):
         except (OSError, _ServerError) as e:
             raise PublishError(f"cannot pull hf:{repo}@{rev} ({type(e).__name__}); nothing was registered") from e
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-class _ServerError(Exception):
-    pass
+            shutil.rmtree(cache, ignore_errors=True)
+        return f"hf:{repo}@{rev}"
 
 
 def _short(e: Exception) -> str:
     return str(e).splitlines()[0][:200]
-
-
-def _what_was_published(step: str) -> str:
-    if step.startswith("create tag"):
-        return "The files were committed but not tagged: run the same push again to add the tag."
-    return "Nothing was published (commits are atomic): run the same push again."

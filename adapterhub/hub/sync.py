@@ -1,35 +1,34 @@
-"""The publisher seam: push a registry version to a hub, pull one back.
+"""Push and pull, written once over a :class:`~adapterhub.hub.transport.HubTransport`.
 
-Contract (tests/test_hub.py runs it on every implementation):
+Contract (``tests/contracts/test_publisher.py`` runs it on every hub):
 
 * ``push`` uploads the version's files (PEFT files + ``adapterhub.json``) and a ``README.md`` model
   card in one commit, and tags it ``v<version>``; pushing the same version again is a no-op; a
-  different version with the same tag is refused;
+  different version with the same tag is refused; a push that stopped between commit and tag is
+  finished by running it again;
 * ``pull`` fetches a tag or revision, checks every file against the published manifest and registers
-  it — the registry then holds byte-identical adapter files with the same content hash.
+  it — the registry then holds byte-identical files with the same content hash.
 """
 
 from __future__ import annotations
 
-import abc
 import json
 import logging
 import shutil
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from adapterhub.errors import IntegrityError, PublishError
 from adapterhub.hub.model_card import render_model_card
+from adapterhub.hub.transport import HubTransport
 from adapterhub.models import sha256_file
 from adapterhub.registry import Manifest, Registry, VersionRecord
 from adapterhub.registry.validation import MANIFEST
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+SCHEMES = ("hf", "openxlab")
 
 
 @dataclass
@@ -41,19 +40,64 @@ class PushResult:
     created: bool  # False: this version was already published (no-op)
 
 
-class Publisher(abc.ABC):
-    scheme: str = ""
+class Publisher:
+    """Publishes registry versions to one hub and pulls them back."""
 
-    @abc.abstractmethod
+    def __init__(self, transport: HubTransport) -> None:
+        self.transport = transport
+
+    @property
+    def scheme(self) -> str:
+        return self.transport.scheme
+
     def push(self, registry: Registry, ref: str, repo: str, *, private: bool = False,
-             alias_tags: bool = False) -> PushResult: ...
+             alias_tags: bool = False) -> PushResult:
+        t = self.transport
+        t.ready_to_push()
+        record, _manifest, folder = stage_version(registry, ref, repo)
+        tag = f"v{record.version}"
+        try:
+            t.open_repo(repo, private=private)
+            published = t.manifest_at(repo, tag)
+            if published is not None or t.tag_commit(repo, tag) is not None:
+                if published_hash(published or "") == record.content_hash:
+                    return PushResult(repo, tag, t.tag_commit(repo, tag), t.url(repo), created=False)
+                raise PublishError(f"{repo} already has tag {tag} with different content: nothing was published; "
+                                   "push to another repository or remove the tag")
+            commit = None
+            if published_hash(t.manifest_at(repo, "main") or "") == record.content_hash:
+                commit = t.head_commit(repo)
+                log.info("main already holds %s (an earlier push stopped before tagging)", record.ref)
+            commit = t.publish(repo, folder, tag=tag, message=f"adapterhub: {record.ref}",
+                               description=f"content sha256:{record.content_hash}", commit=commit)
+            if alias_tags:
+                for alias in record.aliases:
+                    t.move_tag(repo, alias, commit)
+        finally:
+            shutil.rmtree(folder.parent, ignore_errors=True)
+        return PushResult(repo, tag, commit, t.url(repo), created=True)
 
-    @abc.abstractmethod
-    def pull(self, registry: Registry, repo: str, revision: str | None, name: str) -> tuple[VersionRecord, bool]: ...
+    def pull(self, registry: Registry, repo: str, revision: str | None, name: str) -> tuple[VersionRecord, bool]:
+        self.transport.ready_to_pull()
+        tmp = Path(tempfile.mkdtemp(prefix="adapterhub-pull-"))
+        try:
+            folder = tmp / "files"
+            folder.mkdir()
+            source = self.transport.download(repo, revision, folder, _listed_files)
+            return register_pulled(registry, folder, name, source)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _listed_files(manifest_text: str) -> list[str]:
+    try:
+        return list(Manifest.model_validate_json(manifest_text).files)
+    except ValueError as e:
+        raise PublishError(f"the published {MANIFEST} is not valid ({str(e).splitlines()[0]})") from e
 
 
 def stage_version(registry: Registry, ref: str, repo: str) -> tuple[VersionRecord, Manifest, Path]:
-    """Export a verified version to a temp dir and add the model card. Caller removes the dir."""
+    """Export a verified version to a temp dir and add the model card. The caller removes ``dir.parent``."""
     record = registry.resolve(ref)
     manifest = registry.manifest(record)
     tmp = Path(tempfile.mkdtemp(prefix="adapterhub-push-"))
@@ -101,23 +145,10 @@ def published_hash(manifest_text: str | bytes) -> str | None:
         return None
 
 
-def with_retries(fn: Callable[[], T], what: str, *, retries: int, backoff: float,
-                 retry_on: tuple[type[BaseException], ...]) -> T:
-    for attempt in range(1, retries + 1):
-        try:
-            return fn()
-        except retry_on as e:
-            if attempt == retries:
-                raise
-            log.warning("%s failed (%s), retry %d/%d", what, type(e).__name__, attempt, retries - 1)
-            time.sleep(backoff * attempt)
-    raise AssertionError("unreachable")
-
-
 def parse_source(source: str) -> tuple[str, str, str | None]:
     """``hf:owner/name@v3`` → ("hf", "owner/name", "v3")."""
     scheme, sep, rest = source.partition(":")
-    if not sep or scheme not in ("hf", "openxlab"):
+    if not sep or scheme not in SCHEMES:
         raise PublishError(f"'{source}': use hf:OWNER/NAME[@TAG] or openxlab:OWNER/NAME[@TAG]")
     repo, _, rev = rest.partition("@")
     if repo.count("/") != 1 or not all(repo.split("/")):
@@ -126,12 +157,16 @@ def parse_source(source: str) -> tuple[str, str, str | None]:
 
 
 def make_publisher(scheme: str, **kwargs: Any) -> Publisher:
+    """The publisher for ``hf`` or ``openxlab``; ``kwargs`` go to its transport (endpoint, token, retries…)."""
+    transport: HubTransport
     if scheme == "hf":
-        from adapterhub.hub.huggingface import HuggingFacePublisher
+        from adapterhub.hub.huggingface import HuggingFaceTransport
 
-        return HuggingFacePublisher(**kwargs)
-    if scheme == "openxlab":
-        from adapterhub.hub.openxlab import OpenXLabPublisher
+        transport = HuggingFaceTransport(**kwargs)
+    elif scheme == "openxlab":
+        from adapterhub.hub.openxlab import OpenXLabTransport
 
-        return OpenXLabPublisher(**kwargs)
-    raise PublishError(f"unknown hub '{scheme}': hf or openxlab")
+        transport = OpenXLabTransport(**kwargs)
+    else:
+        raise PublishError(f"unknown hub '{scheme}': hf or openxlab")
+    return Publisher(transport)
