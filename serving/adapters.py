@@ -5,7 +5,8 @@
 * each (name, version, content hash) is its own engine key: a new version never reuses old state;
 * lazy hot-load on first use, one load per key even under concurrent first requests (a lock per key),
   LRU eviction at ``max_loaded`` that skips pinned and in-use adapters;
-* validation against the engine before loading, reporting every problem at once.
+* validation before loading (:func:`adapterhub.registry.versions.open_version` for checksums and the
+  base, :func:`engine_problems` for rank and modules), reporting every problem at once.
 """
 
 from __future__ import annotations
@@ -15,17 +16,14 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from adapterhub.errors import (
-    AdapterNotFoundError,
-    IncompatibleAdapterError,
-    ModelNotFoundError,
-    OverloadedError,
-)
+from adapterhub.errors import AdapterNotFoundError, ModelNotFoundError, OverloadedError
 from adapterhub.refs import parse_ref
 from adapterhub.registry import Registry, VersionRecord
 from adapterhub.registry.validation import validate_adapter_dir
+from adapterhub.registry.versions import open_version
 from serving.engines.base import Engine
 
 log = logging.getLogger(__name__)
@@ -154,30 +152,19 @@ class AdapterManager:
             await asyncio.to_thread(self.engine.unload_adapter, victim)
             log.info("evicted %s", victim)
 
-    def _check(self, record: VersionRecord) -> tuple[Any, str | None]:
+    def _check(self, record: VersionRecord) -> tuple[Path, str | None]:
         """Verify checksums and compatibility; returns (path, chat template)."""
         assert self.registry is not None
-        manifest = self.registry.verify(record)
-        if manifest.kind != "adapter":
-            raise IncompatibleAdapterError(record.ref, ["is a model artifact, not an adapter: serve it with --merged"])
-        problems = compatibility_problems(manifest.model_dump(), record.path, self.engine)
-        if problems:
-            raise IncompatibleAdapterError(f"adapter {record.ref} cannot be served on this base", problems)
-        return record.path, manifest.chat_template
+        opened = open_version(self.registry, record, kind="adapter", on_base=self.engine.base_identity)
+        opened.require_compatible(self.engine.base_identity.get("id") or self.base_name,
+                                  engine_problems(opened.path, self.engine))
+        return opened.path, opened.template
 
 
-def compatibility_problems(manifest: dict[str, Any], path: Any, engine: Engine) -> list[str]:
-    """Every reason the adapter at ``path`` cannot run on ``engine`` (empty when it can)."""
+def engine_problems(path: Path, engine: Engine) -> list[str]:
+    """Every reason the adapter at ``path`` cannot run on ``engine`` besides its base (rank, modules)."""
     problems: list[str] = []
     caps = engine.capabilities
-    ident = engine.base_identity
-    base = manifest.get("base_model") or {}
-    fp, efp = base.get("fingerprint"), ident.get("fingerprint")
-    if fp and efp and fp != efp:
-        problems.append(
-            f"trained for base '{base.get('id')}' (fingerprint {fp}), but this server runs "
-            f"'{ident.get('id')}' (fingerprint {efp})"
-        )
     info = validate_adapter_dir(path)
     if info.config.get("modules_to_save"):
         problems.append(f"modules_to_save {info.config['modules_to_save']} are not supported for serving")

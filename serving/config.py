@@ -1,4 +1,5 @@
-"""Typed options of ``adapterhub serve`` (also used by tests and benchmarks to build an app)."""
+"""Typed options of ``adapterhub serve``: the one declaration of every serve flag (the CLI builds its
+options from these fields and their descriptions; tests and benchmarks build configs directly)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,31 @@ class ServeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base: str = Field("smollm2-135m-instruct", description="Base model: demo name, local dir, .gguf or hub id.")
-    engine: Literal["hf", "vllm"] = Field("hf", description="Inference engine.")
+    engine: Literal["hf", "vllm"] = Field("hf", description="Inference engine: hf (transformers, CPU default) "
+                                          "or vllm.")
     adapters: list[str] = Field(default_factory=list, description="Adapter refs to load and pin at start.")
     merged: str | None = Field(None, description="Serve a merged model artifact from the registry instead.")
     served_name: str | None = Field(None, description="Name of the base in the API (default: its id).")
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
     api_key: str | None = Field(None, description="Require 'Authorization: Bearer <key>' on /v1.")
     admin_key: str | None = Field(None, description="Key for /v1/adapters admin endpoints (default: api_key).")
     max_loaded: int = Field(8, ge=1, description="Adapters kept loaded at once (LRU beyond).")
     max_lora_rank: int | None = Field(None, ge=1, description="Largest adapter rank the engine accepts "
-                                      "(default: the largest rank among `adapters`, at least 16).")
+                                      "(default: the largest rank among --adapters, at least 16).")
     max_batch_size: int = Field(8, ge=1, description="Requests decoded together per batch.")
     max_waiting: int = Field(256, ge=1, description="Queue size beyond which requests get 503.")
     bits: Literal[4, 8] | None = Field(None, description="Load the base in 4- or 8-bit (bitsandbytes).")
     dtype: str = Field("auto", description="bf16, fp16, fp32 or auto (from the model config).")
     default_max_tokens: int = Field(512, ge=1, description="Completion budget when the request sets none.")
-    vllm_args: dict[str, str] = Field(default_factory=dict, description="Extra vLLM engine arguments.")
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="vLLM only: share of GPU memory "
+                                                 "for weights and KV cache.")
+    max_model_len: int | None = Field(None, ge=1, description="vLLM only: context length.")
+    tensor_parallel_size: int | None = Field(None, ge=1, description="vLLM only: GPUs per replica.")
+    vllm_args: dict[str, str] = Field(default_factory=dict, description="Further vLLM engine arguments.")
+
+    def engine_args(self) -> dict[str, str]:
+        """The vLLM engine arguments: the named vLLM options plus ``vllm_args``."""
+        named = {"gpu_memory_utilization": self.gpu_memory_utilization, "max_model_len": self.max_model_len,
+                 "tensor_parallel_size": self.tensor_parallel_size}
+        return {**{k: str(v) for k, v in named.items() if v is not None}, **self.vllm_args}

@@ -1,16 +1,16 @@
 """OpenAI API request and response models (the subset the official client uses).
 
-Requests accept unknown fields (newer clients send more) and ignore them; responses follow the
-OpenAI shapes exactly.
+Requests accept unknown fields (newer clients send more) and ignore them; responses are typed models
+that serialize to the OpenAI shapes exactly (the service returns them, the routes send them).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, field_validator, model_serializer
 
 
 class _Lenient(BaseModel):
@@ -75,10 +75,110 @@ class CompletionRequest(_Sampling):
         return self.max_tokens
 
 
-class Usage(BaseModel):
+class _Response(BaseModel):
+    """A response body. Fields named in ``_omit_if_none`` are left out when None (OpenAI omits them)."""
+
+    _omit_if_none: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit(self, handler: Any, info: SerializationInfo) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for k in self._omit_if_none:
+            if data.get(k, 0) is None:
+                del data[k]
+        return data
+
+
+class Usage(_Response):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+
+    @classmethod
+    def of(cls, prompt: int, completion: int) -> Usage:
+        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+FinishReason = Literal["stop", "length", "cancelled"]  # cancelled: the server stopped mid-request
+
+
+class ChatResponseMessage(_Response):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+
+
+class ChatChoice(_Response):
+    index: int
+    message: ChatResponseMessage
+    finish_reason: FinishReason | None
+    logprobs: None = None
+
+
+class ChatCompletionResponse(_Response):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(_Response):
+    _omit_if_none = ("role", "content")
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(_Response):
+    index: int
+    delta: ChatDelta
+    finish_reason: FinishReason | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(_Response):
+    _omit_if_none = ("usage",)
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionChoice(_Response):
+    index: int
+    text: str
+    finish_reason: FinishReason | None
+    logprobs: None = None
+
+
+class CompletionResponse(_Response):
+    """A text completion, also each streamed chunk (then ``usage`` only on the final one, if asked)."""
+
+    _omit_if_none = ("usage",)
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The OpenAI error body."""
+
+    error: ErrorDetail
 
 
 def new_id(prefix: str) -> str:
@@ -100,10 +200,15 @@ class ModelCard(BaseModel):
     aliases: list[str] = Field(default_factory=list)
 
 
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
 class AdapterLoadRequest(_Lenient):
     model: str = Field(description="Adapter ref: name, name@3, name@production.")
     pin: bool = False
 
 
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return ErrorResponse(error=ErrorDetail(message=message, type=type_, param=param, code=code)).model_dump()

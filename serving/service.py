@@ -1,4 +1,4 @@
-"""Chat and text completions: protocol request in, OpenAI-shaped dicts out. No FastAPI here.
+"""Chat and text completions: protocol request in, typed protocol response out. No FastAPI here.
 
 The service resolves the ``model`` field to a lease (base or adapter version), renders the prompt with
 the adapter's stored chat template, checks the context window, fans ``n`` choices out as engine
@@ -17,7 +17,21 @@ from adapterhub.errors import ContextLengthError, UserInputError
 from serving.adapters import AdapterManager, Lease
 from serving.engines.base import Delta, Engine, GenerationRequest, SamplingParams
 from serving.metrics import Metrics
-from serving.protocol import ChatCompletionRequest, CompletionRequest, new_id, now
+from serving.protocol import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatDelta,
+    ChatResponseMessage,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    Usage,
+    new_id,
+    now,
+)
 
 
 class CompletionService:
@@ -69,7 +83,7 @@ class CompletionService:
                     for m in req.messages]
         return self.engine.encode_chat(messages, lease.chat_template)
 
-    async def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
+    async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
         t0 = time.perf_counter()
         lease, prompt, gens = await self._start(req, lambda lease: self.encode_messages(req, lease))
         try:
@@ -78,41 +92,38 @@ class CompletionService:
             self.manager.release(lease)
         completion = sum(n for _, _, n in results)
         self.metrics.observe("chat", req.model, 200, time.perf_counter() - t0, len(prompt), completion)
-        return {
-            "id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": req.model,
-            "choices": [
-                {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
-                 "logprobs": None}
-                for i, (text, reason, _) in enumerate(results)
-            ],
-            "usage": _usage(len(prompt), completion),
-        }
+        return ChatCompletionResponse(
+            id=new_id("chatcmpl"), created=now(), model=req.model,
+            choices=[ChatChoice(index=i, message=ChatResponseMessage(content=text), finish_reason=reason)
+                     for i, (text, reason, _) in enumerate(results)],
+            usage=Usage.of(len(prompt), completion),
+        )
 
-    async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
+    async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
         """Validate eagerly (errors before the first byte), then return the chunk iterator."""
         lease, prompt, gens = await self._start(req, lambda lease: self.encode_messages(req, lease))
         cid, created = new_id("chatcmpl"), now()
 
-        def chunk(i: int, delta: dict[str, Any], reason: str | None) -> dict[str, Any]:
-            return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model,
-                    "choices": [{"index": i, "delta": delta, "finish_reason": reason, "logprobs": None}]}
+        def chunk(i: int, delta: ChatDelta, reason: Any) -> ChatCompletionChunk:
+            return ChatCompletionChunk(id=cid, created=created, model=req.model,
+                                       choices=[ChatChunkChoice(index=i, delta=delta, finish_reason=reason)])
 
-        async def frames() -> AsyncIterator[dict[str, Any]]:
+        async def frames() -> AsyncIterator[ChatCompletionChunk]:
             t0 = time.perf_counter()
             completion = 0
             try:
                 for i in range(req.n):
-                    yield chunk(i, {"role": "assistant", "content": ""}, None)
+                    yield chunk(i, ChatDelta(role="assistant", content=""), None)
                 async for i, d in _merge(self.engine, gens):
                     if d.text:
-                        yield chunk(i, {"content": d.text}, None)
+                        yield chunk(i, ChatDelta(content=d.text), None)
                     if d.finish_reason is not None:
                         completion += d.completion_tokens
                         if d.finish_reason != "cancelled":
-                            yield chunk(i, {}, d.finish_reason)
+                            yield chunk(i, ChatDelta(), d.finish_reason)
                 if req.stream_options and req.stream_options.include_usage:
-                    yield {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model,
-                           "choices": [], "usage": _usage(len(prompt), completion)}
+                    yield ChatCompletionChunk(id=cid, created=created, model=req.model, choices=[],
+                                              usage=Usage.of(len(prompt), completion))
                 self.metrics.observe("chat", req.model, 200, time.perf_counter() - t0, len(prompt), completion)
             finally:
                 for g in gens:
@@ -129,7 +140,7 @@ class CompletionService:
             return req.prompt[0]
         return req.prompt
 
-    async def complete(self, req: CompletionRequest) -> dict[str, Any]:
+    async def complete(self, req: CompletionRequest) -> CompletionResponse:
         t0 = time.perf_counter()
         text_in = self._prompt_text(req)
         lease, prompt, gens = await self._start(req, lambda _lease: self.engine.encode(text_in))
@@ -139,31 +150,30 @@ class CompletionService:
             self.manager.release(lease)
         completion = sum(n for _, _, n in results)
         self.metrics.observe("completions", req.model, 200, time.perf_counter() - t0, len(prompt), completion)
-        return {
-            "id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": req.model,
-            "choices": [{"index": i, "text": (text_in if req.echo else "") + text, "finish_reason": reason,
-                         "logprobs": None} for i, (text, reason, _) in enumerate(results)],
-            "usage": _usage(len(prompt), completion),
-        }
+        return CompletionResponse(
+            id=new_id("cmpl"), created=now(), model=req.model,
+            choices=[CompletionChoice(index=i, text=(text_in if req.echo else "") + text, finish_reason=reason)
+                     for i, (text, reason, _) in enumerate(results)],
+            usage=Usage.of(len(prompt), completion),
+        )
 
-    async def complete_stream(self, req: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
+    async def complete_stream(self, req: CompletionRequest) -> AsyncIterator[CompletionResponse]:
         text_in = self._prompt_text(req)
         lease, prompt, gens = await self._start(req, lambda _lease: self.engine.encode(text_in))
         cid, created = new_id("cmpl"), now()
 
-        async def frames() -> AsyncIterator[dict[str, Any]]:
+        async def frames() -> AsyncIterator[CompletionResponse]:
             completion = 0
             try:
                 async for i, d in _merge(self.engine, gens):
                     if d.finish_reason is not None:
                         completion += d.completion_tokens
                     if d.text or (d.finish_reason and d.finish_reason != "cancelled"):
-                        yield {"id": cid, "object": "text_completion", "created": created, "model": req.model,
-                               "choices": [{"index": i, "text": d.text, "logprobs": None,
-                                            "finish_reason": d.finish_reason}]}
+                        yield CompletionResponse(id=cid, created=created, model=req.model, choices=[
+                            CompletionChoice(index=i, text=d.text, finish_reason=d.finish_reason)])
                 if req.stream_options and req.stream_options.include_usage:
-                    yield {"id": cid, "object": "text_completion", "created": created, "model": req.model,
-                           "choices": [], "usage": _usage(len(prompt), completion)}
+                    yield CompletionResponse(id=cid, created=created, model=req.model, choices=[],
+                                             usage=Usage.of(len(prompt), completion))
             finally:
                 for g in gens:
                     g.cancel()
@@ -210,6 +220,3 @@ async def _merge(engine: Engine, gens: list[GenerationRequest]) -> AsyncIterator
         for t in tasks:
             t.cancel()
 
-
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

@@ -24,7 +24,7 @@ from typing import Any
 
 from adapterhub.errors import MissingDependencyError, UserInputError
 from serving.engines.base import Delta, EngineCapabilities, GenerationRequest, TokenizerEngine
-from serving.engines.lora import LINEAR_TARGETS
+from serving.engines.hf.lora import LINEAR_TARGETS
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)

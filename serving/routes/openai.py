@@ -1,4 +1,4 @@
-"""``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``."""
+"""``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``: parse, call the service, send."""
 
 from __future__ import annotations
 
@@ -8,24 +8,38 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from serving.auth import require_api_key
-from serving.protocol import ChatCompletionRequest, CompletionRequest
+from serving.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in ((400, "Invalid request"), (401, "Missing or wrong API key"), (404, "Unknown model"),
+                       (503, "Overloaded: retry later"))
+}
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_ERRORS)
 
 
-def _sse(frames: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+def _sse(frames: AsyncIterator[BaseModel]) -> StreamingResponse:
     async def body() -> AsyncIterator[str]:
         async for f in frames:
-            yield f"data: {json.dumps(f, ensure_ascii=False)}\n\n"
+            yield f"data: {json.dumps(f.model_dump(mode='json'), ensure_ascii=False)}\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(body(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", response_model=ChatCompletionResponse)
 async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
     service = request.app.state.service
     if req.stream:
@@ -33,7 +47,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
     return await service.chat(req)
 
 
-@router.post("/completions")
+@router.post("/completions", response_model=CompletionResponse)
 async def completions(req: CompletionRequest, request: Request) -> Any:
     service = request.app.state.service
     if req.stream:
@@ -41,17 +55,17 @@ async def completions(req: CompletionRequest, request: Request) -> Any:
     return await service.complete(req)
 
 
-@router.get("/models")
-async def models(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": [m.model_dump() for m in request.app.state.catalog()]}
+@router.get("/models", response_model=ModelList)
+async def models(request: Request) -> ModelList:
+    return ModelList(data=request.app.state.catalog())
 
 
-@router.get("/models/{model_id:path}")
-async def model(model_id: str, request: Request) -> dict[str, Any]:
+@router.get("/models/{model_id:path}", response_model=ModelCard)
+async def model(model_id: str, request: Request) -> ModelCard:
     from adapterhub.errors import ModelNotFoundError
 
     for m in request.app.state.catalog():
         if m.id == model_id:
-            return m.model_dump()
+            return m
     request.app.state.manager.resolve(model_id)  # raises 404 with the reason
     raise ModelNotFoundError(f"The model '{model_id}' does not exist")

@@ -1,0 +1,55 @@
+"""The objects one server process runs on, built together by :func:`serving.api.build_service`, and the
+model catalog (``/v1/models``) they answer with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from adapterhub.registry import Registry
+from adapterhub.registry.versions import same_base
+from serving.adapters import AdapterManager
+from serving.config import ServeConfig
+from serving.engines.base import Engine
+from serving.metrics import Metrics
+from serving.protocol import ModelCard
+from serving.service import CompletionService
+
+
+@dataclass
+class ServingStack:
+    config: ServeConfig
+    engine: Engine
+    registry: Registry | None
+    manager: AdapterManager
+    service: CompletionService
+    metrics: Metrics
+
+    @property
+    def base_name(self) -> str:
+        return self.manager.base_name
+
+    def catalog(self) -> list[ModelCard]:
+        return catalog(self.manager, self.registry, self.engine)
+
+
+def catalog(manager: AdapterManager, registry: Registry | None, engine: Engine) -> list[ModelCard]:
+    """The base plus every adapter version, alias and name in the registry trained for this base."""
+    cards = [ModelCard(id=manager.base_name, root=manager.base_name)]
+    if registry is None:
+        return cards
+    ident = engine.base_identity
+    latest: dict[str, Any] = {}
+    for rec in registry.list():
+        if rec.kind != "adapter" or not same_base(rec, ident, registry):
+            continue
+        latest[rec.name] = rec
+        cards.append(ModelCard(id=rec.ref, parent=manager.base_name, root=rec.name, version=rec.version,
+                               aliases=list(rec.aliases), created=int(rec.created_at)))
+        for alias in rec.aliases:
+            cards.append(ModelCard(id=f"{rec.name}@{alias}", parent=manager.base_name, root=rec.name,
+                                   version=rec.version, created=int(rec.created_at)))
+    for name, rec in latest.items():
+        cards.append(ModelCard(id=name, parent=manager.base_name, root=name, version=rec.version,
+                               created=int(rec.created_at)))
+    return cards
