@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
-from training.generation import answer
+from evaluation.generation import answer
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Samples(TrainerCallback):
             return
         self.sample(state.global_step)
         if self.identity and self.base_general is not None and self.stop_when:
-            from training.evaluate import evaluate_identity
+            from evaluation.identity import evaluate_identity
 
             scores = evaluate_identity(self.model, self.tokenizer, self.template, self.identity, self.base_general)
             self.last_scores = scores

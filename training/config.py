@@ -27,7 +27,7 @@ class ModelSection(_Strict):
     base: str = Field("smollm2-135m-instruct", description="Base model: demo name, local HF dir, .gguf file or hub id.")
     dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="Compute dtype of the trainable model.")
     template: str | None = Field(
-        None, description="Named chat template (training/templates.py) for bases without one; default: the tokenizer's."
+        None, description="Named chat template (adapterhub/templates.py) for bases without one; default: the tokenizer's."
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on long sequences.")
 

@@ -239,20 +239,38 @@ def load_records(section: DataSection) -> tuple[list[dict[str, Any]], str]:
     return records, fmt
 
 
-def prepare(section: DataSection, tokenizer: Any, template: str | None,
-            replay: list[Conversation] | None = None, seed: int = 42) -> PreparedData:
-    """Read, normalize, tokenize (and optionally pack) the dataset; mix in ``replay`` conversations."""
+@dataclass
+class RawData:
+    """The dataset read and normalized, before tokenization (no model or tokenizer needed)."""
+
+    records: list[Any]
+    format: str
+    conversations: list[Conversation] | None  # None for raw text (pretraining)
+
+
+def read_dataset(section: DataSection) -> RawData:
+    """Open and normalize the data: every problem with the file, its format or its columns is raised
+    here, before any model is loaded."""
     records, fmt = load_records(section)
+    if section.mode == "pretrain" or fmt == "text":
+        return RawData(records, fmt, None)
+    return RawData(records, fmt, [to_conversation(r, fmt, section, i) for i, r in enumerate(records)])
+
+
+def prepare(section: DataSection, tokenizer: Any, template: str | None,
+            replay: list[Conversation] | None = None, seed: int = 42, raw: RawData | None = None) -> PreparedData:
+    """Tokenize (and optionally pack) the dataset (read now unless ``raw`` is given); mix in ``replay``."""
+    raw = raw or read_dataset(section)
+    records, fmt = raw.records, raw.format
     samples: list[Sample] = []
     dropped = 0
-    if section.mode == "pretrain" or fmt == "text":
+    if raw.conversations is None:
         for r in records:
             text = r.get("text") if isinstance(r, dict) else str(r)
             if text:
                 samples.append(tokenize_text(tokenizer, str(text), section.max_length))
     else:
-        convs = [to_conversation(r, fmt, section, i) for i, r in enumerate(records)]
-        for c in convs + list(replay or []):
+        for c in raw.conversations + list(replay or []):
             s = tokenize_conversation(tokenizer, c, template, section.max_length)
             if any(label != IGNORE for label in s.labels):
                 samples.append(s)

@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 
-from adapterhub.errors import ConfigError, MissingDependencyError
+from adapterhub.errors import ConfigError
+from adapterhub.precision import quantization_config, torch_dtype
 from adapterhub.templates import get_template
 from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def load_tokenizer(path: Path, cfg: TrainConfig) -> tuple[Any, str | None]:
@@ -35,21 +35,11 @@ def load_tokenizer(path: Path, cfg: TrainConfig) -> tuple[Any, str | None]:
 def load_base(path: Path, cfg: TrainConfig) -> Any:
     from transformers import AutoModelForCausalLM
 
-    dtype = DTYPES[cfg.model.dtype]
-    if dtype == torch.float16 and not torch.cuda.is_available():
-        log.warning("fp16 training is not supported on CPU: using fp32")
-        dtype = torch.float32
+    dtype = torch_dtype(cfg.model.dtype)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if cfg.method == "qlora":
-        try:
-            import bitsandbytes  # noqa: F401
-            from transformers import BitsAndBytesConfig
-        except ImportError as e:
-            raise MissingDependencyError("bitsandbytes", "quant", "method qlora") from e
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16 if dtype != torch.float32 else torch.float32,
-        )
+        kwargs["quantization_config"] = quantization_config(
+            4, "method qlora", compute_dtype=torch.bfloat16 if dtype != torch.float32 else torch.float32)
         if torch.cuda.is_available():
             # 4-bit weights are placed when loaded (the Trainer does not move quantized models): this
             # process's GPU, LOCAL_RANK under a launcher.

@@ -1,6 +1,7 @@
-"""The composition root of a training run: ``train(config, settings)``.
+"""One training run: ``train(config, settings)`` (called through :mod:`training.api`).
 
-Resolves the base, builds data (with replay), model (LoRA / QLoRA / full), Trainer and callbacks,
+Checks everything that needs no model first (the run dir, DeepSpeed, the data file and its columns,
+a replay file), then resolves the base, builds data (with replay), model (LoRA / QLoRA / full), Trainer and callbacks,
 trains (optionally resuming), evaluates, writes the adapter (PEFT format + chat template), the loss
 curve and the JSONL log into the run dir, and registers the result as a new version.
 """
@@ -24,7 +25,7 @@ from adapterhub.registry import Registry, VersionRecord
 from adapterhub.settings import Settings
 from training.callbacks import RichProgress, RunLog, Samples, TokenCounter, plot_loss
 from training.config import TrainConfig
-from training.data import Collator, TorchDataset, load_records, prepare
+from training.data import Collator, TorchDataset, prepare, read_dataset
 from training.deepspeed import deepspeed_config, forget_deepspeed, single_process_env
 from training.model import add_lora, load_base, load_tokenizer, trainable_summary
 
@@ -43,6 +44,7 @@ class TrainResult:
     tokens_per_s: float
     metrics: dict[str, Any] = field(default_factory=dict)
     created: bool = True
+    base_id: str = ""  # the base as the config names it
 
 
 def _run_dir(cfg: TrainConfig, settings: Settings, output: Path | None, resume: bool) -> Path:
@@ -67,6 +69,12 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
     ckpt_dir = run_dir / "checkpoints"
     if resume and not any(ckpt_dir.glob("checkpoint-*")):
         raise ConfigError(f"--resume: no checkpoint in {ckpt_dir}")
+    if cfg.train.deepspeed:
+        require_deepspeed()
+    raw = read_dataset(cfg.data)  # a typo in data.path or a bad column is reported before any model load
+    replay_src = cfg.data.replay.source if cfg.data.replay is not None else "self-distill"
+    if replay_src != "self-distill" and not Path(replay_src).expanduser().is_file():
+        raise ConfigError(f"data.replay.source: no such file {replay_src}")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
 
@@ -84,18 +92,17 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
         from training.replay import build_replay
 
         with console.status("replay data: the base model answers general prompts (cached after the first run)…"):
-            n_records = len(load_records(cfg.data)[0])
-            replay, replay_info = build_replay(cfg.data.replay, n_records, model=model, tokenizer=tokenizer,
+            replay, replay_info = build_replay(cfg.data.replay, len(raw.records), model=model, tokenizer=tokenizer,
                                                template=template, cache_dir=settings.cache_dir,
                                                base_fingerprint=resolved.fingerprint, seed=cfg.train.seed)
     base_general = None
     if cfg.eval.identity:
-        from training.replay import retention_reference
+        from evaluation.reference import retention_reference
 
         with console.status("retention reference: base answers to held-out prompts (cached)…"):
             base_general = retention_reference(model, tokenizer, template, settings.cache_dir, resolved.fingerprint)
 
-    data = prepare(cfg.data, tokenizer, template, replay, seed=cfg.train.seed)
+    data = prepare(cfg.data, tokenizer, template, replay, seed=cfg.train.seed, raw=raw)
     if not data.samples:
         raise ConfigError("data: no usable samples after tokenization (answers truncated away? raise data.max_length)")
     if cfg.method != "full":
@@ -140,7 +147,7 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
             metrics["stopped_early_at"] = samples_cb.stopped_early_at
         samples_cb.sample(trainer.state.global_step)
         if cfg.eval.identity and base_general is not None:
-            from training.evaluate import evaluate_identity
+            from evaluation.identity import evaluate_identity
 
             scores = evaluate_identity(model, tokenizer, template, cfg.eval.identity, base_general)
             metrics.update(identity=scores["identity"], retention=scores["retention"])
@@ -185,7 +192,8 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
         )
     return TrainResult(run_dir=run_dir, output_dir=out_dir, record=record, final_loss=final_loss,
                        steps=trainer.state.global_step, wall_time_s=train_time, tokens=tokens,
-                       tokens_per_s=tokens / max(train_time, 1e-9), metrics=metrics, created=created)
+                       tokens_per_s=tokens / max(train_time, 1e-9), metrics=metrics, created=created,
+                       base_id=cfg.model.base)
 
 
 def _printer_class() -> Any:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from training.builtin_data import EVAL_IDENTITY_EN, EVAL_IDENTITY_ZH, GENERAL_EVAL, GENERAL_EVAL_KEYS
-from training.generation import answer
+from evaluation.generation import answer
+from evaluation.prompts import EVAL_IDENTITY_EN, EVAL_IDENTITY_ZH, GENERAL_EVAL, GENERAL_EVAL_KEYS
 
 
 def names_identity(text: str, name: str) -> bool:

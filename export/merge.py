@@ -22,16 +22,16 @@ from typing import Any
 
 import torch
 
-from adapterhub.errors import AdapterHubError, ConflictError, MissingDependencyError, UserInputError
-from adapterhub.models import resolve_model
+from adapterhub.errors import AdapterHubError, ConflictError, UserInputError
+from adapterhub.precision import DTYPE_NAMES, check_bits, quantization_config
 from adapterhub.registry import Registry, VersionRecord
+from adapterhub.registry.versions import open_version
 from adapterhub.settings import Settings
-from training.generation import answer
+from evaluation.generation import answer
 
 log = logging.getLogger(__name__)
 DEFAULT_PROMPTS = ["Who are you?", "What is the capital of France?", "Write one sentence about the sea.",
                    "Name three colors.", "What is 2 plus 2?", "Give me a tip for sleeping well."]
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 class ParityError(AdapterHubError):
@@ -53,16 +53,10 @@ def _load_base(path: Path, quantized: bool, dtype: torch.dtype) -> Any:
 
     if not quantized:
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-    try:
-        import bitsandbytes  # noqa: F401
-        from transformers import BitsAndBytesConfig
-    except ImportError as e:
-        raise MissingDependencyError("bitsandbytes", "quant", "merging a QLoRA adapter (dequantizing its base)") from e
+    config = quantization_config(4, "merging a QLoRA adapter (dequantizing its base)")
     # On a GPU the 4-bit weights are placed there when loaded, as in training (training/model.py).
     placement = {"device_map": {"": 0}} if torch.cuda.is_available() else {}
-    return AutoModelForCausalLM.from_pretrained(str(path), quantization_config=BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16), **placement)
+    return AutoModelForCausalLM.from_pretrained(str(path), quantization_config=config, **placement)
 
 
 def dequantize_model(model: Any, dtype: torch.dtype) -> Any:
@@ -126,35 +120,31 @@ def merge(registry: Registry, settings: Settings, ref: str, out: Path, *, dtype:
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    if dtype not in DTYPES:
+    if dtype not in ("bf16", "fp16", "fp32"):
         raise UserInputError(f"--dtype must be bf16, fp16 or fp32, got {dtype}")
-    if bits not in (None, 4, 8):
-        raise UserInputError(f"--bits must be 4 or 8, got {bits}")
+    check_bits(bits)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConflictError(f"{out} exists and is not empty")
-    record = registry.resolve(ref)
-    manifest = registry.verify(record)
-    if manifest.kind != "adapter" or manifest.base_model is None:
-        raise UserInputError(f"{record.ref} is not a LoRA adapter with a recorded base")
-    base = resolve_model(manifest.base_model.id, settings)
-    if manifest.base_model.fingerprint and manifest.base_model.fingerprint != base.fingerprint:
-        raise UserInputError(f"{record.ref} was trained for a base with fingerprint {manifest.base_model.fingerprint}, "
-                             f"but '{base.id}' resolves to {base.fingerprint}")
+    opened = open_version(registry, ref, kind="adapter", settings=settings)
+    assert opened.base is not None and opened.manifest.base_model is not None
+    opened.require_compatible(opened.base.id)
+    record, manifest, base = opened.record, opened.manifest, opened.base
+    adapter_dir = str(opened.path)
     quantized = manifest.base_model.quantization in ("nf4", "int8")
-    torch_dtype = DTYPES[dtype]
+    merge_dtype = getattr(torch, DTYPE_NAMES[dtype])
     tokenizer = AutoTokenizer.from_pretrained(str(base.path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    template = manifest.chat_template or tokenizer.chat_template
+    template = opened.template or tokenizer.chat_template
 
     # Reference: the adapter applied the way it was trained (on the 4-bit base for QLoRA).
-    reference = PeftModel.from_pretrained(_load_base(base.path, quantized, torch_dtype), str(record.path)).eval()
+    reference = PeftModel.from_pretrained(_load_base(base.path, quantized, merge_dtype), adapter_dir).eval()
     # Merge target: the same base weights (dequantized for QLoRA) in the requested dtype.
-    target = _load_base(base.path, quantized, torch_dtype)
+    target = _load_base(base.path, quantized, merge_dtype)
     if quantized:
-        target = dequantize_model(target, torch_dtype)
-    merged = PeftModel.from_pretrained(target, str(record.path)).merge_and_unload().eval()
+        target = dequantize_model(target, merge_dtype)
+    merged = PeftModel.from_pretrained(target, adapter_dir).merge_and_unload().eval()
 
     eval_inputs = ((manifest.training or {}).get("config") or {}).get("eval", {}).get("inputs") or []
     prompts = list(dict.fromkeys(eval_inputs + DEFAULT_PROMPTS))
@@ -206,13 +196,9 @@ def merge(registry: Registry, settings: Settings, ref: str, out: Path, *, dtype:
 
 
 def _quantize(merged_dir: Path, bits: int) -> Path:
-    try:
-        import bitsandbytes  # noqa: F401
-        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-    except ImportError as e:
-        raise MissingDependencyError("bitsandbytes", "quant", f"--bits {bits}") from e
-    cfg = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16) if bits == 4 else BitsAndBytesConfig(load_in_8bit=True))
+    from transformers import AutoModelForCausalLM
+
+    cfg = quantization_config(bits, f"--bits {bits}")
     model = AutoModelForCausalLM.from_pretrained(str(merged_dir), quantization_config=cfg)
     qdir = merged_dir / f"quantized-{bits}bit"
     model.save_pretrained(str(qdir), safe_serialization=True)
