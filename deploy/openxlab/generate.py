@@ -14,7 +14,7 @@ from typing import Any
 from adapterhub.errors import ConflictError, UserInputError
 from adapterhub.registry import Registry
 
-TEMPLATE_DIR = Path(__file__).parent / "templates" / "openxlab"
+TEMPLATE_DIR = Path(__file__).parent / "template"
 
 
 def generate_openxlab_app(registry: Registry, ref: str, out: Path, *, model_repo: str | None = None,

@@ -8,7 +8,7 @@ the shared registry.
 
 Run (``pip install 'ray[serve]'``)::
 
-    python -m serving.scaleout.ray_serve --base smollm2-135m-instruct --replicas 2
+    python -m deploy.ray.ray_serve --base smollm2-135m-instruct --replicas 2
 """
 
 from __future__ import annotations
@@ -26,21 +26,15 @@ from starlette.responses import JSONResponse
 @serve.deployment(num_replicas=2, max_ongoing_requests=32)
 class AdapterReplica:
     def __init__(self, base: str, home: str | None = None, max_loaded: int = 8, engine: str = "hf") -> None:
-        from adapterhub.registry import Registry
         from adapterhub.settings import Settings
-        from serving.adapters import AdapterManager
-        from serving.app import build_engine
+        from serving.api import build_service
         from serving.config import ServeConfig
-        from serving.metrics import Metrics
-        from serving.service import CompletionService
 
         settings = Settings(home=home) if home else Settings()
-        self.registry = Registry.open(settings)
         config = ServeConfig(base=base, max_loaded=max_loaded, engine=engine)  # type: ignore[arg-type]
-        self.engine, name = build_engine(config, settings, self.registry)
+        stack = build_service(config, settings)
+        self.engine, self.manager, self.service = stack.engine, stack.manager, stack.service
         self.engine.start()
-        self.manager = AdapterManager(self.engine, self.registry, base_name=name)
-        self.service = CompletionService(self.engine, self.manager, Metrics())
         self.replica = f"{os.getpid()}"
         self.served: Counter[str] = Counter()
         self.loads: Counter[str] = Counter()
@@ -59,7 +53,7 @@ class AdapterReplica:
 
         model = await self.adapter(serve.get_multiplexed_model_id())
         self.served[model] += 1
-        result = await self.service.chat(ChatCompletionRequest.model_validate(body))
+        result = (await self.service.chat(ChatCompletionRequest.model_validate(body))).model_dump(mode="json")
         result["replica"] = self.replica
         return result
 
@@ -116,7 +110,7 @@ if __name__ == "__main__":
     main()
 
 
-# For `serve run serving.scaleout.ray_serve:app` and KubeRay's import_path; bind() only builds the graph.
+# For `serve run deploy.ray.ray_serve:app` and KubeRay's import_path; bind() only builds the graph.
 app = build(os.environ.get("ADAPTERHUB_RAY_BASE", "smollm2-135m-instruct"),
             replicas=int(os.environ.get("ADAPTERHUB_RAY_REPLICAS", "2")),
             engine=os.environ.get("ADAPTERHUB_RAY_ENGINE", "hf"))

@@ -1,1 +1,0 @@
-"""Deployment artifacts generated from registry versions (the OpenXLab Gradio app)."""

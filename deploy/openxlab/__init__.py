@@ -1,0 +1,1 @@
+"""OpenXLab app generator (``generate.py``) and the app it writes (``template/``)."""

@@ -1,1 +1,0 @@
-"""Scale-out on existing engines: Ray Serve with adapter-affinity routing (model multiplexing)."""
