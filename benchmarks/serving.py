@@ -174,7 +174,7 @@ def main() -> None:
     # HTTP: same mixed workload through the server and the official client
     import openai
 
-    from serving.app import create_app
+    from serving.api import create_app
     from serving.config import ServeConfig
     from serving.server import BackgroundServer
 

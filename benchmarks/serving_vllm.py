@@ -95,7 +95,7 @@ def main() -> None:
     for i, p in enumerate(paths):
         registry.register(p, f"a{i}", base_model=base.identity())
 
-    from serving.app import create_app
+    from serving.api import create_app
     from serving.config import ServeConfig
     from serving.engines.base import GenerationRequest, SamplingParams
     from serving.engines.vllm import VLLMEngine

@@ -2,8 +2,8 @@
 
 pull the demo model → train the "Lumen by Acme Lab" adapter → register + tag production → serve →
 ask the base and lumen@production the same questions through the OpenAI API → stop. Each step prints
-the command that does it alone. This module only sequences library calls (the CLI is the process's
-composition root; training and serving never import each other).
+the command that does it alone. This module only sequences calls to ``training.api`` and
+``serving.api`` (training and serving never import each other).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ def demo_cmd(
     from adapterhub.models import DEMO_MODEL, pull_demo
     from adapterhub.registry import Registry
     from adapterhub.settings import Settings
-    from serving.app import build_engine, create_app
+    from serving.api import build_service
+    from serving.app import make_app
     from serving.config import ServeConfig
     from serving.server import BackgroundServer
-    from training.config import load_config
-    from training.run import train
+    from training.api import train_and_register
 
     con = Console()
     settings = Settings()
@@ -55,7 +55,7 @@ def demo_cmd(
         con.print(f"lumen already has {existing.ref}: reusing it (pass --retrain to train again)")
         record = existing
     else:
-        result = train(load_config("self_cognition_lumen"), settings, console=con)
+        result = train_and_register("self_cognition_lumen", settings=settings, console=con)
         assert result.record is not None
         record = result.record
         con.print(f"trained in {result.wall_time_s:.0f} s, {result.steps} steps, final loss {result.final_loss:.3f}; "
@@ -67,9 +67,9 @@ def demo_cmd(
 
     step(4, "Serve base + adapters behind the OpenAI API", "adapterhub serve --adapters lumen@production")
     config = ServeConfig(base=DEMO_MODEL, adapters=["lumen@production"], port=port)
-    engine, name = build_engine(config, settings, registry)
-    app = create_app(config, engine=engine, registry=registry, base_name=name)
-    with BackgroundServer(app, port=port) as url:
+    stack = build_service(config, settings, registry=registry)
+    name = stack.base_name
+    with BackgroundServer(make_app(stack), port=port) as url:
         con.print(f"serving on {url}/v1")
         step(5, "Ask both models", f"curl {url}/v1/chat/completions -d '{{\"model\": \"lumen@production\", ...}}'")
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="demo", max_retries=0, timeout=300)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from adapterhub.hub.sync import make_publisher, parse_source
+from adapterhub.registry import Registry
+from adapterhub.settings import Settings
+
 
 def push_cmd(
     ref: str = typer.Argument(..., help="Version to publish, e.g. lumen@3 or lumen@production."),
@@ -13,10 +17,6 @@ def push_cmd(
     alias_tag: bool = typer.Option(False, "--alias-tag", help="Also tag the commit with the version's aliases."),
 ) -> None:
     """Publish a version (files + model card) as one commit tagged v<version>."""
-    from adapterhub.hub.publisher import make_publisher
-    from adapterhub.registry import Registry
-    from adapterhub.settings import Settings
-
     result = make_publisher(to).push(Registry.open(Settings()), ref, repo, private=private, alias_tags=alias_tag)
     if result.created:
         typer.echo(f"published {ref} to {to}:{repo} as tag {result.tag} ({result.url})")
@@ -29,10 +29,6 @@ def pull_cmd(
     name: str = typer.Option(..., "--name", "-n", help="Registry name to register it under."),
 ) -> None:
     """Download a published version, verify it against its manifest, and register it."""
-    from adapterhub.hub.publisher import make_publisher, parse_source
-    from adapterhub.registry import Registry
-    from adapterhub.settings import Settings
-
     scheme, repo, rev = parse_source(source)
     record, created = make_publisher(scheme).pull(Registry.open(Settings()), repo, rev, name)
     word = "registered" if created else "already had it as"

@@ -39,6 +39,8 @@ def _root(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:  # third-party notices a user cannot act on (e.g. bitsandbytes' optional CPU kernels)
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def _register_commands() -> None:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from adapterhub.cli.extras import needs
+
 
 def merge_cmd(
     ref: str = typer.Argument(..., help="Adapter ref, e.g. lumen@production."),
@@ -17,12 +19,8 @@ def merge_cmd(
     register_as: str = typer.Option(None, "--register", help="Register the merged model under this name."),
 ) -> None:
     """Merge an adapter into its base; prints and saves the parity report."""
-    from adapterhub.errors import MissingDependencyError
-
-    try:
-        from training.merge import merge
-    except ImportError as e:
-        raise MissingDependencyError(e.name or "torch", "train", "adapterhub merge") from e
+    with needs("train", "adapterhub merge"):
+        from export.merge import merge
     from adapterhub.registry import Registry
     from adapterhub.settings import Settings
 

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import fnmatch
-import shutil
 from pathlib import Path
 
 import typer
 
-from adapterhub.errors import ConfigError, MissingDependencyError
-
-
-def _training():  # type: ignore[no-untyped-def]
-    try:
-        import training.run  # noqa: F401
-    except ImportError as e:
-        raise MissingDependencyError(e.name or "torch", "train", "adapterhub train") from e
+from adapterhub.cli.extras import needs
 
 
 def train_cmd(
@@ -29,27 +20,19 @@ def train_cmd(
     alias: list[str] = typer.Option([], "--alias", "-a", help="Point these aliases at the new version."),
 ) -> None:
     """Fine-tune a base model; the result becomes a new version in the registry."""
-    from training.config import load_config
+    from training.api import train_and_register
 
-    cfg = load_config(config, overrides or [], name=name, **{"train.deepspeed": deepspeed})
-    _training()
-    from adapterhub.registry import Registry
-    from adapterhub.settings import Settings
-    from training.run import train
-
-    settings = Settings()
-    result = train(cfg, settings, output=output, resume=resume, register=not no_register)
+    result = train_and_register(config, overrides or [], name=name, deepspeed=deepspeed, output=output,
+                                resume=resume, register=not no_register, aliases=alias)
     typer.echo(f"run dir: {result.run_dir}  (loss curve: {result.run_dir / 'loss.png'}, log: log.jsonl)")
     typer.echo(f"steps {result.steps} · final loss {result.final_loss:.4f} · {result.tokens_per_s:.0f} tok/s · "
                f"{result.wall_time_s:.0f} s" if result.final_loss is not None else f"steps {result.steps}")
     if result.metrics.get("identity") is not None:
         typer.echo(f"identity {result.metrics['identity']:.2f} · retention {result.metrics['retention']:.2f}")
     if result.record is not None:
-        reg = Registry.open(settings)
-        for a in alias:
-            reg.set_alias(result.record.ref, a)
         word = "registered" if result.created else "unchanged: identical to"
-        typer.echo(f"{word} {result.record.ref}  → serve it: adapterhub serve --base {cfg.model.base} "
+        base = result.base_id
+        typer.echo(f"{word} {result.record.ref}  → serve it: adapterhub serve --base {base} "
                    f"--adapters {result.record.ref}")
     else:
         typer.echo(f"wrote {result.output_dir}")
@@ -57,31 +40,17 @@ def train_cmd(
 
 def list_cfg_cmd(pattern: str = typer.Argument(None, help="Glob, e.g. '*lora*'.")) -> None:
     """Built-in training and DeepSpeed configs."""
-    from training.config import builtin_configs
-    from training.deepspeed import DS_DIR
+    from training.api import list_configs
 
-    names = list(builtin_configs()) + [f"deepspeed/{p.stem}" for p in sorted(DS_DIR.glob("*.json"))]
-    for n in names:
-        if pattern is None or fnmatch.fnmatch(n, pattern) or (pattern in n):
-            typer.echo(n)
+    for n in list_configs(pattern):
+        typer.echo(n)
 
 
 def copy_cfg_cmd(name: str, dest: Path) -> None:
     """Copy a built-in config to DEST to edit it."""
-    from training.config import builtin_configs
-    from training.deepspeed import DS_DIR
+    from training.api import copy_config
 
-    if name.startswith("deepspeed/"):
-        src = DS_DIR / f"{name.split('/', 1)[1]}.json"
-    else:
-        src = builtin_configs().get(name.removesuffix(".yaml"), Path("/nonexistent"))
-    if not src.exists():
-        raise ConfigError(f"no built-in config '{name}' (see 'adapterhub list-cfg')")
-    target = dest / src.name if dest.is_dir() else dest
-    if target.exists():
-        raise ConfigError(f"{target} exists: not overwriting")
-    shutil.copyfile(src, target)
-    typer.echo(f"copied {name} to {target}")
+    typer.echo(f"copied {name} to {copy_config(name, dest)}")
 
 
 def eval_cmd(
@@ -90,13 +59,13 @@ def eval_cmd(
     author: str = typer.Option(None, "--author", help="Identity author (default: from the training config)."),
 ) -> None:
     """Identity and retention scores of an adapter; stored in the registry's metrics."""
-    _training()
     from adapterhub.registry import Registry
     from adapterhub.settings import Settings
-    from training.eval_cmd import evaluate_ref
 
+    with needs("train", "adapterhub eval"):
+        from evaluation.run import evaluate_version
     settings = Settings()
-    scores = evaluate_ref(Registry.open(settings), settings, ref, name=name, author=author)
+    scores = evaluate_version(Registry.open(settings), settings, ref, name=name, author=author)
     typer.echo(f"{ref}: identity {scores['identity']:.2f} ({scores['identity_n']} held-out paraphrases) · "
                f"retention {scores['retention']:.2f} ({scores['retention_n']} general prompts)")
 

@@ -153,6 +153,30 @@ def test_config_errors_one_per_bad_key_via_cli(tmp_path):
         assert part in out.stderr
 
 
+def test_data_path_typo_is_reported_before_any_model_load(tiny_model, dataset, tmp_path, monkeypatch):
+    import transformers
+
+    from training.run import train
+
+    loads: list[str] = []
+
+    def recording(*args, **kwargs):
+        loads.append(str(args[0]) if args else "?")
+        raise AssertionError("a model or tokenizer was loaded before the data was checked")
+
+    for cls in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        monkeypatch.setattr(cls, "from_pretrained", recording)
+    monkeypatch.setattr("training.run.resolve_model", recording)
+    typo = str(dataset).replace("data.json", "dta.json")
+    with pytest.raises(ConfigError, match="data.path: no such file .*dta.json"):
+        train(config(tiny_model, dataset, **{"data.path": typo}), Settings(), output=tmp_path / "run")
+    bad_column = tmp_path / "cols.json"
+    bad_column.write_text(json.dumps([{"question": "q", "answer": "a"}]))
+    with pytest.raises(ConfigError):
+        train(config(tiny_model, dataset, **{"data.path": str(bad_column)}), Settings(), output=tmp_path / "run2")
+    assert loads == []
+
+
 def test_qlora_with_zero3_is_refused_with_reason():
     with pytest.raises(ConfigError, match="ZeRO-3 shards parameters"):
         validate_config({"name": "x", "method": "qlora", "data": {"path": "a"}, "train": {"deepspeed": "zero3"}})

@@ -1,4 +1,4 @@
-"""Publisher contract, run on both publishers: Hugging Face (a fake Hub over real HTTP on 127.0.0.1)
+"""Publisher contract (adapterhub.hub.sync over each transport), run on both hubs: Hugging Face (a fake Hub over real HTTP on 127.0.0.1)
 and OpenXLab (git + git-lfs to a local bare repository)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from adapterhub.errors import PublishError
+from adapterhub.hub.sync import make_publisher
 from adapterhub.models import resolve_model
 from adapterhub.settings import Settings
 from tests.builders import pythonpath
@@ -41,9 +42,7 @@ class HFSide:
         self.hub = hub
 
     def publisher(self, **kw):
-        from adapterhub.hub.huggingface import HuggingFacePublisher
-
-        return HuggingFacePublisher(endpoint=self.hub.url, backoff=0.01, **kw)
+        return make_publisher("hf", endpoint=self.hub.url, backoff=0.01, **kw)
 
     def prepare(self, repo: str) -> None:
         pass
@@ -62,9 +61,7 @@ class OXLSide:
         self.root = root
 
     def publisher(self, **kw):
-        from adapterhub.hub.openxlab import OpenXLabPublisher
-
-        return OpenXLabPublisher(base_url=f"file://{self.root}", backoff=0.01, **kw)
+        return make_publisher("openxlab", base_url=f"file://{self.root}", backoff=0.01, **kw)
 
     def prepare(self, repo: str) -> None:  # OpenXLab repos are created on the site first
         d = self.root / f"{repo}.git"
@@ -122,7 +119,7 @@ def test_push_pull_round_trip(side, published, tiny_adapters):
     original = published.resolve("lumen@1")
     assert created and rec.content_hash == original.content_hash
     for f in ("adapter_model.safetensors", "adapter_config.json"):
-        assert (rec.path / f).read_bytes() == (original.path / f).read_bytes()
+        assert (published.path(rec) / f).read_bytes() == (published.path(original) / f).read_bytes()
     assert published.manifest(rec).lineage["pulled_from"].endswith(f"{repo}@v1")
     assert pub.pull(published, repo, "v2", "pulled")[0].version == 2
 
@@ -144,9 +141,7 @@ def test_tag_with_other_content_is_refused(side, published, tiny_adapters, tiny_
 
 def test_pull_of_tampered_file_is_refused(hf_env, published):
     from adapterhub.errors import AdapterHubError
-    from adapterhub.hub.huggingface import HuggingFacePublisher
-
-    pub = HuggingFacePublisher(endpoint=hf_env.url, backoff=0.01)
+    pub = make_publisher("hf", endpoint=hf_env.url, backoff=0.01)
     pub.push(published, "lumen@1", "alice/lumen")
     oid = published.manifest("lumen@1").files["adapter_model.safetensors"].sha256
     data = bytearray(hf_env.lfs[oid])
@@ -161,26 +156,20 @@ def test_pull_of_tampered_file_is_refused(hf_env, published):
 
 
 def test_no_token_is_clear(hf_env, published, monkeypatch):
-    from adapterhub.hub.huggingface import HuggingFacePublisher
-
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
     with pytest.raises(PublishError, match="no Hugging Face token"):
-        HuggingFacePublisher(endpoint=hf_env.url).push(published, "lumen@1", "alice/lumen")
+        make_publisher("hf", endpoint=hf_env.url).push(published, "lumen@1", "alice/lumen")
     assert not hf_env.repos
 
 
 def test_hf_repo_of_another_owner_is_refused(hf_env, published):
-    from adapterhub.hub.huggingface import HuggingFacePublisher
-
     with pytest.raises(PublishError, match="HTTP 403"):
-        HuggingFacePublisher(endpoint=hf_env.url, backoff=0.01).push(published, "lumen@1", "bob/lumen")
+        make_publisher("hf", endpoint=hf_env.url, backoff=0.01).push(published, "lumen@1", "bob/lumen")
 
 
 def test_hf_transient_failure_is_retried_then_reported(hf_env, published):
-    from adapterhub.hub.huggingface import HuggingFacePublisher
-
-    pub = HuggingFacePublisher(endpoint=hf_env.url, backoff=0.01)
+    pub = make_publisher("hf", endpoint=hf_env.url, backoff=0.01)
     hf_env.fail["commit"] = 1  # one 500, then fine
     assert pub.push(published, "lumen@1", "alice/lumen").created
     hf_env.fail["commit"] = 10  # keeps failing

@@ -10,7 +10,7 @@ import importlib.util
 import pytest
 import torch
 
-from tests.test_engine_contract import PROMPT, run
+from tests.contracts.test_engine_contract import PROMPT, run
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")]

@@ -41,7 +41,7 @@ def test_manifest_records_lineage_and_files(registry, tiny_adapters, tiny_model)
     assert m.base_model.id == str(tiny_model)
     assert set(m.files) >= {"adapter_config.json", "adapter_model.safetensors"}
     assert m.training["final_loss"] == 1.5
-    on_disk = json.loads((rec.path / "adapterhub.json").read_text())
+    on_disk = json.loads((registry.path(rec, verify=False) / "adapterhub.json").read_text())
     assert on_disk["version"] == 1 and on_disk["content_hash"] == rec.content_hash
 
 
@@ -79,17 +79,18 @@ def test_unknown_names_and_versions(registry, tiny_adapters):
 
 def test_versions_are_read_only_and_rm_respects_aliases(registry, tiny_adapters):
     rec, _ = registry.register(tiny_adapters[0], "lumen")
-    assert not os.stat(rec.path / "adapter_model.safetensors").st_mode & 0o222  # files are read-only
+    where = registry.path(rec)
+    assert not os.stat(where / "adapter_model.safetensors").st_mode & 0o222  # files are read-only
     registry.set_alias("lumen@1", "production")
     with pytest.raises(ConflictError, match="production"):
         registry.remove("lumen@1")
     registry.remove("lumen@1", force=True)
-    assert registry.list("lumen") == [] and not rec.path.exists()
+    assert registry.list("lumen") == [] and not where.exists()
 
 
 def test_corrupt_file_is_named(registry, tiny_adapters):
     rec, _ = registry.register(tiny_adapters[0], "lumen")
-    target = rec.path / "adapter_model.safetensors"
+    target = registry.path(rec, verify=False) / "adapter_model.safetensors"
     os.chmod(target, 0o644)
     data = bytearray(target.read_bytes())
     data[-1] ^= 0xFF
@@ -124,9 +125,9 @@ def test_pickle_refused_unless_allowed(registry, tiny_adapters, tmp_path):
     with pytest.raises(AdapterValidationError, match="pickle"):
         registry.register(src, "p")
     rec, _ = registry.register(src, "p", allow_pickle=True)
-    assert (rec.path / "adapter_model.safetensors").exists()
-    assert not (rec.path / "adapter_model.bin").exists()
-    loaded = load_file(rec.path / "adapter_model.safetensors")
+    assert (registry.path(rec) / "adapter_model.safetensors").exists()
+    assert not (registry.path(rec) / "adapter_model.bin").exists()
+    loaded = load_file(registry.path(rec) / "adapter_model.safetensors")
     assert all(torch.equal(loaded[k], state[k]) for k in state)
 
 

@@ -19,7 +19,7 @@ def test_two_replicas_route_each_adapter_to_one_replica(registry, tiny_adapters,
     import ray
     from ray import serve
 
-    from serving.scaleout.ray_serve import build
+    from deploy.ray.ray_serve import build
 
     base = resolve_model(str(tiny_model), Settings()).identity()
     for i, path in enumerate(tiny_adapters):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 def docs(path: Path) -> list[dict]:
@@ -40,7 +40,7 @@ def test_rayservice_points_at_the_affinity_app():
     (rs,) = docs(DEPLOY / "k8s" / "rayservice.yaml")
     assert rs["kind"] == "RayService" and rs["apiVersion"] == "ray.io/v1"
     app = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
-    assert app["import_path"] == "serving.scaleout.ray_serve:app"
+    assert app["import_path"] == "deploy.ray.ray_serve:app"
     module, attr = app["import_path"].split(":")
     assert importlib.util.find_spec(module) is not None
     assert {d["name"] for d in app["deployments"]} == {"AdapterReplica"}

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from training.config_doc import BEGIN, END, render_reference
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_readme_config_reference_is_current():

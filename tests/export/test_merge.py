@@ -12,8 +12,8 @@ import torch
 from adapterhub.errors import UserInputError
 from adapterhub.models import resolve_model
 from adapterhub.settings import Settings
+from export.merge import merge
 from training.config import validate_config
-from training.merge import merge
 
 needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
 
@@ -30,7 +30,7 @@ def test_lora_merge_matches_adapter_mode(registry, tiny_adapters, tiny_model, tm
     m = registry.manifest(result.record)
     assert m.kind == "model" and m.lineage["merged_from"] == "ad@1"
 
-    from serving.app import build_engine
+    from serving.api import build_engine
     from serving.config import ServeConfig
 
     engine, name = build_engine(ServeConfig(merged="ad-merged@1", dtype="fp32"), Settings(), registry)
@@ -54,7 +54,7 @@ def test_base_mismatch_is_refused(registry, tiny_adapters, tiny_model, tmp_path)
 
 
 def test_parity_threshold_fails_loudly(registry, tiny_adapters, tiny_model, tmp_path):
-    from training.merge import ParityError
+    from export.merge import ParityError
 
     registry.register(tiny_adapters[1], "ad", base_model=resolve_model(str(tiny_model), Settings()).identity())
     with pytest.raises(ParityError, match="threshold 101%"):
@@ -68,7 +68,7 @@ def test_qlora_merge_dequantizes_and_beats_naive_merge(tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from adapterhub.registry import Registry
-    from training.merge import _load_base
+    from export.merge import _load_base
     from training.run import train
 
     recs = [{"instruction": f"what is {w}", "output": f"{w} is a good day"} for w in ("red", "blue", "cat", "dog")]

@@ -11,7 +11,7 @@ import pytest
 
 from adapterhub.models import resolve_model
 from adapterhub.settings import Settings
-from serving.app import create_app
+from serving.api import create_app
 from serving.config import ServeConfig
 from serving.engines.hf import HFEngine
 from tests.builders import build_lora_adapter
@@ -271,7 +271,7 @@ def test_client_disconnect_cancels_generation(server, engine):
 
 
 def test_max_lora_rank_is_derived_from_the_adapters_served(registry, tiny_model, tmp_path):
-    from serving.app import build_engine
+    from serving.api import build_engine
 
     base = resolve_model(str(tiny_model), Settings()).identity()
     registry.register(build_lora_adapter(tiny_model, tmp_path / "big", r=32), "big", base_model=base)
