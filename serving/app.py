@@ -13,8 +13,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapterhub import __version__
 from adapterhub.errors import AdapterHubError
+from serving.middleware import BodySizeLimit, RequestId, openai_error_schema
 from serving.protocol import error_body
-from serving.routes import admin, health, openai
+from serving.routes import admin, health, openai, tokens
 from serving.stack import ServingStack
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,18 @@ def make_app(stack: ServingStack) -> FastAPI:
     app.state.metrics = metrics
     app.state.catalog = stack.catalog
     app.include_router(openai.router)
+    app.include_router(tokens.router)
     app.include_router(admin.router)
     app.include_router(health.router)
+    # Outermost last: the request id is set first, then the size limit, then CORS answers preflights.
+    if stack.config.allowed_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=stack.config.allowed_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["X-Request-Id"])
+    app.add_middleware(BodySizeLimit, max_bytes=stack.config.max_request_bytes)
+    app.add_middleware(RequestId)
+    openai_error_schema(app)
 
     @app.exception_handler(AdapterHubError)
     async def _ah_error(request: Request, exc: AdapterHubError) -> JSONResponse:

@@ -29,6 +29,9 @@ class ServeConfig(BaseModel):
     bits: Literal[4, 8] | None = Field(None, description="Load the base in 4- or 8-bit (bitsandbytes).")
     dtype: str = Field("auto", description="bf16, fp16, fp32 or auto (from the model config).")
     default_max_tokens: int = Field(512, ge=1, description="Completion budget when the request sets none.")
+    allowed_origins: list[str] = Field(default_factory=list, description="Origins browsers may call the API from "
+                                       "(CORS; '*' for any). Off by default.")
+    max_request_bytes: int = Field(16 * 2**20, ge=1024, description="Largest request body; larger ones get 413.")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="vLLM only: share of GPU memory "
                                                  "for weights and KV cache.")
     max_model_len: int | None = Field(None, ge=1, description="vLLM only: context length.")

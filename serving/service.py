@@ -1,21 +1,24 @@
 """Chat and text completions: protocol request in, typed protocol response out. No FastAPI here.
 
-The service resolves the ``model`` field to a lease (base or adapter version), renders the prompt with
-the adapter's stored chat template, checks the context window, fans ``n`` choices out as engine
-requests (batched together by the engine), and releases the lease when the last choice ends — also
-when the client goes away.
+The service refuses what it cannot honour (every unsupported parameter named), checks what can be
+checked before the engine (empty prompts, token ids outside the vocabulary, the context window), so
+one bad request never reaches a batch shared with others. It resolves ``model`` to a lease (base or
+adapter version), renders the prompt with the adapter's stored chat template, fans ``n`` (× prompts)
+choices out as engine requests (batched together by the engine), and releases the lease when the last
+choice ends — also when the client goes away.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from adapterhub.errors import ContextLengthError, UserInputError
 from serving.adapters import AdapterManager, Lease
-from serving.engines.base import Delta, Engine, GenerationRequest, SamplingParams
+from serving.engines.base import Delta, Engine, GenerationRequest, SamplingParams, TokenLogprob
 from serving.metrics import Metrics
 from serving.protocol import (
     ChatChoice,
@@ -24,14 +27,52 @@ from serving.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatDelta,
+    ChatLogprobs,
+    ChatMessage,
     ChatResponseMessage,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+    TopLogprob,
     Usage,
     new_id,
     now,
 )
+from serving.protocol import (
+    TokenLogprob as TokenLogprobOut,
+)
+from serving.protocol.requests import _Sampling
+
+
+class UnsupportedParameterError(UserInputError):
+    code = "unsupported_parameter"
+
+
+@dataclass
+class _Result:
+    text: str = ""
+    reason: str = "stop"
+    tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    @property
+    def cumulative_logprob(self) -> float:
+        return sum(lp.logprob for lp in self.logprobs)
+
+
+@dataclass
+class _Job:
+    """One request fanned out: its lease, prompts (ids) and the engine requests, choice by choice."""
+
+    lease: Lease
+    prompts: list[list[int]]
+    gens: list[GenerationRequest]
+    prompt_of: list[int]  # gens[i] answers prompts[prompt_of[i]]
 
 
 class CompletionService:
@@ -42,10 +83,26 @@ class CompletionService:
         self.metrics = metrics
         self.default_max_tokens = default_max_tokens
 
-    # ---------------------------------------------------------------- helpers
-    def _params(self, req: ChatCompletionRequest | CompletionRequest, prompt_len: int, i: int) -> SamplingParams:
+    # ---------------------------------------------------------------- checks
+    @staticmethod
+    def refuse_unsupported(req: Any) -> None:
+        problems = req.unsupported()
+        if problems:
+            name, reason = problems[0]
+            more = f" (also: {', '.join(n for n, _ in problems[1:])})" if len(problems) > 1 else ""
+            raise UnsupportedParameterError(f"'{name}' is not supported: {reason}{more}", param=name)
+
+    def _check_ids(self, ids: list[int], param: str) -> None:
+        vocab = self.engine.vocab_size
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise UserInputError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param=param)
+
+    def _params(self, req: _Sampling, prompt_len: int, seed_offset: int, logprobs: int | None) -> SamplingParams:
         ctx = self.engine.capabilities.context_length
-        budget = req.token_budget()
+        budget = req.token_budget()  # type: ignore[attr-defined]
+        if prompt_len == 0:
+            raise UserInputError("the prompt is empty (0 tokens)", param="prompt")
         if budget is not None and prompt_len + budget > ctx:
             raise ContextLengthError(
                 f"This model's maximum context length is {ctx} tokens. However, you requested "
@@ -57,139 +114,247 @@ class CompletionService:
                 f"This model's maximum context length is {ctx} tokens, and the prompt has {prompt_len}."
             )
         max_tokens = budget if budget is not None else min(self.default_max_tokens, ctx - prompt_len)
-        seed = None if req.seed is None else req.seed + i
-        return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, seed=seed,
-                              stop=req.stop_list())
+        if req.min_tokens > max_tokens:
+            raise UserInputError(f"min_tokens ({req.min_tokens}) is more than max_tokens ({max_tokens})",
+                                 param="min_tokens")
+        seed = None if req.seed is None else (req.seed + seed_offset) % 2**64
+        return SamplingParams(
+            max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=max(req.top_k, 0),
+            min_p=req.min_p, seed=seed, stop=req.stop_list(), stop_token_ids=tuple(req.stop_token_ids),
+            include_stop_str_in_output=req.include_stop_str_in_output, presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty, repetition_penalty=req.repetition_penalty,
+            logit_bias=req.logit_bias_ids(), min_tokens=req.min_tokens, ignore_eos=req.ignore_eos,
+            skip_special_tokens=req.skip_special_tokens, logprobs=logprobs,
+        )
 
-    async def _start(self, req: Any, encode: Any) -> tuple[Lease, list[int], list[GenerationRequest]]:
-        """Lease the model, encode the prompt, build the n engine requests; the lease is released if any
-        step fails. The caller releases it when the last choice ends."""
+    async def _start(self, req: Any, encode: Callable[[Lease], list[list[int]]], n: int) -> _Job:
+        """Refuse unsupported fields, lease the model, encode the prompts, build the engine requests; the
+        lease is released if any step fails. The caller releases it when the last choice ends."""
+        self.refuse_unsupported(req)
+        self._check_ids(list(req.stop_token_ids), "stop_token_ids")
+        self._check_ids([i for i, _ in req.logit_bias_ids()], "logit_bias")
         lease = await self.manager.acquire(req.model)
         try:
-            prompt = encode(lease)
-            return lease, prompt, self._requests(lease, prompt, req)
+            prompts = encode(lease)
+            rid = new_id("req")
+            gens, prompt_of = [], []
+            for p_i, prompt in enumerate(prompts):
+                for i in range(n):
+                    params = self._params(req, len(prompt), p_i * n + i, req.n_logprobs())
+                    gens.append(GenerationRequest(prompt, params, lease.key, f"{rid}-{p_i}-{i}"))
+                    prompt_of.append(p_i)
+            return _Job(lease, prompts, gens, prompt_of)
         except BaseException:
             self.manager.release(lease)
             raise
 
-    def _requests(self, lease: Lease, prompt: list[int], req: Any) -> list[GenerationRequest]:
-        rid = new_id("req")
-        return [GenerationRequest(prompt, self._params(req, len(prompt), i), lease.key, f"{rid}-{i}")
-                for i in range(req.n)]
+    # ---------------------------------------------------------------- logprobs
+    def _chat_logprobs(self, lps: list[TokenLogprob]) -> ChatLogprobs:
+        texts = self.engine.token_texts([lp.token_id for lp in lps] + [t for lp in lps for t, _ in lp.top])
+        by_id: dict[int, str] = dict(zip([lp.token_id for lp in lps] + [t for lp in lps for t, _ in lp.top], texts))
+
+        def entry(tid: int, logprob: float) -> TopLogprob:
+            t = by_id[tid]
+            return TopLogprob(token=t, logprob=logprob, bytes=list(t.encode("utf-8")))
+
+        return ChatLogprobs(content=[
+            TokenLogprobOut(**entry(lp.token_id, lp.logprob).model_dump(),
+                            top_logprobs=[entry(t, v) for t, v in lp.top]) for lp in lps])
+
+    def _completion_logprobs(self, lps: list[TokenLogprob], offset: int) -> CompletionLogprobs:
+        ids = [lp.token_id for lp in lps] + [t for lp in lps for t, _ in lp.top]
+        by_id = dict(zip(ids, self.engine.token_texts(ids)))
+        out = CompletionLogprobs()
+        for lp in lps:
+            tok = by_id[lp.token_id]
+            out.tokens.append(tok)
+            out.token_logprobs.append(lp.logprob)
+            out.top_logprobs.append({by_id[t]: v for t, v in lp.top} if lp.top else None)
+            out.text_offset.append(offset)
+            offset += len(tok)
+        return out
+
+    # ---------------------------------------------------------------- tokens
+    async def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
+        self.refuse_unsupported(req)
+        lease = await self.manager.acquire(req.model)
+        try:
+            if req.messages is not None:
+                ids = self.engine.encode_chat(_messages(req.messages), lease.chat_template,
+                                              add_generation_prompt=req.add_generation_prompt)
+            else:
+                ids = self.engine.encode(req.prompt or "", add_special_tokens=req.add_special_tokens)
+        finally:
+            self.manager.release(lease)
+        strs = self.engine.token_texts(ids) if req.return_token_strs else None
+        return TokenizeResponse(count=len(ids), max_model_len=self.engine.capabilities.context_length, tokens=ids,
+                                token_strs=strs)
+
+    async def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
+        self.refuse_unsupported(req)
+        self.manager.resolve(req.model)  # an unknown model is a 404, as everywhere
+        self._check_ids(req.tokens, "tokens")
+        return DetokenizeResponse(prompt=self.engine.decode(req.tokens))
 
     # ---------------------------------------------------------------- chat
     def encode_messages(self, req: ChatCompletionRequest, lease: Lease) -> list[int]:
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in req.messages]
-        return self.engine.encode_chat(messages, lease.chat_template)
+        return self.engine.encode_chat(_messages(req.messages), lease.chat_template)
 
     async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
         t0 = time.perf_counter()
-        lease, prompt, gens = await self._start(req, lambda lease: self.encode_messages(req, lease))
+        job = await self._start(req, lambda lease: [self.encode_messages(req, lease)], req.n)
         try:
-            results = await asyncio.gather(*(_collect(self.engine, g) for g in gens))
+            results = await asyncio.gather(*(_collect(self.engine, g) for g in job.gens))
         finally:
-            self.manager.release(lease)
-        completion = sum(n for _, _, n in results)
-        self.metrics.observe("chat", req.model, 200, time.perf_counter() - t0, len(prompt), completion)
+            self.manager.release(job.lease)
+        completion = sum(r.tokens for r in results)
+        prompt_len = len(job.prompts[0])
+        self.metrics.observe("chat", req.model, 200, time.perf_counter() - t0, prompt_len, completion)
         return ChatCompletionResponse(
             id=new_id("chatcmpl"), created=now(), model=req.model,
-            choices=[ChatChoice(index=i, message=ChatResponseMessage(content=text), finish_reason=reason)
-                     for i, (text, reason, _) in enumerate(results)],
-            usage=Usage.of(len(prompt), completion),
+            choices=[ChatChoice(index=i, message=ChatResponseMessage(content=r.text), finish_reason=r.reason,
+                                logprobs=self._chat_logprobs(r.logprobs) if req.logprobs else None)
+                     for i, r in enumerate(results)],
+            usage=Usage.of(prompt_len, completion),
         )
 
     async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
         """Validate eagerly (errors before the first byte), then return the chunk iterator."""
-        lease, prompt, gens = await self._start(req, lambda lease: self.encode_messages(req, lease))
+        job = await self._start(req, lambda lease: [self.encode_messages(req, lease)], req.n)
         cid, created = new_id("chatcmpl"), now()
+        prompt_len = len(job.prompts[0])
+        continuous = bool(req.stream_options and req.stream_options.continuous_usage_stats)
 
-        def chunk(i: int, delta: ChatDelta, reason: Any) -> ChatCompletionChunk:
-            return ChatCompletionChunk(id=cid, created=created, model=req.model,
-                                       choices=[ChatChunkChoice(index=i, delta=delta, finish_reason=reason)])
+        def chunk(i: int, delta: ChatDelta, reason: Any, lps: tuple[TokenLogprob, ...] = (),
+                  usage: Usage | None = None) -> ChatCompletionChunk:
+            logprobs = self._chat_logprobs(list(lps)) if req.logprobs and lps else None
+            return ChatCompletionChunk(id=cid, created=created, model=req.model, usage=usage, choices=[
+                ChatChunkChoice(index=i, delta=delta, finish_reason=reason, logprobs=logprobs)])
 
         async def frames() -> AsyncIterator[ChatCompletionChunk]:
             t0 = time.perf_counter()
-            completion = 0
+            done: dict[int, int] = {}
             try:
                 for i in range(req.n):
                     yield chunk(i, ChatDelta(role="assistant", content=""), None)
-                async for i, d in _merge(self.engine, gens):
-                    if d.text:
-                        yield chunk(i, ChatDelta(content=d.text), None)
+                async for i, d in _merge(self.engine, job.gens):
+                    usage = Usage.of(prompt_len, sum(done.values()) + d.completion_tokens) if continuous else None
+                    if d.text or d.logprobs:
+                        yield chunk(i, ChatDelta(content=d.text), None, d.logprobs, usage)
                     if d.finish_reason is not None:
-                        completion += d.completion_tokens
+                        done[i] = d.completion_tokens
                         if d.finish_reason != "cancelled":
-                            yield chunk(i, ChatDelta(), d.finish_reason)
+                            yield chunk(i, ChatDelta(), d.finish_reason, usage=usage)
+                completion = sum(done.values())
                 if req.stream_options and req.stream_options.include_usage:
                     yield ChatCompletionChunk(id=cid, created=created, model=req.model, choices=[],
-                                              usage=Usage.of(len(prompt), completion))
-                self.metrics.observe("chat", req.model, 200, time.perf_counter() - t0, len(prompt), completion)
+                                              usage=Usage.of(prompt_len, completion))
+                self.metrics.observe("chat", req.model, 200, time.perf_counter() - t0, prompt_len, completion)
             finally:
-                for g in gens:
+                for g in job.gens:
                     g.cancel()
-                self.manager.release(lease)
+                self.manager.release(job.lease)
 
         return frames()
 
     # ---------------------------------------------------------------- completions
-    def _prompt_text(self, req: CompletionRequest) -> str:
-        if isinstance(req.prompt, list):
-            if len(req.prompt) != 1:
-                raise UserInputError("only a single prompt per request is supported", param="prompt")
-            return req.prompt[0]
-        return req.prompt
+    def _encode_prompts(self, req: CompletionRequest) -> list[list[int]]:
+        out = []
+        for p in req.prompts():
+            if isinstance(p, str):
+                out.append(self.engine.encode(p))
+            else:
+                self._check_ids(p, "prompt")
+                out.append(list(p))
+        return out
+
+    def _echo(self, req: CompletionRequest, prompt: list[int], index: int) -> str:
+        if not req.echo:
+            return ""
+        given = req.prompts()[index]
+        return given if isinstance(given, str) else self.engine.decode(prompt)
 
     async def complete(self, req: CompletionRequest) -> CompletionResponse:
         t0 = time.perf_counter()
-        text_in = self._prompt_text(req)
-        lease, prompt, gens = await self._start(req, lambda _lease: self.engine.encode(text_in))
+        n_gen = req.best_of or req.n
+        job = await self._start(req, lambda _lease: self._encode_prompts(req), n_gen)
         try:
-            results = await asyncio.gather(*(_collect(self.engine, g) for g in gens))
+            results = await asyncio.gather(*(_collect(self.engine, g) for g in job.gens))
         finally:
-            self.manager.release(lease)
-        completion = sum(n for _, _, n in results)
-        self.metrics.observe("completions", req.model, 200, time.perf_counter() - t0, len(prompt), completion)
-        return CompletionResponse(
-            id=new_id("cmpl"), created=now(), model=req.model,
-            choices=[CompletionChoice(index=i, text=(text_in if req.echo else "") + text, finish_reason=reason)
-                     for i, (text, reason, _) in enumerate(results)],
-            usage=Usage.of(len(prompt), completion),
-        )
+            self.manager.release(job.lease)
+        choices = []
+        for p_i, prompt in enumerate(job.prompts):
+            mine = results[p_i * n_gen:(p_i + 1) * n_gen]
+            if n_gen > req.n:  # best_of: the n with the highest cumulative logprob
+                mine = sorted(mine, key=lambda r: r.cumulative_logprob, reverse=True)[: req.n]
+            echo = self._echo(req, prompt, p_i)
+            for i, r in enumerate(mine):
+                lps = self._completion_logprobs(r.logprobs, len(echo)) if req.logprobs is not None else None
+                choices.append(CompletionChoice(index=p_i * req.n + i, text=echo + r.text, finish_reason=r.reason,
+                                                logprobs=lps))
+        completion = sum(r.tokens for r in results)
+        prompt_tokens = sum(len(p) for p in job.prompts)
+        self.metrics.observe("completions", req.model, 200, time.perf_counter() - t0, prompt_tokens, completion)
+        return CompletionResponse(id=new_id("cmpl"), created=now(), model=req.model, choices=choices,
+                                  usage=Usage.of(prompt_tokens, completion))
 
     async def complete_stream(self, req: CompletionRequest) -> AsyncIterator[CompletionResponse]:
-        text_in = self._prompt_text(req)
-        lease, prompt, gens = await self._start(req, lambda _lease: self.engine.encode(text_in))
+        job = await self._start(req, lambda _lease: self._encode_prompts(req), req.n)
         cid, created = new_id("cmpl"), now()
+        prompt_tokens = sum(len(p) for p in job.prompts)
+
+        def frame(i: int, text: str, reason: Any, lps: CompletionLogprobs | None = None) -> CompletionResponse:
+            return CompletionResponse(id=cid, created=created, model=req.model, choices=[
+                CompletionChoice(index=i, text=text, finish_reason=reason, logprobs=lps)])
 
         async def frames() -> AsyncIterator[CompletionResponse]:
             completion = 0
+            offsets = [0] * len(job.gens)
             try:
-                async for i, d in _merge(self.engine, gens):
+                if req.echo:
+                    for g_i, p_i in enumerate(job.prompt_of):
+                        text = self._echo(req, job.prompts[p_i], p_i)
+                        offsets[g_i] = len(text)
+                        yield frame(g_i, text, None)
+                async for g_i, d in _merge(self.engine, job.gens):
                     if d.finish_reason is not None:
                         completion += d.completion_tokens
-                    if d.text or (d.finish_reason and d.finish_reason != "cancelled"):
-                        yield CompletionResponse(id=cid, created=created, model=req.model, choices=[
-                            CompletionChoice(index=i, text=d.text, finish_reason=d.finish_reason)])
+                    if d.text or d.logprobs or (d.finish_reason and d.finish_reason != "cancelled"):
+                        lps = (self._completion_logprobs(list(d.logprobs), offsets[g_i])
+                               if req.logprobs is not None else None)
+                        offsets[g_i] += len(d.text)
+                        yield frame(g_i, d.text, d.finish_reason if d.finish_reason != "cancelled" else None, lps)
                 if req.stream_options and req.stream_options.include_usage:
                     yield CompletionResponse(id=cid, created=created, model=req.model, choices=[],
-                                             usage=Usage.of(len(prompt), completion))
+                                             usage=Usage.of(prompt_tokens, completion))
             finally:
-                for g in gens:
+                for g in job.gens:
                     g.cancel()
-                self.manager.release(lease)
+                self.manager.release(job.lease)
 
         return frames()
 
 
-async def _collect(engine: Engine, req: GenerationRequest) -> tuple[str, str, int]:
+def _messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    out = []
+    for m in messages:
+        d = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        if m.name is not None:
+            d["name"] = m.name
+        out.append(d)
+    return out
+
+
+async def _collect(engine: Engine, req: GenerationRequest) -> _Result:
+    r = _Result()
     parts: list[str] = []
-    reason, tokens = "stop", 0
     async for d in engine.generate(req):
         parts.append(d.text)
+        r.logprobs.extend(d.logprobs)
         if d.finish_reason is not None:
-            reason, tokens = d.finish_reason, d.completion_tokens
-    return "".join(parts), reason, tokens
+            r.reason, r.tokens = d.finish_reason, d.completion_tokens
+    r.text = "".join(parts)
+    return r
 
 
 async def _merge(engine: Engine, gens: list[GenerationRequest]) -> AsyncIterator[tuple[int, Delta]]:
@@ -198,12 +363,14 @@ async def _merge(engine: Engine, gens: list[GenerationRequest]) -> AsyncIterator
         async for d in engine.generate(gens[0]):
             yield 0, d
         return
-    q: asyncio.Queue[tuple[int, Delta | None]] = asyncio.Queue()
+    q: asyncio.Queue[tuple[int, Delta | BaseException | None]] = asyncio.Queue()
 
     async def pump(i: int, g: GenerationRequest) -> None:
         try:
             async for d in engine.generate(g):
                 await q.put((i, d))
+        except Exception as e:  # noqa: BLE001 - re-raised in the consumer
+            await q.put((i, e))
         finally:
             await q.put((i, None))
 
@@ -214,9 +381,10 @@ async def _merge(engine: Engine, gens: list[GenerationRequest]) -> AsyncIterator
             i, d = await q.get()
             if d is None:
                 remaining -= 1
+            elif isinstance(d, BaseException):
+                raise d
             else:
                 yield i, d
     finally:
         for t in tasks:
             t.cancel()
-

@@ -35,7 +35,8 @@ class ServingStack:
 
 def catalog(manager: AdapterManager, registry: Registry | None, engine: Engine) -> list[ModelCard]:
     """The base plus every adapter version, alias and name in the registry trained for this base."""
-    cards = [ModelCard(id=manager.base_name, root=manager.base_name)]
+    ctx = engine.capabilities.context_length
+    cards = [ModelCard(id=manager.base_name, root=manager.base_name, max_model_len=ctx)]
     if registry is None:
         return cards
     ident = engine.base_identity
@@ -45,11 +46,11 @@ def catalog(manager: AdapterManager, registry: Registry | None, engine: Engine) 
             continue
         latest[rec.name] = rec
         cards.append(ModelCard(id=rec.ref, parent=manager.base_name, root=rec.name, version=rec.version,
-                               aliases=list(rec.aliases), created=int(rec.created_at)))
+                               aliases=list(rec.aliases), created=int(rec.created_at), max_model_len=ctx))
         for alias in rec.aliases:
             cards.append(ModelCard(id=f"{rec.name}@{alias}", parent=manager.base_name, root=rec.name,
-                                   version=rec.version, created=int(rec.created_at)))
+                                   version=rec.version, created=int(rec.created_at), max_model_len=ctx))
     for name, rec in latest.items():
         cards.append(ModelCard(id=name, parent=manager.base_name, root=name, version=rec.version,
-                               created=int(rec.created_at)))
+                               created=int(rec.created_at), max_model_len=ctx))
     return cards

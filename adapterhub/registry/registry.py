@@ -40,6 +40,7 @@ from adapterhub.registry.validation import (
 from adapterhub.settings import Settings
 
 log = logging.getLogger(__name__)
+MAX_VERSION = 2**63 - 1  # stores keep versions as signed 64-bit integers; anything above exists nowhere
 
 # Files copied from a source directory; anything else (optimizer states, checkpoints, peft's template
 # README — the hub publishers write the real model card as README.md) is left behind.
@@ -205,7 +206,7 @@ class Registry:
         found: VersionRecord | None
         if r.selector == "version":
             assert r.version is not None
-            found = self.store.get(r.name, r.version)
+            found = self.store.get(r.name, r.version) if r.version <= MAX_VERSION else None
             what = f"version {r.version}"
         elif r.selector == "alias":
             assert r.alias is not None

@@ -15,14 +15,34 @@ from typing import Any
 
 from adapterhub.errors import UserInputError
 
+GREEDY_BELOW = 1e-5  # temperatures below this sample greedily (as vLLM does; avoids NaN probabilities)
+
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """Everything that decides one row's tokens; the defaults change nothing (greedy, no limits)."""
+
     max_tokens: int
     temperature: float = 0.0
     top_p: float = 1.0
+    top_k: int = 0  # 0 or -1: all tokens
+    min_p: float = 0.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    include_stop_str_in_output: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    logprobs: int | None = None  # None: none; k: the chosen token's logprob and the top k
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass
@@ -38,12 +58,25 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its id, log-probability under the model, and the top alternatives."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Delta:
-    """A piece of generated text; the last one carries ``finish_reason`` and token counts."""
+    """A piece of generated text; the last one carries ``finish_reason`` and token counts.
+
+    ``logprobs`` holds one entry per token generated since the previous delta (when asked for).
+    """
 
     text: str
     finish_reason: str | None = None  # "stop" | "length" | "cancelled"
     completion_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,11 +107,23 @@ class Engine(abc.ABC):
     def default_chat_template(self) -> str | None: ...
 
     @abc.abstractmethod
-    def encode_chat(self, messages: list[dict[str, str]], chat_template: str | None) -> list[int]:
-        """Render messages with ``chat_template`` (or the base's) plus the generation prompt."""
+    def encode_chat(self, messages: list[dict[str, str]], chat_template: str | None, *,
+                    add_generation_prompt: bool = True) -> list[int]:
+        """Render messages with ``chat_template`` (or the base's), plus the generation prompt."""
 
     @abc.abstractmethod
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]: ...
+
+    @abc.abstractmethod
+    def decode(self, ids: list[int], *, skip_special_tokens: bool = True) -> str: ...
+
+    @abc.abstractmethod
+    def token_texts(self, ids: list[int]) -> list[str]:
+        """Each token's own text (for logprobs)."""
+
+    @property
+    @abc.abstractmethod
+    def vocab_size(self) -> int: ...
 
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
@@ -126,13 +171,27 @@ class TokenizerEngine(Engine):
     def default_chat_template(self) -> str | None:
         return self.tokenizer.chat_template
 
-    def encode_chat(self, messages: list[dict[str, str]], chat_template: str | None) -> list[int]:
+    def encode_chat(self, messages: list[dict[str, str]], chat_template: str | None, *,
+                    add_generation_prompt: bool = True) -> list[int]:
         template = chat_template or self.tokenizer.chat_template
         if not template:
             raise UserInputError("this model has no chat template: use /v1/completions", param="messages")
-        text = self.tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                                  add_generation_prompt=True)
+        try:
+            text = self.tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt)
+        except Exception as e:  # a template that raises on these messages (e.g. roles it does not allow)
+            raise UserInputError(f"the chat template cannot render these messages: {e}", param="messages") from e
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def decode(self, ids: list[int], *, skip_special_tokens: bool = True) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens))
+
+    def token_texts(self, ids: list[int]) -> list[str]:
+        return [str(self.tokenizer.decode([i])) for i in ids]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from adapterhub.errors import MissingDependencyError, UserInputError
-from serving.engines.base import Delta, EngineCapabilities, GenerationRequest, TokenizerEngine
+from serving.engines.base import Delta, EngineCapabilities, GenerationRequest, TokenizerEngine, TokenLogprob
+from serving.engines.base import SamplingParams as Params
 from serving.engines.hf.lora import LINEAR_TARGETS
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class VLLMEngine(TokenizerEngine):
             target_modules=frozenset(LINEAR_TARGETS), module_shapes=_module_shapes(cfg),
         )
         self._identity = {"id": model_id, "fingerprint": fingerprint, "quantization": None}
+        self._vocab = int(cfg.get("vocab_size") or len(self.tokenizer))
 
     def _call(self, coro: Coroutine[Any, Any, Any], timeout: float | None = 60.0) -> Any:
         """Run ``coro`` on the engine's loop and wait for it (never called from that loop)."""
@@ -137,12 +139,11 @@ class VLLMEngine(TokenizerEngine):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        p = request.params
-        sp = SamplingParams(max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, seed=p.seed,
-                            stop=list(p.stop) or None)
+        sp = vllm_sampling_params(SamplingParams, request.params)
         lora = self._loras.get(request.adapter_key) if request.adapter_key else None
         rid = request.request_id or f"req-{next(_ids)}"
         sent = 0
+        sent_lps = 0
         finished = False
         try:
             async for out in self.engine.generate(TokensPrompt(prompt_token_ids=request.prompt_ids), sp, rid,
@@ -151,20 +152,26 @@ class VLLMEngine(TokenizerEngine):
                     break
                 comp = out.outputs[0]
                 text = comp.text
+                lps = _token_logprobs(comp, sent_lps, request.params.logprobs) if request.params.logprobs is not None else ()
                 if out.finished:
                     finished = True
                     reason = "length" if comp.finish_reason == "length" else "stop"
-                    push(Delta(text[sent:], reason, len(comp.token_ids)))
+                    push(Delta(text[sent:], reason, len(comp.token_ids), lps))
                     break
-                if len(text) > sent and not text.endswith("\ufffd"):
-                    push(Delta(text[sent:], None, len(comp.token_ids)))
-                    sent = len(text)
+                if (len(text) > sent and not text.endswith("\ufffd")) or lps:
+                    push(Delta(text[sent:] if not text.endswith("\ufffd") else "", None, len(comp.token_ids), lps))
+                    sent = len(text) if not text.endswith("\ufffd") else sent
+                    sent_lps += len(lps)
         except Exception as e:  # noqa: BLE001 - handed to the caller's loop, raised there
             push(e)
         finally:
             if not finished:
                 await self.engine.abort(rid)
             push(_END)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab
 
     def stop(self) -> None:
         async def shutdown() -> None:
@@ -177,3 +184,26 @@ class VLLMEngine(TokenizerEngine):
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self.engine = None  # AsyncLLM.__del__ would shut down again at interpreter exit, after its imports are gone
+
+
+def vllm_sampling_params(cls: Any, p: Params) -> Any:
+    """vLLM's ``SamplingParams`` for ours: every field maps to vLLM's own (same semantics)."""
+    return cls(
+        max_tokens=p.max_tokens, temperature=0.0 if p.greedy else p.temperature, top_p=p.top_p,
+        top_k=p.top_k if p.top_k > 0 else -1, min_p=p.min_p, seed=p.seed, stop=list(p.stop) or None,
+        stop_token_ids=list(p.stop_token_ids) or None, include_stop_str_in_output=p.include_stop_str_in_output,
+        presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,
+        repetition_penalty=p.repetition_penalty, logit_bias=dict(p.logit_bias) or None, min_tokens=p.min_tokens,
+        ignore_eos=p.ignore_eos, skip_special_tokens=p.skip_special_tokens, logprobs=p.logprobs,
+    )
+
+
+def _token_logprobs(comp: Any, start: int, k: int) -> tuple[TokenLogprob, ...]:
+    """Our logprob entries for the tokens of ``comp`` from index ``start`` (vLLM: one dict per token)."""
+    out = []
+    for tid, table in zip(comp.token_ids[start:], (comp.logprobs or [])[start:]):
+        top = sorted(((t, lp) for t, lp in table.items() if lp.rank is not None and lp.rank > 0),
+                     key=lambda x: x[1].rank)[:k]
+        out.append(TokenLogprob(int(tid), float(table[tid].logprob), tuple((int(t), float(lp.logprob))
+                                                                            for t, lp in top)))
+    return tuple(out)

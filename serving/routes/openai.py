@@ -1,8 +1,13 @@
-"""``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``: parse, call the service, send."""
+"""``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``: parse, call the service, send.
+
+A stream that fails after its first byte ends with an OpenAI-style error event before ``[DONE]``
+(the status line was already sent), so clients see why instead of a cut connection.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,6 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from adapterhub.errors import AdapterHubError, ModelNotFoundError
 from serving.auth import require_api_key
 from serving.protocol import (
     ChatCompletionRequest,
@@ -19,20 +25,28 @@ from serving.protocol import (
     ErrorResponse,
     ModelCard,
     ModelList,
+    error_body,
 )
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
+log = logging.getLogger(__name__)
+ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
-    for code, text in ((400, "Invalid request"), (401, "Missing or wrong API key"), (404, "Unknown model"),
-                       (503, "Overloaded: retry later"))
+    for code, text in ((400, "Invalid request (the message names the parameter)"), (401, "Missing or wrong API key"),
+                       (404, "Unknown model"), (413, "Request body too large"), (503, "Overloaded: retry later"))
 }
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=_ERRORS)
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERRORS)
 
 
-def _sse(frames: AsyncIterator[BaseModel]) -> StreamingResponse:
+def sse(frames: AsyncIterator[BaseModel]) -> StreamingResponse:
     async def body() -> AsyncIterator[str]:
-        async for f in frames:
-            yield f"data: {json.dumps(f.model_dump(mode='json'), ensure_ascii=False)}\n\n"
+        try:
+            async for f in frames:
+                yield f"data: {json.dumps(f.model_dump(mode='json'), ensure_ascii=False)}\n\n"
+        except AdapterHubError as e:
+            yield f"data: {json.dumps(error_body(e.message, e.error_type, e.code, e.param))}\n\n"
+        except Exception as e:  # noqa: BLE001 - the status line is sent: report in-band
+            log.exception("stream failed")
+            yield f"data: {json.dumps(error_body(f'internal error: {type(e).__name__}', 'server_error', 'internal_error'))}\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(body(), media_type="text/event-stream",
@@ -43,7 +57,7 @@ def _sse(frames: AsyncIterator[BaseModel]) -> StreamingResponse:
 async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
     service = request.app.state.service
     if req.stream:
-        return _sse(await service.chat_stream(req))
+        return sse(await service.chat_stream(req))
     return await service.chat(req)
 
 
@@ -51,7 +65,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
 async def completions(req: CompletionRequest, request: Request) -> Any:
     service = request.app.state.service
     if req.stream:
-        return _sse(await service.complete_stream(req))
+        return sse(await service.complete_stream(req))
     return await service.complete(req)
 
 
@@ -62,10 +76,12 @@ async def models(request: Request) -> ModelList:
 
 @router.get("/models/{model_id:path}", response_model=ModelCard)
 async def model(model_id: str, request: Request) -> ModelCard:
-    from adapterhub.errors import ModelNotFoundError
-
-    for m in request.app.state.catalog():
+    cards = request.app.state.catalog()
+    for m in cards:
         if m.id == model_id:
             return m
-    request.app.state.manager.resolve(model_id)  # raises 404 with the reason
+    manager = request.app.state.manager
+    if model_id in manager.base_names:  # "base" and other names of the base model
+        return cards[0].model_copy(update={"id": model_id})
+    manager.resolve(model_id)  # raises 404 with the reason
     raise ModelNotFoundError(f"The model '{model_id}' does not exist")

@@ -15,9 +15,11 @@ _REPLACEMENT = "\ufffd"
 class IncrementalDetokenizer:
     """Feeds tokens one at a time; returns the new text that is safe to emit."""
 
-    def __init__(self, decode: Callable[[list[int]], str], stop: tuple[str, ...] = ()) -> None:
+    def __init__(self, decode: Callable[[list[int]], str], stop: tuple[str, ...] = (),
+                 include_stop: bool = False) -> None:
         self._decode = decode
         self.stop = tuple(s for s in stop if s)
+        self.include_stop = include_stop
         self.ids: list[int] = []
         self.emitted = 0  # characters of the decoded text already returned
         self.text = ""
@@ -26,15 +28,15 @@ class IncrementalDetokenizer:
     def add(self, token: int) -> tuple[str, bool]:
         """Append ``token``; returns ``(text to emit, stopped)``.
 
-        When a stop string appears, the text before it is returned with ``stopped=True`` and the stop
-        string itself is never emitted.
+        When a stop string appears, the text before it is returned with ``stopped=True``; the stop
+        string itself is emitted only with ``include_stop``.
         """
         self.ids.append(token)
         self.text = text = self._decode(self.ids)
         for s in self.stop:
             pos = text.find(s, max(0, self.emitted - len(s)))
             if pos != -1:
-                chunk = text[self.emitted:pos]
+                chunk = text[self.emitted:pos + (len(s) if self.include_stop else 0)]
                 self.emitted = len(text)
                 return chunk, True
         safe = len(text) - self._hold

@@ -16,18 +16,18 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from adapterhub.errors import OverloadedError
-from serving.engines.base import Delta, EngineCapabilities, GenerationRequest, TokenizerEngine
+from serving.engines.base import Delta, EngineCapabilities, GenerationRequest, TokenizerEngine, TokenLogprob
 from serving.engines.hf import batch as batching
 from serving.engines.hf.detokenizer import IncrementalDetokenizer
 from serving.engines.hf.loading import load_model
 from serving.engines.hf.lora import LINEAR_TARGETS, LoraSlots
-from serving.engines.hf.sampler import RowState, Sampler
+from serving.engines.hf.sampler import RowState, Sampler, default_pipeline
 
 log = logging.getLogger(__name__)
 _END = object()
@@ -41,6 +41,7 @@ class _Row:
     detok: IncrementalDetokenizer
     state: RowState
     done: bool = False
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet sent with a delta
 
     @property
     def n_generated(self) -> int:
@@ -88,7 +89,8 @@ class HFEngine(TokenizerEngine):
             module_shapes=self.slots.module_shapes(),
         )
         self._identity = {"id": model_id, "fingerprint": fingerprint, "quantization": loaded.quantization}
-        self.sampler = Sampler()
+        self.sampler = Sampler(default_pipeline(self.eos_ids))
+        self._vocab = int(self.model.get_input_embeddings().num_embeddings)
         self.max_batch_size = max_batch_size
         self.batch_window_s = batch_window_s
         self.continuous = continuous  # False: static batches (the benchmark's baseline)
@@ -104,6 +106,10 @@ class HFEngine(TokenizerEngine):
         self.prefills = 0
 
     # ---------------------------------------------------------------- seam
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab
+
     def load_adapter(self, key: str, path: Path) -> None:
         with self._lock:
             self.slots.load(key, path)
@@ -140,8 +146,10 @@ class HFEngine(TokenizerEngine):
         loop = asyncio.get_running_loop()
         p = request.params
         generator = None if p.seed is None else torch.Generator(device=self.device).manual_seed(p.seed)
-        detok = IncrementalDetokenizer(lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True), p.stop)
-        row = _Row(request, loop, asyncio.Queue(), detok, RowState(p, detok.ids, generator))
+        skip = p.skip_special_tokens
+        detok = IncrementalDetokenizer(lambda ids: self.tokenizer.decode(ids, skip_special_tokens=skip), p.stop,
+                                       p.include_stop_str_in_output)
+        row = _Row(request, loop, asyncio.Queue(), detok, RowState(p, detok.ids, generator, request.prompt_ids))
         try:
             self._queue.put_nowait(row)
         except queue.Full:
@@ -176,8 +184,9 @@ class HFEngine(TokenizerEngine):
             try:
                 with torch.inference_mode():
                     if rows:
-                        joined = self._prefill(rows)
+                        joined = self._prefill_isolated(rows)
                         batch = joined if batch is None else batching.merge(batch, joined) if joined else batch
+                        rows = []
                     if batch is not None:
                         self.peak_batch = max(self.peak_batch, len(batch.rows))
                         logits = batching.decode_step(self.model, self.slots, batch, self.device)
@@ -185,10 +194,7 @@ class HFEngine(TokenizerEngine):
             except Exception as e:  # never kill the worker: fail the requests in flight
                 log.exception("batch failed")
                 for r in rows + (batch.rows if batch is not None else []):
-                    if not r.done:
-                        r.done = True
-                        r.loop.call_soon_threadsafe(r.out.put_nowait, e)
-                        r.loop.call_soon_threadsafe(r.out.put_nowait, _END)
+                    self._fail(r, e)
                 batch = None
             finally:
                 self.slots.ctx.indices = None
@@ -218,6 +224,30 @@ class HFEngine(TokenizerEngine):
                 break
         return rows
 
+    def _prefill_isolated(self, rows: list[_Row]) -> batching.Batch | None:
+        """Prefill newcomers; if that fails, prefill them one by one so only the culprit fails."""
+        try:
+            return self._prefill(rows)
+        except Exception as e:
+            if len(rows) == 1:
+                log.warning("request %s failed at prefill: %s", rows[0].req.request_id, e)
+                self._fail(rows[0], e)
+                return None
+        joined: batching.Batch | None = None
+        for r in rows:
+            one = self._prefill_isolated([r])
+            joined = one if joined is None else batching.merge(joined, one) if one else joined
+        return joined
+
+    def _fail(self, r: _Row, e: Exception) -> None:
+        if not r.done:
+            r.done = True
+            try:
+                r.loop.call_soon_threadsafe(r.out.put_nowait, e)
+                r.loop.call_soon_threadsafe(r.out.put_nowait, _END)
+            except RuntimeError:
+                pass
+
     def _prefill(self, rows: list[_Row]) -> batching.Batch | None:
         self.prefills += 1
         try:
@@ -230,10 +260,17 @@ class HFEngine(TokenizerEngine):
 
     def _after_forward(self, batch: batching.Batch, logits: torch.Tensor) -> batching.Batch | None:
         """Sample, stream, then drop finished or cancelled rows from the batch (None when none is left)."""
-        batch.next_ids = self.sampler(logits, [None if r.done else r.state for r in batch.rows])
+        picks = self.sampler(logits, [None if r.done else r.state for r in batch.rows])
+        batch.next_ids = picks.ids
         for i, r in enumerate(batch.rows):
-            if not r.done:
-                self._advance(r, int(batch.next_ids[i]))
+            if i in picks.errors:
+                log.warning("request %s failed while sampling: %s", r.req.request_id, picks.errors[i])
+                self._fail(r, picks.errors[i])
+            elif not r.done:
+                try:
+                    self._advance(r, int(batch.next_ids[i]), picks.logprobs.get(i))
+                except Exception as e:  # e.g. a tokenizer error on this row's text: it fails alone
+                    self._fail(r, e)
         keep = [i for i, r in enumerate(batch.rows) if not (r.done or self._drop_if_cancelled(r))]
         if not keep:
             return None
@@ -241,16 +278,19 @@ class HFEngine(TokenizerEngine):
             batch.select(keep)
         return batch
 
-    def _advance(self, r: _Row, token: int) -> None:
-        if token in self.eos_ids:
+    def _advance(self, r: _Row, token: int, logprob: TokenLogprob | None) -> None:
+        p = r.req.params
+        if token in self.eos_ids and not p.ignore_eos:
             self._emit(r, Delta(r.detok.finish(), "stop", r.n_generated))
             return
+        if logprob is not None:
+            r.pending_logprobs.append(logprob)
         text, stopped = r.detok.add(token)
-        if stopped:
-            self._emit(r, Delta(text, "stop", r.n_generated))
-        elif r.n_generated >= r.req.params.max_tokens:
+        if stopped or token in p.stop_token_ids:
+            self._emit(r, Delta(text + ("" if stopped else r.detok.finish()), "stop", r.n_generated))
+        elif r.n_generated >= p.max_tokens:
             self._emit(r, Delta(text + r.detok.finish(), "length", r.n_generated))
-        elif text:
+        elif text or r.pending_logprobs:
             self._emit(r, Delta(text, None, r.n_generated))
 
     # ---------------------------------------------------------------- bridge
@@ -262,6 +302,9 @@ class HFEngine(TokenizerEngine):
         return False
 
     def _emit(self, row: _Row, delta: Delta) -> None:
+        if row.pending_logprobs:
+            delta = Delta(delta.text, delta.finish_reason, delta.completion_tokens, tuple(row.pending_logprobs))
+            row.pending_logprobs.clear()
         try:
             row.loop.call_soon_threadsafe(row.out.put_nowait, delta)
             if delta.finish_reason is not None:

@@ -1,8 +1,5 @@
-"""OpenAI API request and response models (the subset the official client uses).
-
-Requests accept unknown fields (newer clients send more) and ignore them; responses are typed models
-that serialize to the OpenAI shapes exactly (the service returns them, the routes send them).
-"""
+"""OpenAI API response models: typed, serialized to the OpenAI shapes exactly (the service returns them,
+the routes send them, the OpenAPI schema documents them)."""
 
 from __future__ import annotations
 
@@ -10,69 +7,7 @@ import time
 import uuid
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, field_validator, model_serializer
-
-
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class ChatMessage(_Lenient):
-    role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = None
-
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
-
-
-class StreamOptions(_Lenient):
-    include_usage: bool = False
-
-
-class _Sampling(_Lenient):
-    model: str
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=16)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    user: str | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return v
-
-    def stop_list(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(s for s in self.stop if s)
-
-
-class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-
-    def token_budget(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
-
-
-class CompletionRequest(_Sampling):
-    prompt: str | list[str]
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
-    echo: bool = False
-
-    def token_budget(self) -> int | None:
-        return self.max_tokens
+from pydantic import BaseModel, Field, SerializationInfo, model_serializer
 
 
 class _Response(BaseModel):
@@ -107,11 +42,25 @@ class ChatResponseMessage(_Response):
     content: str | None
 
 
+class TopLogprob(_Response):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(_Response):
+    content: list[TokenLogprob] | None = None
+
+
 class ChatChoice(_Response):
     index: int
     message: ChatResponseMessage
     finish_reason: FinishReason | None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionResponse(_Response):
@@ -134,7 +83,7 @@ class ChatChunkChoice(_Response):
     index: int
     delta: ChatDelta
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(_Response):
@@ -148,11 +97,20 @@ class ChatCompletionChunk(_Response):
     usage: Usage | None = None
 
 
+class CompletionLogprobs(_Response):
+    """The legacy completions shape: parallel lists, one entry per token."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
 class CompletionChoice(_Response):
     index: int
     text: str
     finish_reason: FinishReason | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionResponse(_Response):
@@ -198,6 +156,7 @@ class ModelCard(BaseModel):
     root: str | None = None
     version: int | None = None
     aliases: list[str] = Field(default_factory=list)
+    max_model_len: int | None = None
 
 
 class ModelList(BaseModel):
@@ -205,10 +164,20 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class AdapterLoadRequest(_Lenient):
-    model: str = Field(description="Adapter ref: name, name@3, name@production.")
-    pin: bool = False
-
-
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
     return ErrorResponse(error=ErrorDetail(message=message, type=type_, param=param, code=code)).model_dump()
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class VersionResponse(BaseModel):
+    version: str

@@ -1,0 +1,45 @@
+"""The OpenAI API surface as pydantic models: ``requests`` (strict, nothing silently ignored) and
+``responses`` (typed bodies, errors included)."""
+
+from serving.protocol.requests import (
+    AdapterLoadRequest,
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    DetokenizeRequest,
+    StreamOptions,
+    TokenizeRequest,
+)
+from serving.protocol.responses import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionResponse,
+    ChatDelta,
+    ChatLogprobs,
+    ChatResponseMessage,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionResponse,
+    DetokenizeResponse,
+    ErrorDetail,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    TokenizeResponse,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+    VersionResponse,
+    error_body,
+    new_id,
+    now,
+)
+
+__all__ = [
+    "AdapterLoadRequest", "ChatChoice", "ChatChunkChoice", "ChatCompletionChunk", "ChatCompletionRequest",
+    "ChatCompletionResponse", "ChatDelta", "ChatLogprobs", "ChatMessage", "ChatResponseMessage", "CompletionChoice",
+    "CompletionLogprobs", "CompletionRequest", "CompletionResponse", "DetokenizeRequest", "DetokenizeResponse",
+    "ErrorDetail", "ErrorResponse", "ModelCard", "ModelList", "StreamOptions", "TokenLogprob", "TokenizeRequest",
+    "TokenizeResponse", "TopLogprob", "Usage", "VersionResponse", "error_body", "new_id", "now",
+]

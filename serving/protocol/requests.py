@@ -1,0 +1,242 @@
+"""OpenAI API request models (plus vLLM's sampling extras), strict about what they accept.
+
+* Types are strict: ``max_tokens: "10"`` or ``true`` is a 400, not a coerced value.
+* Every field either changes the output as OpenAI / vLLM document it, or is in :data:`NO_EFFECT` (fields
+  that never change output, such as ``user``). Anything else — an unknown field, or a known one this
+  server cannot honour — is refused with a 400 naming it (:meth:`_Request.unsupported`), never
+  silently ignored.
+* Text must be valid Unicode (a lone surrogate is a 400, not a tokenizer crash).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
+
+# Fields accepted although they never change the output (OpenAI bookkeeping).
+NO_EFFECT = frozenset({"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"})
+# Reasons given for fields people send that this server does not implement yet.
+NOT_YET = {
+    "response_format": "structured output is not supported yet",
+    "tools": "tool calling is not supported yet", "tool_choice": "tool calling is not supported yet",
+    "functions": "function calling is not supported", "function_call": "function calling is not supported",
+    "parallel_tool_calls": "tool calling is not supported yet",
+    "tool_calls": "tool calling is not supported yet", "tool_call_id": "tool calling is not supported yet",
+    "suffix": "insertion (suffix) is not supported",
+    "guided_json": "structured output is not supported yet", "guided_regex": "structured output is not supported yet",
+    "guided_choice": "structured output is not supported yet",
+    "guided_grammar": "structured output is not supported yet",
+    "structured_outputs": "structured output is not supported yet",
+}
+MAX_SEED, MIN_SEED = 2**64 - 1, -(2**63)  # what torch.Generator.manual_seed accepts
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _valid_text(s: str, what: str) -> str:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid Unicode (it contains a lone surrogate)") from None
+    return s
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class _Request(_Strict):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    def unsupported(self) -> list[tuple[str, str]]:
+        """``(field, reason)`` for every field this server cannot honour (the service refuses them)."""
+        out = []
+        for key in sorted(self.model_extra or {}):
+            if key not in NO_EFFECT:
+                out.append((key, NOT_YET.get(key, f"'{key}' is not a parameter of this endpoint")))
+        return out
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        return _valid_text(v, "text")
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[TextPart | dict[str, Any]] | None = None
+    name: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _content(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return _valid_text(v, "message content")
+        for part in v or []:
+            if isinstance(part, dict):
+                kind = part.get("type")
+                raise ValueError(f"content parts of type {kind!r} are not supported by this model (text only)")
+        return v
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+
+class StreamOptions(_Strict):
+    include_usage: StrictBool = False
+    continuous_usage_stats: StrictBool = False
+
+
+class _Sampling(_Request):
+    model: str
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    temperature: FiniteFloat = Field(1.0, ge=0.0, le=2.0, description="Below 1e-5 sampling is greedy.")
+    top_p: FiniteFloat = Field(1.0, gt=0.0, le=1.0)
+    top_k: StrictInt = Field(0, ge=-1, description="Keep the k most likely tokens (0 or -1: all).")
+    min_p: FiniteFloat = Field(0.0, ge=0.0, le=1.0, description="Drop tokens below min_p × the top probability.")
+    n: StrictInt = Field(1, ge=1, le=128)
+    seed: StrictInt | None = Field(None, ge=MIN_SEED, le=MAX_SEED)
+    stop: str | list[str] | None = None
+    stop_token_ids: list[StrictInt] = Field(default_factory=list, max_length=64)
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: FiniteFloat = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: FiniteFloat = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: FiniteFloat = Field(1.0, gt=0.0, le=10.0)
+    logit_bias: dict[str, FiniteFloat] | None = Field(None, description="Token id (as a string) → bias in [-100, 100].")
+    min_tokens: StrictInt = Field(0, ge=0)
+    ignore_eos: StrictBool = False
+    include_stop_str_in_output: StrictBool = False
+    skip_special_tokens: StrictBool = True
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > 16:
+            raise ValueError("at most 16 stop sequences")
+        for s in [v] if isinstance(v, str) else v or []:
+            _valid_text(s, "stop")
+        return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for k, b in (v or {}).items():
+            if not k.lstrip("-").isdigit():
+                raise ValueError(f"keys must be token ids, got {k!r}")
+            if not -100 <= b <= 100:
+                raise ValueError(f"bias for token {k} must be within [-100, 100], got {b}")
+        return v
+
+    def stop_list(self) -> tuple[str, ...]:
+        """The stop strings; empty strings stop nothing (they are dropped)."""
+        if self.stop is None:
+            return ()
+        return tuple(s for s in ([self.stop] if isinstance(self.stop, str) else self.stop) if s)
+
+    def logit_bias_ids(self) -> tuple[tuple[int, float], ...]:
+        return tuple((int(k), float(b)) for k, b in (self.logit_bias or {}).items())
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    logprobs: StrictBool = False
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    def token_budget(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def unsupported(self) -> list[tuple[str, str]]:
+        out = super().unsupported()
+        for i, m in enumerate(self.messages):
+            out += [(f"messages[{i}].{k}", r) for k, r in m.unsupported()]
+        return out
+
+    def n_logprobs(self) -> int | None:
+        """Top alternatives per token (0: only the chosen token), or None for no logprobs."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[StrictInt] | list[list[StrictInt]]
+    max_tokens: StrictInt | None = Field(16, ge=1)  # OpenAI's default for completions
+    echo: StrictBool = False
+    logprobs: StrictInt | None = Field(None, ge=0, le=20)
+    best_of: StrictInt | None = Field(None, ge=1, le=128)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("must not be empty")
+        for p in [v] if isinstance(v, str) else v:
+            if isinstance(p, str):
+                _valid_text(p, "prompt")
+            elif isinstance(p, list) and not p:
+                raise ValueError("a token-id prompt must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _best_of(self) -> CompletionRequest:
+        if self.best_of is not None:
+            if self.best_of < self.n:
+                raise ValueError(f"best_of ({self.best_of}) must be at least n ({self.n})")
+            if self.stream and self.best_of > self.n:
+                raise ValueError("best_of cannot be used with stream")
+        return self
+
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt: text, or token ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+    def token_budget(self) -> int | None:
+        return self.max_tokens
+
+    def n_logprobs(self) -> int | None:
+        return self.logprobs
+
+
+class TokenizeRequest(_Request):
+    model: str
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: StrictBool = True
+    add_generation_prompt: StrictBool = True
+    return_token_strs: StrictBool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give either prompt or messages")
+        return self
+
+
+class DetokenizeRequest(_Request):
+    model: str
+    tokens: list[StrictInt]
+
+
+class AdapterLoadRequest(_Request):
+    model: str = Field(description="Adapter ref: name, name@3, name@production.")
+    pin: StrictBool = False
