@@ -5,7 +5,12 @@
 * naive swapping (baseline): peft with the 8 adapters loaded, one request at a time, ``set_adapter``;
 * peft mixed: one peft ``generate(adapter_names=…)`` call for the whole mixed batch (for reference);
 * hot-load: p50 of loading an adapter into a free slot;
-* HTTP overhead: the mixed workload through the server with the openai client vs the engine directly.
+* HTTP overhead: the mixed workload through the server with the openai client vs the engine directly;
+* sampler cost (``--only sampler`` runs just this): the 8-adapter mixed batch with the argmax-only
+  sampler the engine had before the sampler pipeline (baseline), with the pipeline and no extra
+  parameters, with ``logprobs=5`` on every row, and with half the rows using penalties, logit bias and
+  top-k sampling (the other half plain greedy). Every row decodes exactly ``--tokens`` (``ignore_eos``) so
+  the set-ups do the same work; runs alternate, best of 3 each.
 
 Run: ``python -m benchmarks.serving [--requests 8] [--tokens 64]`` (pulls the demo model if needed). On a GPU
 machine everything (baselines too) runs on CUDA. ``--random-weights DIR`` benchmarks a randomly initialised
@@ -116,6 +121,7 @@ def main() -> None:
     ap.add_argument("--adapters", type=int, default=8)
     ap.add_argument("--random-weights", metavar="DIR", type=Path,
                     help="a config + tokenizer dir: benchmark that architecture with random weights")
+    ap.add_argument("--only", choices=["sampler"], help="run one section only")
     args = ap.parse_args()
     settings = Settings()
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
@@ -154,6 +160,11 @@ def main() -> None:
     def reqs(mixed: bool):
         return [GenerationRequest(prompts[i], params, f"a{i % args.adapters}" if mixed else None)
                 for i in range(args.requests)]
+
+    if args.only == "sampler":
+        sampler_costs(engine, prompts, args)
+        engine.stop()
+        return
 
     asyncio.run(run_engine(engine, reqs(False)))  # warm-up
     t_base, n_base = asyncio.run(run_engine(engine, reqs(False)))
@@ -262,6 +273,47 @@ def main() -> None:
           f"{st['ttft_p50_s']} s static vs {co['ttft_p50_s']} s continuous "
           f"({st['ttft_p50_s'] / max(co['ttft_p50_s'], 1e-9):.1f}x); mean latency {st['latency_mean_s']} s vs "
           f"{co['latency_mean_s']} s; {st['tok_per_s']} vs {co['tok_per_s']} tok/s")
+
+
+def sampler_costs(engine, prompts, args) -> dict[str, float]:
+    """tok/s of the mixed batch under four sampler set-ups, alternating runs, best of 3 each."""
+    import dataclasses
+
+    from serving.engines.base import GenerationRequest, SamplingParams
+    from serving.engines.hf.sampler import Picks
+
+    class ArgmaxOnly:  # what the engine did for greedy rows before the sampler pipeline
+        processors = ()
+
+        def __call__(self, logits, rows):
+            return Picks(logits.argmax(dim=-1).cpu())
+
+    plain = SamplingParams(max_tokens=args.tokens, ignore_eos=True)  # every row decodes exactly --tokens
+    extras = dataclasses.replace(plain, temperature=0.8, top_k=40, presence_penalty=0.5, frequency_penalty=0.3,
+                                 repetition_penalty=1.1, logit_bias=((13, -5.0),), seed=0)
+    setups = {
+        "argmax-only sampler (before the pipeline)": (ArgmaxOnly(), [plain] * args.requests),
+        "sampler pipeline, no extra parameters": (engine.sampler, [plain] * args.requests),
+        "sampler pipeline, logprobs=5 on every row": (engine.sampler, [dataclasses.replace(plain, logprobs=5)]
+                                                      * args.requests),
+        "sampler pipeline, half the rows with penalties/bias/top-k": (
+            engine.sampler, [extras if i % 2 else plain for i in range(args.requests)]),
+    }
+    pipeline = engine.sampler
+    best: dict[str, float] = {}
+    for _ in range(3):
+        for name, (sampler, params) in setups.items():
+            engine.sampler = sampler
+            batch = [GenerationRequest(prompts[i], params[i], f"a{i % args.adapters}") for i in range(args.requests)]
+            t, n = asyncio.run(run_engine(engine, batch))
+            best[name] = max(best.get(name, 0.0), n / t)
+    engine.sampler = pipeline
+    base = best["argmax-only sampler (before the pipeline)"]
+    rows = [{"workload": k, "tok_per_s": round(v, 1), "vs_argmax_only": round(v / base, 3)} for k, v in best.items()]
+    report("serving_sampler" + ("" if DEVICE == "cpu" else f"_{DEVICE}"), rows,
+           ["workload", "tok_per_s", "vs_argmax_only"],
+           extra={"requests": args.requests, "tokens": args.tokens, "adapters": args.adapters, "device": DEVICE})
+    return best
 
 
 def engine_eos(tok) -> set[int]:

@@ -9,8 +9,9 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
-from serving.protocol import ErrorResponse, error_body
+from serving.protocol import ChatCompletionChunk, CompletionResponse, ErrorResponse, error_body
 
 Scope = dict[str, Any]
 
@@ -93,11 +94,8 @@ def openai_error_schema(app: FastAPI) -> None:
             return app.openapi_schema
         spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
         comps = spec.setdefault("components", {}).setdefault("schemas", {})
-        comps.setdefault("ErrorResponse", ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}"))
-        for defs_name, defs in ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}").get(
-                "$defs", {}).items():
-            comps.setdefault(defs_name, defs)
-        comps["ErrorResponse"].pop("$defs", None)
+        for model in (ErrorResponse, ChatCompletionChunk, CompletionResponse):
+            _add_model(comps, model)
         for name in ("HTTPValidationError", "ValidationError"):
             comps.pop(name, None)
         ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
@@ -110,3 +108,19 @@ def openai_error_schema(app: FastAPI) -> None:
         return spec
 
     app.openapi = schema  # type: ignore[method-assign]
+
+
+def _add_model(comps: dict[str, Any], model: type[BaseModel]) -> None:
+    """Put ``model`` (and the models it uses) into the spec's components."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+    for name, sub in schema.pop("$defs", {}).items():
+        comps.setdefault(name, sub)
+    comps.setdefault(model.__name__, schema)
+
+
+def stream_of(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The 200 response of an endpoint that streams ``model`` chunks as server-sent events."""
+    event = {"anyOf": [{"$ref": f"#/components/schemas/{model.__name__}"},
+                       {"$ref": "#/components/schemas/ErrorResponse"}, {"type": "string", "enum": ["[DONE]"]}]}
+    return {200: {"content": {"text/event-stream": {"schema": event}},
+                  "description": f"The completion; with stream: true, server-sent events of {model.__name__}"}}

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 # Fields accepted although they never change the output (OpenAI bookkeeping).
 NO_EFFECT = frozenset({"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"})
@@ -33,6 +41,14 @@ MAX_SEED, MIN_SEED = 2**64 - 1, -(2**63)  # what torch.Generator.manual_seed acc
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
+def _integral(v: Any) -> Any:
+    """JSON's integers: 10 and 10.0 (JSON Schema calls both an integer); never "10" or true."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+StrictInt = Annotated[int, BeforeValidator(_integral)]  # with the models' strict mode: no bools, no strings
+
+
 def _valid_text(s: str, what: str) -> str:
     try:
         s.encode("utf-8")
@@ -46,7 +62,8 @@ class _Strict(BaseModel):
 
 
 class _Request(_Strict):
-    model_config = ConfigDict(strict=True, extra="allow")
+    # Unknown fields are kept (to be refused by name); the schema still says they are not part of the API.
+    model_config = ConfigDict(strict=True, extra="allow", json_schema_extra={"additionalProperties": False})
 
     def unsupported(self) -> list[tuple[str, str]]:
         """``(field, reason)`` for every field this server cannot honour (the service refuses them)."""
@@ -97,7 +114,11 @@ class StreamOptions(_Strict):
 
 
 class _Sampling(_Request):
-    model: str
+    model: str = Field(description="Base name, 'base', an adapter 'name', 'name@3', 'name@alias' or 'name@sha256:…'.")
+    user: str | None = Field(None, description="Accepted; no effect on the output.")
+    metadata: dict[str, str] | None = Field(None, description="Accepted; no effect on the output.")
+    store: StrictBool | None = Field(None, description="Accepted; nothing is stored.")
+    service_tier: str | None = Field(None, description="Accepted; no effect on the output.")
     max_tokens: StrictInt | None = Field(None, ge=1)
     temperature: FiniteFloat = Field(1.0, ge=0.0, le=2.0, description="Below 1e-5 sampling is greedy.")
     top_p: FiniteFloat = Field(1.0, gt=0.0, le=1.0)
@@ -111,7 +132,7 @@ class _Sampling(_Request):
     stream_options: StreamOptions | None = None
     presence_penalty: FiniteFloat = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: FiniteFloat = Field(0.0, ge=-2.0, le=2.0)
-    repetition_penalty: FiniteFloat = Field(1.0, gt=0.0, le=10.0)
+    repetition_penalty: FiniteFloat = Field(1.0, ge=0.01, le=10.0)
     logit_bias: dict[str, FiniteFloat] | None = Field(None, description="Token id (as a string) → bias in [-100, 100].")
     min_tokens: StrictInt = Field(0, ge=0)
     ignore_eos: StrictBool = False

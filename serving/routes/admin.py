@@ -8,8 +8,9 @@ from fastapi import APIRouter, Depends, Request
 
 from serving.auth import require_admin_key
 from serving.protocol import AdapterLoadRequest
+from serving.routes.openai import ERRORS
 
-router = APIRouter(prefix="/v1/adapters", dependencies=[Depends(require_admin_key)])
+router = APIRouter(prefix="/v1/adapters", dependencies=[Depends(require_admin_key)], responses=ERRORS)
 
 
 @router.get("")

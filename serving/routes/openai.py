@@ -17,7 +17,9 @@ from pydantic import BaseModel
 
 from adapterhub.errors import AdapterHubError, ModelNotFoundError
 from serving.auth import require_api_key
+from serving.middleware import stream_of
 from serving.protocol import (
+    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
@@ -53,7 +55,7 @@ def sse(frames: AsyncIterator[BaseModel]) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.post("/chat/completions", response_model=ChatCompletionResponse)
+@router.post("/chat/completions", response_model=ChatCompletionResponse, responses=stream_of(ChatCompletionChunk))
 async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
     service = request.app.state.service
     if req.stream:
@@ -61,7 +63,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
     return await service.chat(req)
 
 
-@router.post("/completions", response_model=CompletionResponse)
+@router.post("/completions", response_model=CompletionResponse, responses=stream_of(CompletionResponse))
 async def completions(req: CompletionRequest, request: Request) -> Any:
     service = request.app.state.service
     if req.stream:

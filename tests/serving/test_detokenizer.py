@@ -54,3 +54,31 @@ def test_partial_stop_that_does_not_complete_is_emitted_later():
     detok = IncrementalDetokenizer(lambda ids: "".join(chr(i) for i in ids), stop=("ab",))
     out = [detok.add(ord(ch)) for ch in "xaxab"]
     assert "".join(c for c, _ in out) == "xax" and out[-1][1] is True
+
+
+def test_tiny_top_p_keeps_the_top_token():
+    """Found by schemathesis: top_p=5e-324 is 0.0 in float32, and every token was dropped (NaN sampling)."""
+    import torch
+
+    from serving.engines.base import SamplingParams
+    from serving.engines.hf.sampler import RowState, Sampler, default_pipeline
+
+    logits = torch.tensor([[0.1, 2.0, -1.0, 0.5]])
+    for top_p in (5e-324, 1e-9):
+        picks = Sampler(default_pipeline({3}))(logits, [RowState(SamplingParams(max_tokens=4, temperature=1.0,
+                                                                                top_p=top_p))])
+        assert not picks.errors and int(picks.ids[0]) == 1
+
+
+def test_extreme_penalties_never_make_a_row_fail():
+    """Found by schemathesis: repetition_penalty=5e-324 (0 in float32) divided logits by zero (NaN)."""
+    import torch
+
+    from serving.engines.base import SamplingParams
+    from serving.engines.hf.sampler import RowState, Sampler, default_pipeline
+
+    logits = torch.tensor([[0.1, 2.0, -1.0, 0.5]])
+    for temperature in (0.0, 1.0):
+        params = SamplingParams(max_tokens=4, temperature=temperature, repetition_penalty=5e-324, presence_penalty=2)
+        picks = Sampler(default_pipeline({3}))(logits, [RowState(params, [1, 1], None, [0, 1, 2, 3])])
+        assert not picks.errors and 0 <= int(picks.ids[0]) < 4

@@ -128,6 +128,7 @@ class TopP(LogitsProcessor):
         probs = torch.softmax(logits, dim=-1)
         sorted_p, order = probs.sort(descending=True)
         drop_sorted = sorted_p.cumsum(-1) - sorted_p >= row.params.top_p
+        drop_sorted[0] = False  # the top token always stays (a denormal top_p is 0 in float32)
         drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
         return logits.masked_fill(drop, float("-inf"))
 
@@ -174,6 +175,10 @@ class Sampler:
                     x = logits[i]
                     for proc in active:
                         x = proc(x, row)
+                    if active:  # extreme parameters (a denormal penalty…) must not make NaNs of a row
+                        x = torch.nan_to_num(x, nan=float("-inf"), posinf=torch.finfo(x.dtype).max)
+                        if not bool(torch.isfinite(x).any()):
+                            x = logits[i]
                     if greedy:
                         ids[i] = x.argmax()
                     else:
