@@ -23,6 +23,12 @@ NOTES = {
                "Naive swapping = peft with the 8 adapters loaded, one request at a time with `set_adapter`. "
                "staggered_*: the mixed requests arriving a quarter of one request's solo time apart, with "
                "continuous batching vs static batches (the same engine with joining switched off).",
+    "serving_sampler": "Goals (issue 16): the 8-adapter mixed batch with no extra parameters no slower than with the "
+                       "argmax-only sampler the engine had before the sampler pipeline, and logprobs=5 on every row "
+                       "costing ≤ 15%. Demo model bf16, 8 requests × 64 tokens, every row decoding exactly 64 "
+                       "tokens (ignore_eos) so each set-up does the same work; set-ups alternate, best of 3. "
+                       "`python -m benchmarks.serving --only sampler`. In an earlier run the same day: 1.05×, "
+                       "1.01× and 0.91× (so the pipeline's ~5–9% lead is noise or order, not a speed-up).",
     "serving_cuda_random": "The serving benchmark on one H100 (CUDA build of torch 2.11, bf16), run at the commit before the "
                            "gathered-A/B cache (not re-run after it: the session's GPU time was spent): the demo model's "
                            "architecture with random weights (that machine cannot fetch the demo model; "
@@ -41,7 +47,7 @@ NOTES = {
 
 def main() -> None:
     parts = [INTRO]
-    for name in ("registry", "serving", "serving_cuda_random", "serving_vllm_cpu", "training"):
+    for name in ("registry", "serving", "serving_sampler", "serving_cuda_random", "serving_vllm_cpu", "training"):
         path = DOCS / f"bench_{name}.json"
         if not path.exists():
             continue
