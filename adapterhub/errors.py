@@ -158,3 +158,16 @@ class PublishError(AdapterHubError):
     exit_code = 4
     http_status = 502
     code = "publish_failed"
+
+
+class GateError(AdapterHubError):
+    """A promotion misses its metric requirements; ``shortfalls`` says which metric and by how much."""
+
+    exit_code = 6
+    http_status = 409
+    error_type = "invalid_request_error"
+    code = "gate_not_met"
+
+    def __init__(self, message: str, shortfalls: Iterable[str] = ()) -> None:
+        self.shortfalls = list(shortfalls)
+        super().__init__(message + (": " + "; ".join(self.shortfalls) if self.shortfalls else ""))

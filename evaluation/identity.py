@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from evaluation.generation import answer
 from evaluation.prompts import EVAL_IDENTITY_EN, EVAL_IDENTITY_ZH, GENERAL_EVAL, GENERAL_EVAL_KEYS
 
 
@@ -39,13 +38,25 @@ def retention_score(adapter_answers: list[str], base_answers: list[str], name: s
     return kept / max(1, len(known)), len(known)
 
 
+IDENTITY_PROMPTS = EVAL_IDENTITY_EN + EVAL_IDENTITY_ZH
+
+
 def evaluate_identity(model: Any, tokenizer: Any, template: str | None, identity: dict[str, str],
                       base_general: list[str], max_new_tokens: int = 48) -> dict[str, Any]:
     """Both scores for a model with the adapter active, plus the answers for inspection."""
-    name = identity["name"]
-    id_prompts = EVAL_IDENTITY_EN + EVAL_IDENTITY_ZH
-    id_answers = answer(model, tokenizer, id_prompts, template=template, max_new_tokens=32)
+    from evaluation.generation import answer  # torch: only for in-process evaluation
+
+    id_answers = answer(model, tokenizer, IDENTITY_PROMPTS, template=template, max_new_tokens=32)
     gen_answers = answer(model, tokenizer, GENERAL_EVAL, template=template, max_new_tokens=max_new_tokens)
+    return score_answers(identity, id_answers, gen_answers, base_general)
+
+
+def score_answers(identity: dict[str, str], id_answers: list[str], gen_answers: list[str],
+                  base_general: list[str]) -> dict[str, Any]:
+    """Identity and retention from answers to :data:`IDENTITY_PROMPTS` and ``GENERAL_EVAL`` (however they
+    were produced: in-process or over HTTP from any engine)."""
+    name = identity["name"]
+    id_prompts = IDENTITY_PROMPTS
     retention, known = retention_score(gen_answers, base_general, name)
     keys = [k for _, k in GENERAL_EVAL_KEYS]
     misses_identity = [(q, a) for q, a in zip(id_prompts, id_answers) if not names_identity(a, name)]

@@ -25,24 +25,35 @@ from adapterhub.registry import Registry, VersionRecord
 from adapterhub.registry.validation import validate_adapter_dir
 from adapterhub.registry.versions import open_version
 from serving.engines.base import Engine
+from serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Lease:
-    """What one request uses: the engine key (None = base) and the chat template to render with."""
+    """What one request uses: the engine key (None = base), the chat template to render with, and the
+    version it resolved to (``split_alias`` set when a weighted alias chose it)."""
 
     model: str
     key: str | None
     chat_template: str | None
     ref: str | None = None
+    name: str = ""
+    version: str = "base"
+    split_alias: str | None = None
+
+    @property
+    def answered_by(self) -> str:
+        """The ``model`` of the response: the version that answered for a split alias, else as asked."""
+        return self.ref if self.split_alias and self.ref else self.model
 
 
 class AdapterManager:
     def __init__(self, engine: Engine, registry: Registry | None, *, base_name: str,
-                 base_aliases: tuple[str, ...] = ()) -> None:
+                 base_aliases: tuple[str, ...] = (), metrics: Metrics | None = None) -> None:
         self.engine = engine
+        self.metrics = metrics
         self.registry = registry
         self.base_name = base_name
         self.base_names = {base_name, "base", *base_aliases}
@@ -59,24 +70,32 @@ class AdapterManager:
         return f"{record.name}@{record.version}#{record.content_hash[:16]}"
 
     # ---------------------------------------------------------------- requests
-    def resolve(self, model: str) -> VersionRecord | None:
-        """None for the base model; raises ModelNotFoundError for anything unknown."""
+    def resolve(self, model: str, caller: str | None = None) -> VersionRecord | None:
+        """None for the base model; raises ModelNotFoundError for anything unknown. A split alias picks
+        its version by weight, the same one for the same ``caller``."""
         if model in self.base_names:
             return None
         if self.registry is None:
             raise ModelNotFoundError(f"The model '{model}' does not exist (this server has no registry)")
         try:
-            return self.registry.resolve(parse_ref(model))
+            return self.registry.resolve(parse_ref(model), caller=caller)
         except (AdapterNotFoundError, ValueError) as e:
             raise ModelNotFoundError(f"The model '{model}' does not exist: {e}") from e
 
-    async def acquire(self, model: str) -> Lease:
-        record = self.resolve(model)
+    def _split_alias(self, model: str) -> str | None:
+        ref = parse_ref(model)
+        if ref.selector == "alias" and ref.alias and self.registry is not None:
+            return ref.alias if self.registry.alias_split(ref.name, ref.alias) else None
+        return None
+
+    async def acquire(self, model: str, caller: str | None = None) -> Lease:
+        record = self.resolve(model, caller)
         if record is None:
-            return Lease(model, None, None)
+            return Lease(model, None, None, name=self.base_name)
         key = await self._ensure_loaded(record)
         self._in_use[key] = self._in_use.get(key, 0) + 1
-        return Lease(model, key, self._templates.get(key), record.ref)
+        return Lease(model, key, self._templates.get(key), record.ref, record.name, str(record.version),
+                     self._split_alias(model))
 
     def release(self, lease: Lease) -> None:
         if lease.key is not None:
@@ -90,8 +109,10 @@ class AdapterManager:
         if record is None:
             raise ModelNotFoundError(f"'{model}' is the base model, not an adapter")
         key = await self._ensure_loaded(record)
-        if pin:
+        if pin and key not in self._pinned:
             self._pinned.add(key)
+            if self.metrics:
+                self.metrics.pinned(record.name, str(record.version))
         return record
 
     async def unload(self, model: str) -> list[str]:
@@ -108,8 +129,10 @@ class AdapterManager:
             if self._in_use.get(key):
                 raise OverloadedError(f"{key.split('#')[0]} is serving requests; retry when they finish")
             await asyncio.to_thread(self.engine.unload_adapter, key)
-            self._lru.pop(key, None)
+            record = self._lru.pop(key, None)
             self._pinned.discard(key)
+            if self.metrics and record is not None:
+                self.metrics.evicted(record.name, str(record.version))
         return [k.split("#")[0] for k in keys]
 
     def loaded(self) -> list[dict[str, Any]]:
@@ -136,6 +159,8 @@ class AdapterManager:
             t0 = time.perf_counter()
             await asyncio.to_thread(self.engine.load_adapter, key, path)
             self.load_times.append(time.perf_counter() - t0)
+            if self.metrics:
+                self.metrics.loaded(record.name, str(record.version), self.load_times[-1], pinned=False)
             self._lru[key] = record
             self._templates[key] = template
             log.info("loaded %s in %.0f ms", record.ref, self.load_times[-1] * 1000)
@@ -148,8 +173,10 @@ class AdapterManager:
                 raise OverloadedError(
                     f"all {self.max_loaded} adapter slots are pinned or in use: retry later or raise --max-loaded"
                 )
-            del self._lru[victim]
+            evicted = self._lru.pop(victim)
             await asyncio.to_thread(self.engine.unload_adapter, victim)
+            if self.metrics:
+                self.metrics.evicted(evicted.name, str(evicted.version))
             log.info("evicted %s", victim)
 
     def _check(self, record: VersionRecord) -> tuple[Path, str | None]:

@@ -87,7 +87,7 @@ def build_service(config: ServeConfig, settings: Settings | None = None, *, engi
         base_name = base_name or name
     base_name = base_name or config.served_name or engine.base_identity["id"]
     metrics = Metrics()
-    manager = AdapterManager(engine, registry, base_name=base_name)
+    manager = AdapterManager(engine, registry, base_name=base_name, metrics=metrics)
     service = CompletionService(engine, manager, metrics, default_max_tokens=config.default_max_tokens)
     return ServingStack(config, engine, registry, manager, service, metrics)
 

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapterhub import __version__
 from adapterhub.errors import AdapterHubError
+from serving.metrics import current_target
 from serving.middleware import BodySizeLimit, RequestId, openai_error_schema
 from serving.protocol import error_body
 from serving.routes import admin, health, openai, tokens
@@ -24,8 +25,8 @@ log = logging.getLogger(__name__)
 def make_app(stack: ServingStack) -> FastAPI:
     """The FastAPI app; the engine starts and the configured adapters are pinned at startup."""
     engine, manager, metrics = stack.engine, stack.manager, stack.metrics
-    metrics.gauges["loaded_adapters"] = lambda: len(engine.loaded_adapters())
-    metrics.gauges["queue_depth"] = engine.queue_depth
+    metrics.gauge("loaded_adapters", "Adapters loaded on the engine.", lambda: len(engine.loaded_adapters()))
+    metrics.gauge("queue_depth", "Requests waiting for the engine.", engine.queue_depth)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
@@ -59,7 +60,7 @@ def make_app(stack: ServingStack) -> FastAPI:
 
     @app.exception_handler(AdapterHubError)
     async def _ah_error(request: Request, exc: AdapterHubError) -> JSONResponse:
-        metrics.observe(request.url.path, "-", exc.http_status, 0.0)
+        metrics.observe(_endpoint(request), *current_target.get(), exc.http_status, 0.0)
         return JSONResponse(error_body(exc.message, exc.error_type, exc.code, exc.param), status_code=exc.http_status)
 
     @app.exception_handler(RequestValidationError)
@@ -68,6 +69,7 @@ def make_app(stack: ServingStack) -> FastAPI:
         first = errs[0] if errs else {}
         loc = [str(x) for x in first.get("loc", ()) if x != "body"]
         msg = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body')}: {e.get('msg')}" for e in errs)
+        metrics.observe(_endpoint(request), "-", "-", 400, 0.0)
         return JSONResponse(error_body(msg or "invalid request", "invalid_request_error", "invalid_value",
                                        ".".join(loc) or None), status_code=400)
 
@@ -78,7 +80,13 @@ def make_app(stack: ServingStack) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
+        metrics.observe(_endpoint(request), *current_target.get(), 500, 0.0)
         return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error", "internal_error"),
                             status_code=500)
 
     return app
+
+
+def _endpoint(request: Request) -> str:
+    path = request.url.path
+    return {"/v1/chat/completions": "chat", "/v1/completions": "completions"}.get(path, path)

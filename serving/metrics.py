@@ -1,61 +1,85 @@
-"""Prometheus text-format metrics without a client library (counters, gauges, one histogram)."""
+"""Prometheus metrics of one server, labelled by the resolved adapter ``name`` and ``version`` (the base
+model is ``version="base"``), on ``prometheus_client`` with a registry per app (so several apps in one
+process — tests, Ray replicas — never mix their counts). One uvicorn worker per process; for several
+workers, prometheus_client's multiprocess mode applies (PROMETHEUS_MULTIPROC_DIR).
+"""
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
+import contextvars
 from collections.abc import Callable
 
-_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf"))
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_TOKEN = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+# What the request in this task resolved to, for the error handler (the service sets it once it knows).
+current_target: contextvars.ContextVar[tuple[str, str]] = contextvars.ContextVar("current_target",
+                                                                                default=("-", "-"))
 
 
 class Metrics:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)  # (endpoint, model, status)
-        self.prompt_tokens: dict[str, int] = defaultdict(int)
-        self.completion_tokens: dict[str, int] = defaultdict(int)
-        self.latency_buckets: dict[float, int] = defaultdict(int)
-        self.latency_sum = 0.0
-        self.latency_count = 0
-        self.gauges: dict[str, Callable[[], float]] = {}
+        self.registry = CollectorRegistry()
+        r = self.registry
+        nv = ["name", "version"]
+        self.requests = Counter("adapterhub_requests", "Requests by endpoint, resolved name/version and HTTP status.",
+                                ["endpoint", "name", "version", "status"], registry=r)
+        self.prompt_tokens = Counter("adapterhub_prompt_tokens", "Prompt tokens.", nv, registry=r)
+        self.completion_tokens = Counter("adapterhub_completion_tokens", "Generated tokens.", nv, registry=r)
+        self.latency = Histogram("adapterhub_request_seconds", "Request latency.", ["endpoint", *nv],
+                                 buckets=_LATENCY, registry=r)
+        self.ttft = Histogram("adapterhub_time_to_first_token_seconds", "Time to the first generated token.", nv,
+                              buckets=_LATENCY, registry=r)
+        self.itl = Histogram("adapterhub_inter_token_latency_seconds", "Time between generated tokens.", nv,
+                             buckets=_TOKEN, registry=r)
+        self.queue = Histogram("adapterhub_queue_seconds", "Time a request waited before its first forward pass.",
+                               nv, buckets=_LATENCY, registry=r)
+        self.load_seconds = Histogram("adapterhub_adapter_load_seconds", "Adapter load time.", nv,
+                                      buckets=_TOKEN, registry=r)
+        self.loads = Counter("adapterhub_adapter_loads", "Adapter loads.", nv, registry=r)
+        self.evictions = Counter("adapterhub_adapter_evictions", "Adapters evicted (LRU) or unloaded.", nv,
+                                 registry=r)
+        self.resident = Gauge("adapterhub_adapter_resident", "1 while the version is loaded.", [*nv, "pinned"],
+                              registry=r)
+        self.split_served = Counter("adapterhub_split_served", "Requests for a split alias, by the version served.",
+                                    ["name", "alias", "version"], registry=r)
 
-    def observe(self, endpoint: str, model: str, status: int, seconds: float,
+    def gauge(self, name: str, doc: str, fn: Callable[[], float]) -> None:
+        Gauge(f"adapterhub_{name}", doc, registry=self.registry).set_function(fn)
+
+    # ---------------------------------------------------------------- requests
+    def observe(self, endpoint: str, name: str, version: str, status: int, seconds: float,
                 prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
-        with self._lock:
-            self.requests[(endpoint, model, status)] += 1
-            self.prompt_tokens[model] += prompt_tokens
-            self.completion_tokens[model] += completion_tokens
-            self.latency_sum += seconds
-            self.latency_count += 1
-            for b in _BUCKETS:
-                if seconds <= b:
-                    self.latency_buckets[b] += 1
+        self.requests.labels(endpoint, name, version, str(status)).inc()
+        self.latency.labels(endpoint, name, version).observe(seconds)
+        if prompt_tokens:
+            self.prompt_tokens.labels(name, version).inc(prompt_tokens)
+        if completion_tokens:
+            self.completion_tokens.labels(name, version).inc(completion_tokens)
 
-    def render(self) -> str:
-        lines = [
-            "# HELP adapterhub_requests_total Requests by endpoint, model and HTTP status.",
-            "# TYPE adapterhub_requests_total counter",
-        ]
-        with self._lock:
-            for (ep, model, status), n in sorted(self.requests.items()):
-                lines.append(f'adapterhub_requests_total{{endpoint="{ep}",model="{_esc(model)}",status="{status}"}} {n}')
-            for name, table in (("prompt", self.prompt_tokens), ("completion", self.completion_tokens)):
-                lines += [f"# HELP adapterhub_{name}_tokens_total {name.title()} tokens by model.",
-                          f"# TYPE adapterhub_{name}_tokens_total counter"]
-                for model, n in sorted(table.items()):
-                    lines.append(f'adapterhub_{name}_tokens_total{{model="{_esc(model)}"}} {n}')
-            lines += ["# HELP adapterhub_request_seconds Request latency.",
-                      "# TYPE adapterhub_request_seconds histogram"]
-            for b in _BUCKETS:
-                le = "+Inf" if b == float("inf") else repr(b)
-                lines.append(f'adapterhub_request_seconds_bucket{{le="{le}"}} {self.latency_buckets[b]}')
-            lines.append(f"adapterhub_request_seconds_sum {self.latency_sum}")
-            lines.append(f"adapterhub_request_seconds_count {self.latency_count}")
-        for name, fn in sorted(self.gauges.items()):
-            lines += [f"# TYPE adapterhub_{name} gauge", f"adapterhub_{name} {fn()}"]
-        return "\n".join(lines) + "\n"
+    def timing(self, name: str, version: str, *, ttft: float | None, gaps: list[float], queued: float | None) -> None:
+        if ttft is not None:
+            self.ttft.labels(name, version).observe(ttft)
+        for g in gaps:
+            self.itl.labels(name, version).observe(g)
+        if queued is not None:
+            self.queue.labels(name, version).observe(queued)
 
+    # ---------------------------------------------------------------- adapters
+    def loaded(self, name: str, version: str, seconds: float, pinned: bool) -> None:
+        self.loads.labels(name, version).inc()
+        self.load_seconds.labels(name, version).observe(seconds)
+        self.resident.labels(name, version, str(pinned).lower()).set(1)
 
-def _esc(s: str) -> str:
-    return s.replace("\\", "\\\\").replace('"', '\\"')
+    def pinned(self, name: str, version: str) -> None:
+        self.resident.labels(name, version, "false").set(0)
+        self.resident.labels(name, version, "true").set(1)
+
+    def evicted(self, name: str, version: str) -> None:
+        self.evictions.labels(name, version).inc()
+        for pinned in ("true", "false"):
+            self.resident.labels(name, version, pinned).set(0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

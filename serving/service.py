@@ -19,7 +19,7 @@ from typing import Any
 from adapterhub.errors import ContextLengthError, UserInputError
 from serving.adapters import AdapterManager, Lease
 from serving.engines.base import Delta, Engine, GenerationRequest, SamplingParams, TokenLogprob
-from serving.metrics import Metrics
+from serving.metrics import Metrics, current_target
 from serving.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -59,6 +59,9 @@ class _Result:
     reason: str = "stop"
     tokens: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    first_at: float | None = None  # monotonic time of the first generated token
+    last_at: float | None = None
+    gaps: list[float] = field(default_factory=list)  # seconds per token between later deltas
 
     @property
     def cumulative_logprob(self) -> float:
@@ -127,13 +130,17 @@ class CompletionService:
             skip_special_tokens=req.skip_special_tokens, logprobs=logprobs,
         )
 
-    async def _start(self, req: Any, encode: Callable[[Lease], list[list[int]]], n: int) -> _Job:
+    async def _start(self, req: Any, encode: Callable[[Lease], list[list[int]]], n: int,
+                     caller: str | None) -> _Job:
         """Refuse unsupported fields, lease the model, encode the prompts, build the engine requests; the
         lease is released if any step fails. The caller releases it when the last choice ends."""
         self.refuse_unsupported(req)
         self._check_ids(list(req.stop_token_ids), "stop_token_ids")
         self._check_ids([i for i, _ in req.logit_bias_ids()], "logit_bias")
-        lease = await self.manager.acquire(req.model)
+        lease = await self.manager.acquire(req.model, req.user or caller)
+        current_target.set((lease.name, lease.version))
+        if lease.split_alias:
+            self.metrics.split_served.labels(lease.name, lease.split_alias, lease.version).inc()
         try:
             prompts = encode(lease)
             rid = new_id("req")
@@ -147,6 +154,16 @@ class CompletionService:
         except BaseException:
             self.manager.release(lease)
             raise
+
+    def _record(self, endpoint: str, job: _Job, t0: float, results: list[_Result]) -> None:
+        lease = job.lease
+        completion = sum(r.tokens for r in results)
+        self.metrics.observe(endpoint, lease.name, lease.version, 200, time.perf_counter() - t0,
+                             sum(len(p) for p in job.prompts), completion)
+        for g, r in zip(job.gens, results):
+            queued = g.started_at - g.created_at if g.started_at is not None else None
+            ttft = r.first_at - g.created_at if r.first_at is not None else None
+            self.metrics.timing(lease.name, lease.version, ttft=ttft, gaps=r.gaps, queued=queued)
 
     # ---------------------------------------------------------------- logprobs
     def _chat_logprobs(self, lps: list[TokenLogprob]) -> ChatLogprobs:
@@ -200,27 +217,30 @@ class CompletionService:
     def encode_messages(self, req: ChatCompletionRequest, lease: Lease) -> list[int]:
         return self.engine.encode_chat(_messages(req.messages), lease.chat_template)
 
-    async def chat(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
+    async def chat(self, req: ChatCompletionRequest, caller: str | None = None) -> ChatCompletionResponse:
+        """``caller`` (e.g. an X-Session-Id) keeps a caller on one version of a split alias; ``user`` wins."""
         t0 = time.perf_counter()
-        job = await self._start(req, lambda lease: [self.encode_messages(req, lease)], req.n)
+        job = await self._start(req, lambda lease: [self.encode_messages(req, lease)], req.n, caller)
         try:
             results = await asyncio.gather(*(_collect(self.engine, g) for g in job.gens))
         finally:
             self.manager.release(job.lease)
         completion = sum(r.tokens for r in results)
         prompt_len = len(job.prompts[0])
-        self.metrics.observe("chat", req.model, 200, time.perf_counter() - t0, prompt_len, completion)
+        self._record("chat", job, t0, results)
         return ChatCompletionResponse(
-            id=new_id("chatcmpl"), created=now(), model=req.model,
+            id=new_id("chatcmpl"), created=now(), model=job.lease.answered_by,
             choices=[ChatChoice(index=i, message=ChatResponseMessage(content=r.text), finish_reason=r.reason,
                                 logprobs=self._chat_logprobs(r.logprobs) if req.logprobs else None)
                      for i, r in enumerate(results)],
             usage=Usage.of(prompt_len, completion),
         )
 
-    async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
+    async def chat_stream(self, req: ChatCompletionRequest, caller: str | None = None
+                          ) -> AsyncIterator[ChatCompletionChunk]:
         """Validate eagerly (errors before the first byte), then return the chunk iterator."""
-        job = await self._start(req, lambda lease: [self.encode_messages(req, lease)], req.n)
+        job = await self._start(req, lambda lease: [self.encode_messages(req, lease)], req.n, caller)
+        model = job.lease.answered_by
         cid, created = new_id("chatcmpl"), now()
         prompt_len = len(job.prompts[0])
         continuous = bool(req.stream_options and req.stream_options.continuous_usage_stats)
@@ -228,28 +248,30 @@ class CompletionService:
         def chunk(i: int, delta: ChatDelta, reason: Any, lps: tuple[TokenLogprob, ...] = (),
                   usage: Usage | None = None) -> ChatCompletionChunk:
             logprobs = self._chat_logprobs(list(lps)) if req.logprobs and lps else None
-            return ChatCompletionChunk(id=cid, created=created, model=req.model, usage=usage, choices=[
+            return ChatCompletionChunk(id=cid, created=created, model=model, usage=usage, choices=[
                 ChatChunkChoice(index=i, delta=delta, finish_reason=reason, logprobs=logprobs)])
 
         async def frames() -> AsyncIterator[ChatCompletionChunk]:
             t0 = time.perf_counter()
             done: dict[int, int] = {}
+            results = [_Result() for _ in job.gens]
             try:
                 for i in range(req.n):
                     yield chunk(i, ChatDelta(role="assistant", content=""), None)
                 async for i, d in _merge(self.engine, job.gens):
+                    _timed(results[i], d)
                     usage = Usage.of(prompt_len, sum(done.values()) + d.completion_tokens) if continuous else None
                     if d.text or d.logprobs:
                         yield chunk(i, ChatDelta(content=d.text), None, d.logprobs, usage)
                     if d.finish_reason is not None:
-                        done[i] = d.completion_tokens
+                        done[i] = results[i].tokens = d.completion_tokens
                         if d.finish_reason != "cancelled":
                             yield chunk(i, ChatDelta(), d.finish_reason, usage=usage)
                 completion = sum(done.values())
                 if req.stream_options and req.stream_options.include_usage:
-                    yield ChatCompletionChunk(id=cid, created=created, model=req.model, choices=[],
+                    yield ChatCompletionChunk(id=cid, created=created, model=model, choices=[],
                                               usage=Usage.of(prompt_len, completion))
-                self.metrics.observe("chat", req.model, 200, time.perf_counter() - t0, prompt_len, completion)
+                self._record("chat", job, t0, results)
             finally:
                 for g in job.gens:
                     g.cancel()
@@ -274,10 +296,10 @@ class CompletionService:
         given = req.prompts()[index]
         return given if isinstance(given, str) else self.engine.decode(prompt)
 
-    async def complete(self, req: CompletionRequest) -> CompletionResponse:
+    async def complete(self, req: CompletionRequest, caller: str | None = None) -> CompletionResponse:
         t0 = time.perf_counter()
         n_gen = req.best_of or req.n
-        job = await self._start(req, lambda _lease: self._encode_prompts(req), n_gen)
+        job = await self._start(req, lambda _lease: self._encode_prompts(req), n_gen, caller)
         try:
             results = await asyncio.gather(*(_collect(self.engine, g) for g in job.gens))
         finally:
@@ -294,22 +316,26 @@ class CompletionService:
                                                 logprobs=lps))
         completion = sum(r.tokens for r in results)
         prompt_tokens = sum(len(p) for p in job.prompts)
-        self.metrics.observe("completions", req.model, 200, time.perf_counter() - t0, prompt_tokens, completion)
-        return CompletionResponse(id=new_id("cmpl"), created=now(), model=req.model, choices=choices,
+        self._record("completions", job, t0, results)
+        return CompletionResponse(id=new_id("cmpl"), created=now(), model=job.lease.answered_by, choices=choices,
                                   usage=Usage.of(prompt_tokens, completion))
 
-    async def complete_stream(self, req: CompletionRequest) -> AsyncIterator[CompletionResponse]:
-        job = await self._start(req, lambda _lease: self._encode_prompts(req), req.n)
+    async def complete_stream(self, req: CompletionRequest, caller: str | None = None
+                              ) -> AsyncIterator[CompletionResponse]:
+        job = await self._start(req, lambda _lease: self._encode_prompts(req), req.n, caller)
+        model = job.lease.answered_by
         cid, created = new_id("cmpl"), now()
         prompt_tokens = sum(len(p) for p in job.prompts)
 
         def frame(i: int, text: str, reason: Any, lps: CompletionLogprobs | None = None) -> CompletionResponse:
-            return CompletionResponse(id=cid, created=created, model=req.model, choices=[
+            return CompletionResponse(id=cid, created=created, model=model, choices=[
                 CompletionChoice(index=i, text=text, finish_reason=reason, logprobs=lps)])
 
         async def frames() -> AsyncIterator[CompletionResponse]:
+            t0 = time.perf_counter()
             completion = 0
             offsets = [0] * len(job.gens)
+            results = [_Result() for _ in job.gens]
             try:
                 if req.echo:
                     for g_i, p_i in enumerate(job.prompt_of):
@@ -317,22 +343,36 @@ class CompletionService:
                         offsets[g_i] = len(text)
                         yield frame(g_i, text, None)
                 async for g_i, d in _merge(self.engine, job.gens):
+                    _timed(results[g_i], d)
                     if d.finish_reason is not None:
                         completion += d.completion_tokens
+                        results[g_i].tokens = d.completion_tokens
                     if d.text or d.logprobs or (d.finish_reason and d.finish_reason != "cancelled"):
                         lps = (self._completion_logprobs(list(d.logprobs), offsets[g_i])
                                if req.logprobs is not None else None)
                         offsets[g_i] += len(d.text)
                         yield frame(g_i, d.text, d.finish_reason if d.finish_reason != "cancelled" else None, lps)
                 if req.stream_options and req.stream_options.include_usage:
-                    yield CompletionResponse(id=cid, created=created, model=req.model, choices=[],
+                    yield CompletionResponse(id=cid, created=created, model=model, choices=[],
                                              usage=Usage.of(prompt_tokens, completion))
+                self._record("completions", job, t0, results)
             finally:
                 for g in job.gens:
                     g.cancel()
                 self.manager.release(job.lease)
 
         return frames()
+
+
+def _timed(r: _Result, d: Delta) -> None:
+    """Track a choice's first-token time and per-token gaps (``r.tokens``: tokens seen so far)."""
+    now = time.monotonic()
+    if d.completion_tokens > r.tokens:
+        if r.last_at is None:
+            r.first_at = now
+        else:
+            r.gaps.append((now - r.last_at) / (d.completion_tokens - r.tokens))
+        r.last_at, r.tokens = now, d.completion_tokens
 
 
 def _messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
@@ -349,6 +389,7 @@ async def _collect(engine: Engine, req: GenerationRequest) -> _Result:
     r = _Result()
     parts: list[str] = []
     async for d in engine.generate(req):
+        _timed(r, d)
         parts.append(d.text)
         r.logprobs.extend(d.logprobs)
         if d.finish_reason is not None:

@@ -44,9 +44,9 @@ def _root(
 
 
 def _register_commands() -> None:
-    from adapterhub.cli import chat, demo, deploy, hub, merge, models, registry, serve, train
+    from adapterhub.cli import chat, demo, deploy, hub, merge, models, registry, rollout, serve, train
 
-    for mod in (models, registry, train, serve, merge, chat, hub, deploy, demo):
+    for mod in (models, registry, rollout, train, serve, merge, chat, hub, deploy, demo):
         mod.register(app)
 
 

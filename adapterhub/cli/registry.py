@@ -83,8 +83,19 @@ def show_cmd(ref: str, as_json: bool = typer.Option(False, "--json", help="Print
         typer.echo(f"  {rel}  {_size(e.size)}  {e.sha256[:12]}")
 
 
-def tag_cmd(ref: str, alias: str) -> None:
-    """Point ALIAS (e.g. production) at REF."""
+def tag_cmd(ref: str, alias: str,
+            split: str = typer.Option(None, "--split", help="Weighted versions, e.g. 3=90,4=10 (REF is the name).")
+            ) -> None:
+    """Point ALIAS (e.g. production) at REF, or split it over versions by weight."""
+    if split:
+        from adapterhub.registry.rollout import parse_split
+
+        name = ref.split("@", 1)[0]
+        weights, prev = _registry().set_split(name, alias, parse_split(split))
+        total = sum(weights.values())
+        shares = ", ".join(f"{name}@{v} {100 * w / total:.0f}%" for v, w in sorted(weights.items()))
+        typer.echo(f"{name}@{alias} -> {shares}" + (f" (was {name}@{prev})" if prev else ""))
+        return
     rec, prev = _registry().set_alias(ref, alias)
     moved = f" (was {rec.name}@{prev})" if prev and prev != rec.version else ""
     typer.echo(f"{rec.name}@{alias} -> {rec.ref}{moved}")
@@ -128,8 +139,11 @@ def history_cmd(name: str) -> None:
     """Who moved which alias when."""
     for ev in _registry().alias_history(name):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev.at))
-        target = f"-> {ev.version}" if ev.version is not None else "removed"
-        typer.echo(f"{when}  {ev.by}  {ev.name}@{ev.alias} {target}")
+        if ev.split:
+            target = "-> " + ",".join(f"{v}={w}" for v, w in sorted(ev.split.items()))
+        else:
+            target = f"-> {ev.version}" if ev.version is not None else "removed"
+        typer.echo(f"{when}  {ev.by}  {ev.name}@{ev.alias} {target}" + (f"  ({ev.note})" if ev.note else ""))
 
 
 def register(app: typer.Typer) -> None:

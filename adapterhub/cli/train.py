@@ -57,15 +57,22 @@ def eval_cmd(
     ref: str = typer.Argument(..., help="Adapter ref."),
     name: str = typer.Option(None, "--name", help="Identity name (default: from the training config)."),
     author: str = typer.Option(None, "--author", help="Identity author (default: from the training config)."),
+    url: str = typer.Option(None, "--url", help="Evaluate the version as served there (any engine), over HTTP."),
+    api_key: str = typer.Option(None, "--api-key", envvar="ADAPTERHUB_API_KEY", help="Key for --url."),
 ) -> None:
     """Identity and retention scores of an adapter; stored in the registry's metrics."""
     from adapterhub.registry import Registry
     from adapterhub.settings import Settings
 
-    with needs("train", "adapterhub eval"):
-        from evaluation.run import evaluate_version
     settings = Settings()
-    scores = evaluate_version(Registry.open(settings), settings, ref, name=name, author=author)
+    if url:
+        from evaluation.served import evaluate_served
+
+        scores = evaluate_served(Registry.open(settings), ref, url, name=name, author=author, api_key=api_key)
+    else:
+        with needs("train", "adapterhub eval"):
+            from evaluation.run import evaluate_version
+        scores = evaluate_version(Registry.open(settings), settings, ref, name=name, author=author)
     typer.echo(f"{ref}: identity {scores['identity']:.2f} ({scores['identity_n']} held-out paraphrases) · "
                f"retention {scores['retention']:.2f} ({scores['retention_n']} general prompts)")
 

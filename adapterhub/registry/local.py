@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS alias_history (
     id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, alias TEXT NOT NULL,
     version INTEGER, at REAL NOT NULL, by TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS alias_gates (
+    name TEXT NOT NULL, alias TEXT NOT NULL, requirements TEXT NOT NULL,
+    updated_at REAL NOT NULL, updated_by TEXT NOT NULL,
+    PRIMARY KEY (name, alias)
+);
 """
 _COLS = ("v.name, v.version, v.content_hash, v.kind, v.base_model, v.rank, v.size, v.created_at, v.metrics, "
          "v.base_fingerprint")
@@ -99,6 +104,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _split(text: str | None) -> dict[int, int] | None:
+    return {int(v): int(w) for v, w in json.loads(text).items()} if text else None
+
+
 class LocalStore(RegistryStore):
     """Files + SQLite under ``root``; safe for many processes on one machine."""
 
@@ -119,10 +128,15 @@ class LocalStore(RegistryStore):
 
     def _migrate(self) -> None:
         """Bring a registry written by an older adapterhub up to the current columns."""
-        cols = {r[1] for r in self._conn.execute("PRAGMA table_info(versions)")}
-        if "base_fingerprint" not in cols:
-            with self._write() as db:
-                db.execute("ALTER TABLE versions ADD COLUMN base_fingerprint TEXT")
+        wanted = {"versions": ["base_fingerprint TEXT"], "aliases": ["split TEXT"],
+                  "alias_history": ["split TEXT", "note TEXT"]}
+        for table, columns in wanted.items():
+            have = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+            missing = [c for c in columns if c.split()[0] not in have]
+            if missing:
+                with self._write() as db:
+                    for c in missing:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {c}")
 
     def close(self) -> None:
         self._conn.close()
@@ -247,18 +261,25 @@ class LocalStore(RegistryStore):
             aliases.setdefault((a_name, version), []).append(alias)
         return [self._record(r, tuple(aliases.get((r[0], r[1]), ()))) for r in rows]
 
-    def set_alias(self, name: str, alias: str, version: int, by: str) -> int | None:
+    def set_alias(self, name: str, alias: str, version: int, by: str, *, split: dict[int, int] | None = None,
+                  note: str | None = None) -> int | None:
         now = time.time()
+        split_json = json.dumps({str(v): w for v, w in split.items()}) if split else None
         with self._write() as db:
             prev = db.execute("SELECT version FROM aliases WHERE name=? AND alias=?", (name, alias)).fetchone()
             db.execute(
-                "INSERT INTO aliases VALUES (?,?,?,?,?) ON CONFLICT(name, alias) DO UPDATE SET "
-                "version=excluded.version, updated_at=excluded.updated_at, updated_by=excluded.updated_by",
-                (name, alias, version, now, by),
+                "INSERT INTO aliases (name, alias, version, updated_at, updated_by, split) VALUES (?,?,?,?,?,?) "
+                "ON CONFLICT(name, alias) DO UPDATE SET version=excluded.version, updated_at=excluded.updated_at, "
+                "updated_by=excluded.updated_by, split=excluded.split",
+                (name, alias, version, now, by, split_json),
             )
-            db.execute("INSERT INTO alias_history (name, alias, version, at, by) VALUES (?,?,?,?,?)",
-                       (name, alias, version, now, by))
+            db.execute("INSERT INTO alias_history (name, alias, version, at, by, split, note) VALUES (?,?,?,?,?,?,?)",
+                       (name, alias, version, now, by, split_json, note))
         return prev[0] if prev else None
+
+    def alias_split(self, name: str, alias: str) -> dict[int, int] | None:
+        row = self._conn.execute("SELECT split FROM aliases WHERE name=? AND alias=?", (name, alias)).fetchone()
+        return _split(row[0]) if row else None
 
     def remove_alias(self, name: str, alias: str, by: str) -> int | None:
         with self._write() as db:
@@ -272,9 +293,24 @@ class LocalStore(RegistryStore):
 
     def alias_history(self, name: str) -> builtins.list[AliasEvent]:
         rows = self._conn.execute(
-            "SELECT name, alias, version, at, by FROM alias_history WHERE name=? ORDER BY id", (name,)
+            "SELECT name, alias, version, at, by, split, note FROM alias_history WHERE name=? ORDER BY id", (name,)
         ).fetchall()
-        return [AliasEvent(*r) for r in rows]
+        return [AliasEvent(name=r[0], alias=r[1], version=r[2], at=r[3], by=r[4], split=_split(r[5]), note=r[6])
+                for r in rows]
+
+    def set_gate(self, name: str, alias: str, requirements: builtins.list[str] | None, by: str) -> None:
+        with self._write() as db:
+            if requirements is None:
+                db.execute("DELETE FROM alias_gates WHERE name=? AND alias=?", (name, alias))
+            else:
+                db.execute("INSERT INTO alias_gates VALUES (?,?,?,?,?) ON CONFLICT(name, alias) DO UPDATE SET "
+                           "requirements=excluded.requirements, updated_at=excluded.updated_at, "
+                           "updated_by=excluded.updated_by", (name, alias, json.dumps(requirements), time.time(), by))
+
+    def get_gate(self, name: str, alias: str) -> builtins.list[str] | None:
+        row = self._conn.execute("SELECT requirements FROM alias_gates WHERE name=? AND alias=?",
+                                 (name, alias)).fetchone()
+        return list(json.loads(row[0])) if row else None
 
     def delete(self, name: str, version: int) -> None:
         trash: Path | None = None

@@ -21,6 +21,7 @@ from typing import Any
 from adapterhub.errors import (
     AdapterNotFoundError,
     ConflictError,
+    GateError,
     IntegrityError,
     InvalidRefError,
     UserInputError,
@@ -28,6 +29,7 @@ from adapterhub.errors import (
 from adapterhub.refs import LATEST, AdapterRef, parse_ref, validate_alias, validate_name
 from adapterhub.registry.local import LocalStore
 from adapterhub.registry.manifest import BaseModelRef, Manifest, hash_files, read_manifest
+from adapterhub.registry.rollout import parse_requirement, pick
 from adapterhub.registry.store import AliasEvent, RegistryStore, VersionRecord
 from adapterhub.registry.validation import (
     ADAPTER_WEIGHTS,
@@ -172,6 +174,68 @@ class Registry:
         prev = self.store.set_alias(record.name, alias, record.version, self.actor)
         return self.resolve(record.ref), prev
 
+    def set_split(self, name: str, alias: str, split: dict[int, int], *, note: str | None = None
+                  ) -> tuple[dict[int, int], int | None]:
+        """Point ``alias`` at several versions by weight (``{3: 90, 4: 10}``). Requests carrying the same
+        caller key always get the same version. Returns (split, previous primary version)."""
+        validate_name(name)
+        validate_alias(alias)
+        if alias == LATEST:
+            raise InvalidRefError("'latest' always means the newest version and cannot be set")
+        missing = [v for v in split if self.store.get(name, v) is None]
+        if missing:
+            raise AdapterNotFoundError(f"'{name}' has no version {', '.join(map(str, missing))}")
+        primary = max(sorted(split), key=lambda v: split[v])
+        prev = self.store.set_alias(name, alias, primary, self.actor, split=dict(split), note=note)
+        return dict(split), prev
+
+    def alias_split(self, name: str, alias: str) -> dict[int, int] | None:
+        return self.store.alias_split(validate_name(name), alias)
+
+    def rollback(self, name: str, alias: str) -> AliasEvent:
+        """Point ``alias`` back at its previous target (plain or split), recorded as a rollback."""
+        events = [e for e in self.store.alias_history(validate_name(name)) if e.alias == alias]
+        if len(events) < 2:
+            raise ConflictError(f"{name}@{alias} has no earlier target to roll back to")
+        current, previous = events[-1], events[-2]
+        if previous.version is None:
+            raise ConflictError(f"{name}@{alias} did not exist before its last move: nothing to roll back to")
+        note = f"rollback from {_target(current)}"
+        if previous.split:
+            self.set_split(name, alias, previous.split, note=note)
+        else:
+            self.resolve(f"{name}@{previous.version}")
+            self.store.set_alias(name, alias, previous.version, self.actor, note=note)
+        return [e for e in self.store.alias_history(name) if e.alias == alias][-1]
+
+    def set_gate(self, name: str, alias: str, requirements: list[str] | None) -> None:
+        """Requirements every promotion to ``alias`` must meet (``["identity>=0.95"]``); None removes them."""
+        for r in requirements or []:
+            parse_requirement(r)
+        self.store.set_gate(validate_name(name), validate_alias(alias), requirements, self.actor)
+
+    def gate(self, name: str, alias: str) -> list[str]:
+        return self.store.get_gate(validate_name(name), alias) or []
+
+    def promote(self, ref: str, alias: str, *, require: list[str] | None = None, force: bool = False
+                ) -> tuple[VersionRecord, int | None, list[str]]:
+        """Point ``alias`` at ``ref`` if the version's metrics meet ``require`` and the alias's gate.
+
+        Returns (record, previous version, shortfalls overridden by ``force``).
+
+        Raises:
+            GateError: a requirement is missed (naming the metric and the shortfall); nothing changes.
+        """
+        record = self.resolve(ref)
+        requirements = [parse_requirement(r) for r in [*self.gate(record.name, alias), *(require or [])]]
+        metrics = self.manifest(record).metrics
+        shortfalls = [m for m in (r.shortfall(metrics) for r in requirements) if m]
+        if shortfalls and not force:
+            raise GateError(f"{record.ref} cannot be promoted to @{alias}", shortfalls)
+        note = f"forced past gate by {self.actor}: " + "; ".join(shortfalls) if shortfalls else None
+        prev = self.store.set_alias(record.name, validate_alias(alias), record.version, self.actor, note=note)
+        return self.resolve(record.ref), prev, shortfalls
+
     def remove_alias(self, name: str, alias: str) -> int:
         validate_name(name)
         prev = self.store.remove_alias(name, alias, self.actor)
@@ -183,8 +247,13 @@ class Registry:
         return self.store.alias_history(validate_name(name))
 
     def remove(self, ref: str, *, force: bool = False) -> VersionRecord:
-        """Delete one version. Refuses a version an alias points to unless ``force``."""
+        """Delete one version. Refuses a version an alias points to (also as part of a split) unless ``force``."""
         record = self.resolve(ref)
+        in_splits = [a for r in self.store.list(record.name) for a in r.aliases
+                     if record.version in (self.store.alias_split(record.name, a) or {})]
+        if in_splits and not force:
+            raise ConflictError(f"{record.ref} is part of the split alias {', '.join('@' + a for a in in_splits)}: "
+                                "move the alias first or pass --force")
         if record.aliases and not force:
             raise ConflictError(
                 f"{record.ref} is aliased as {', '.join('@' + a for a in record.aliases)}: "
@@ -200,9 +269,16 @@ class Registry:
         return self.resolve(record.ref)
 
     # ---------------------------------------------------------------- reading
-    def resolve(self, ref: str | AdapterRef) -> VersionRecord:
-        """Resolve ``name``, ``name@3``, ``name@production`` or ``name@sha256:<prefix>`` (no file reads)."""
+    def resolve(self, ref: str | AdapterRef, *, caller: str | None = None) -> VersionRecord:
+        """Resolve ``name``, ``name@3``, ``name@production`` or ``name@sha256:<prefix>`` (no file reads).
+
+        A split alias resolves to one of its versions by weight: the same one for the same ``caller``.
+        """
         r = parse_ref(ref) if isinstance(ref, str) else ref
+        if r.selector == "alias" and r.alias is not None:
+            split = self.store.alias_split(r.name, r.alias)
+            if split:
+                return self.resolve(f"{r.name}@{pick(split, caller, f'{r.name}@{r.alias}')}")
         found: VersionRecord | None
         if r.selector == "version":
             assert r.version is not None
@@ -290,6 +366,12 @@ class Registry:
             dest.rmdir()
         os.replace(tmp, dest)
         return dest
+
+
+def _target(event: AliasEvent) -> str:
+    if event.split:
+        return ",".join(f"{v}={w}" for v, w in sorted(event.split.items()))
+    return str(event.version)
 
 
 def _whoami() -> str:

@@ -48,13 +48,19 @@ class VersionRecord:
 
 @dataclass(frozen=True)
 class AliasEvent:
-    """One move of an alias (``version`` None means it was removed)."""
+    """One move of an alias (``version`` None means it was removed).
+
+    ``split`` is the weighted target (version → weight) when the alias was split; ``note`` says why
+    when it was not a plain move (a rollback, a promotion forced past its gate).
+    """
 
     name: str
     alias: str
     version: int | None
     at: float
     by: str
+    split: dict[int, int] | None = None
+    note: str | None = None
 
 
 class RegistryStore(abc.ABC):
@@ -92,8 +98,21 @@ class RegistryStore(abc.ABC):
     def list(self, name: str | None = None) -> builtins.list[VersionRecord]: ...
 
     @abc.abstractmethod
-    def set_alias(self, name: str, alias: str, version: int, by: str) -> int | None:
-        """Point ``alias`` at ``version``; return the version it pointed to before (or None)."""
+    def set_alias(self, name: str, alias: str, version: int, by: str, *, split: dict[int, int] | None = None,
+                  note: str | None = None) -> int | None:
+        """Point ``alias`` at ``version`` (with ``split``: at several versions by weight, ``version`` being the
+        heaviest); return the version it pointed to before (or None). Recorded in the alias history."""
+
+    @abc.abstractmethod
+    def alias_split(self, name: str, alias: str) -> dict[int, int] | None:
+        """The weights of a split alias (None for a plain or missing one)."""
+
+    @abc.abstractmethod
+    def set_gate(self, name: str, alias: str, requirements: builtins.list[str] | None, by: str) -> None:
+        """Store (or with None, remove) the requirements every promotion to ``alias`` must meet."""
+
+    @abc.abstractmethod
+    def get_gate(self, name: str, alias: str) -> builtins.list[str] | None: ...
 
     @abc.abstractmethod
     def remove_alias(self, name: str, alias: str, by: str) -> int | None: ...

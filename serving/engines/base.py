@@ -8,6 +8,7 @@ new version is never confused with an old one).
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,8 @@ class GenerationRequest:
     adapter_key: str | None = None  # None = the base model
     request_id: str = ""
     cancelled: bool = False
+    created_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None  # set by the engine at the request's first forward pass (queue time)
 
     def cancel(self) -> None:
         self.cancelled = True

@@ -18,6 +18,7 @@ import itertools
 import json
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,7 @@ class VLLMEngine(TokenizerEngine):
                     break
                 comp = out.outputs[0]
                 text = comp.text
+                request.started_at = request.started_at or time.monotonic()
                 lps = _token_logprobs(comp, sent_lps, request.params.logprobs) if request.params.logprobs is not None else ()
                 if out.finished:
                     finished = True

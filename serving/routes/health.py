@@ -18,5 +18,7 @@ async def health(request: Request) -> dict[str, Any]:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(request: Request) -> str:
-    return request.app.state.metrics.render()
+async def metrics(request: Request) -> PlainTextResponse:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return PlainTextResponse(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -57,18 +57,18 @@ def sse(frames: AsyncIterator[BaseModel]) -> StreamingResponse:
 
 @router.post("/chat/completions", response_model=ChatCompletionResponse, responses=stream_of(ChatCompletionChunk))
 async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
-    service = request.app.state.service
+    service, caller = request.app.state.service, request.headers.get("x-session-id")
     if req.stream:
-        return sse(await service.chat_stream(req))
-    return await service.chat(req)
+        return sse(await service.chat_stream(req, caller))
+    return await service.chat(req, caller)
 
 
 @router.post("/completions", response_model=CompletionResponse, responses=stream_of(CompletionResponse))
 async def completions(req: CompletionRequest, request: Request) -> Any:
-    service = request.app.state.service
+    service, caller = request.app.state.service, request.headers.get("x-session-id")
     if req.stream:
-        return sse(await service.complete_stream(req))
-    return await service.complete(req)
+        return sse(await service.complete_stream(req, caller))
+    return await service.complete(req, caller)
 
 
 @router.get("/models", response_model=ModelList)

@@ -161,3 +161,21 @@ def test_concurrent_writers_get_consecutive_unique_versions(open_store, tmp_path
         t.join()
     assert not errors
     assert [r.version for r in open_store().list("lumen")] == list(range(1, 13))
+
+
+def test_split_aliases_and_gates(open_store, tmp_path):
+    store = open_store()
+    _put(store, tmp_path, "lumen", "a")
+    _put(store, tmp_path, "lumen", "b")
+    store.set_alias("lumen", "production", 1, "alice", split={1: 90, 2: 10})
+    assert store.alias_split("lumen", "production") == {1: 90, 2: 10}
+    assert open_store().by_alias("lumen", "production").version == 1  # the primary, for plain readers
+    store.set_alias("lumen", "production", 2, "bob", note="rollback")
+    assert store.alias_split("lumen", "production") is None
+    events = store.alias_history("lumen")
+    assert [(e.split, e.note) for e in events] == [({1: 90, 2: 10}, None), (None, "rollback")]
+    assert store.get_gate("lumen", "production") is None
+    store.set_gate("lumen", "production", ["identity>=0.95"], "alice")
+    assert open_store().get_gate("lumen", "production") == ["identity>=0.95"]
+    store.set_gate("lumen", "production", None, "alice")
+    assert store.get_gate("lumen", "production") is None

@@ -249,9 +249,9 @@ def test_health_and_metrics(server):
     chat(client(url), "ad0", max_tokens=3)
     assert httpx.get(url + "/health").json()["status"] == "ok"
     text = httpx.get(url + "/metrics").text
-    assert 'adapterhub_requests_total{endpoint="chat",model="ad0",status="200"} 1' in text
-    assert "adapterhub_loaded_adapters 1" in text and "adapterhub_queue_depth" in text
-    assert 'adapterhub_completion_tokens_total{model="ad0"} 3' in text
+    assert 'adapterhub_requests_total{endpoint="chat",name="ad0",status="200",version="1"} 1.0' in text
+    assert "adapterhub_loaded_adapters 1.0" in text and "adapterhub_queue_depth" in text
+    assert 'adapterhub_completion_tokens_total{name="ad0",version="1"} 3.0' in text
 
 
 def test_client_disconnect_cancels_generation(server, engine):

@@ -250,6 +250,9 @@ class HFEngine(TokenizerEngine):
 
     def _prefill(self, rows: list[_Row]) -> batching.Batch | None:
         self.prefills += 1
+        now = time.monotonic()
+        for r in rows:
+            r.req.started_at = r.req.started_at or now
         try:
             slots = [self.slots.slot_of(r.req.adapter_key) for r in rows]
         except KeyError:
