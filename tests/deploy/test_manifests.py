@@ -4,6 +4,7 @@ kubernetes-validate); the KubeRay RayService and compose file get YAML + field c
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,17 @@ def test_compose_services_mount_the_registry():
         svc = compose["services"][name]
         assert "adapterhub-data:/data" in svc["volumes"]
         assert (DEPLOY.parent / svc["build"]["dockerfile"]).exists()
+
+
+def test_grafana_dashboard_uses_only_metrics_the_server_exports():
+    import re
+
+    from serving.metrics import Metrics
+
+    dash = json.loads((DEPLOY / "grafana" / "adapterhub-versions.json").read_text())
+    used = set(re.findall(r"adapterhub_[a-z_]+", json.dumps(dash)))
+    exported = set()
+    for family in Metrics().registry.collect():
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"]}.get(family.type, [""])
+        exported |= {family.name + s for s in suffixes}
+    assert used and used <= exported, used - exported
