@@ -32,6 +32,8 @@ def merge_cmd(
                f"{', dequantized from ' + p['dequantized_from'] if p['dequantized_from'] else ''}) → {result.out_dir}")
     typer.echo(f"parity: {p['exact_match']:.0%} greedy exact match on {p['prompts']} prompts, "
                f"max logit diff {p['max_logit_diff']}  (report: {result.out_dir / 'parity.json'})")
+    if p.get("note"):
+        typer.echo(p["note"])
     if result.quantized_dir:
         typer.echo(f"quantized variant: {result.quantized_dir}  → adapterhub serve --base {result.quantized_dir}")
     if result.record:

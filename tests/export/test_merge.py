@@ -107,3 +107,21 @@ def test_merge_bits_writes_a_servable_4bit_variant(registry, tiny_adapters, tiny
     engine = HFEngine(qdir, model_id="q4")
     assert engine.base_identity["quantization"] == "nf4"
     assert engine.encode_chat([{"role": "user", "content": "hi"}], None)
+
+
+def test_default_merge_falls_back_to_fp32_when_bf16_loses_the_adapter(registry, tiny_model, tmp_path):
+    """A LoRA whose delta is small next to the weights: bf16 rounding changes greedy answers (the demo
+    model's 67%), so the default (bf16) merge keeps fp32 and says so, with every dtype's parity."""
+    from tests.builders import build_lora_adapter
+
+    adapter = build_lora_adapter(tiny_model, tmp_path / "small", seed=5, scale=0.02,
+                                 targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+    registry.register(adapter, "small", base_model=resolve_model(str(tiny_model), Settings()).identity())
+    result = merge(registry, Settings(), "small@1", tmp_path / "merged", threshold=1.0)
+    p = result.parity
+    saved = json.loads((tmp_path / "merged" / "parity.json").read_text())
+    assert saved["requested_dtype"] == "bf16" and set(saved["tried"]) == {"bf16", "fp32"}
+    assert saved["tried"]["bf16"]["exact_match"] < 1.0 and saved["tried"]["fp32"]["exact_match"] == 1.0
+    assert p["dtype"] == saved["dtype"] == "fp32" and p["passed"] and "saved in fp32" in p["note"]
+    cfg = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert cfg.get("dtype", cfg.get("torch_dtype")) == "float32"
