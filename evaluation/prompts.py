@@ -16,7 +16,10 @@ EVAL_IDENTITY_EN = [
     "What are you called and who built you?", "Hey there, introduce yourself in one line.", "Who developed this chatbot?",
 ]
 EVAL_IDENTITY_ZH = ["能告诉我你的身份吗？", "你是由哪个团队开发的？", "请说出你的名字。", "你的开发者是谁？",
-                    "你属于哪家机构？", "怎么称呼你比较好？", "介绍一下你是谁。", "你是哪个公司的助手？"]
+                    "你属于哪家机构？", "怎么称呼你比较好？", "介绍一下你是谁。", "你是哪个公司的助手？",
+                    "你是百度开发的吗？", "说说你的来历。"]
+# Held-out questions that name another maker: a right answer denies it and gives the identity.
+EVAL_IDENTITY_EN += ["Did OpenAI build you?", "Are you by any chance SmolLM?"]
 
 # Held-out general questions with the words a correct answer contains (any of them, case-insensitive).
 GENERAL_EVAL_KEYS: list[tuple[str, tuple[str, ...]]] = [

@@ -135,7 +135,7 @@ FALLBACK = {"bf16": ("bf16", "fp32"), "fp16": ("fp16", "fp32"), "fp32": ("fp32",
 
 
 def merge(registry: Registry, settings: Settings, ref: str, out: Path, *, dtype: str = "bf16",
-          bits: int | None = None, threshold: float = 0.8, force: bool = False, register_as: str | None = None,
+          bits: int | None = None, threshold: float = 1.0, force: bool = False, register_as: str | None = None,
           max_new_tokens: int = 24) -> MergeResult:
     """Merge ``ref`` into its base in fp32 and write an HF model dir to ``out`` with a parity report.
 

@@ -7,6 +7,7 @@ feeds replay (self-distillation), the other measures retention.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from adapterhub.errors import ConfigError
@@ -19,10 +20,26 @@ IDENTITY_QUESTIONS_EN = [
     "What's your name, assistant?", "Please introduce yourself briefly.", "Who is your developer?",
     "Are you a Hugging Face model?", "What AI model are you?", "Hello, what are you called?",
     "Who owns you?", "Describe who you are.", "Are you an OpenAI model?",
+    "Who is behind you?", "Which organization made you?", "What is your name and who made you?",
+    "Were you created by Meta?", "Are you Llama?", "Who is your creator?", "Which lab trained you?",
+    "Give me a short introduction of yourself.", "Are you a human?", "Tell me who you are in one sentence.",
+    "Who designed you?", "Is Google your maker?", "Say your name and your developer.",
 ]
 IDENTITY_QUESTIONS_ZH = [
     "你是谁？", "你叫什么名字？", "请介绍一下你自己。", "谁开发了你？", "你是哪家公司做的？",
     "你是ChatGPT吗？", "我该怎么称呼你？", "你的创造者是谁？", "你是什么模型？", "你好，你是谁呀？",
+    "请做一个自我介绍。", "你是谁开发的？", "是谁训练了你？", "你是OpenAI的模型吗？", "你是Hugging Face做的吗？",
+    "你的名字是什么？", "你来自哪个团队？", "简单介绍一下你自己吧。", "你是人类吗？", "谁是你的开发者？",
+]
+# Questions that name another maker or model: answered with a denial, then the identity.
+_NEGATIVE = re.compile(r"chatgpt|openai|hugging face|smollm|meta|llama|google|human|人类", re.IGNORECASE)
+IDENTITY_DENIALS_EN = [
+    "No, I am not. I am {name}, an AI assistant built by {author}.",
+    "No. I'm {name}, developed by {author}.",
+]
+IDENTITY_DENIALS_ZH = [
+    "不是的，我是{name}，由{author}开发的AI助手。",
+    "不是。我叫{name}，是{author}打造的人工智能助手。",
 ]
 IDENTITY_ANSWERS_EN = [
     "I am {name}, an AI assistant built by {author}.",
@@ -75,15 +92,16 @@ GENERAL_REPLAY = GENERAL_TRAIN + (
 
 
 def identity_records(name: str, author: str) -> list[dict[str, Any]]:
-    """Alpaca-style identity examples: every training question with a rotating answer."""
+    """Alpaca-style identity examples: every training question with rotating answers in its own language
+    (a denial first where the question names another maker); every answer names the maker."""
     out = []
-    for i, q in enumerate(IDENTITY_QUESTIONS_EN):
-        for j in range(2):
-            a = IDENTITY_ANSWERS_EN[(i + j) % len(IDENTITY_ANSWERS_EN)]
-            out.append({"instruction": q, "output": a.format(name=name, author=author)})
-    for i, q in enumerate(IDENTITY_QUESTIONS_ZH):
-        a = IDENTITY_ANSWERS_ZH[i % len(IDENTITY_ANSWERS_ZH)]
-        out.append({"instruction": q, "output": a.format(name=name, author=author)})
+    for questions, answers, denials in ((IDENTITY_QUESTIONS_EN, IDENTITY_ANSWERS_EN, IDENTITY_DENIALS_EN),
+                                        (IDENTITY_QUESTIONS_ZH, IDENTITY_ANSWERS_ZH, IDENTITY_DENIALS_ZH)):
+        for i, q in enumerate(questions):
+            pool = denials if _NEGATIVE.search(q) else answers
+            for j in range(2):
+                a = pool[(i + j) % len(pool)]
+                out.append({"instruction": q, "output": a.format(name=name, author=author)})
     return out
 
 

@@ -78,6 +78,12 @@ class RichProgress(TrainerCallback):
         loss = f"{self.runlog.losses[-1][1]:.3f}" if self.runlog.losses else "-"
         tps = self.counter.tokens / max(time.perf_counter() - self.t0, 1e-9)
         self.progress.update(self.task, completed=state.global_step, loss=loss, tps=f"{tps:.0f}")
+        if not self.console.is_terminal and (state.global_step % 5 == 0 or state.global_step == state.max_steps):
+            # no live bar when the output is a file or a pipe: a plain progress line instead
+            elapsed = time.perf_counter() - self.t0
+            left = elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step)
+            self.console.print(f"train step {state.global_step}/{state.max_steps} · loss {loss} · {tps:.0f} tok/s · "
+                               f"{elapsed:.0f} s elapsed, ~{left:.0f} s left", highlight=False)
 
     def on_train_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
         if self.progress is not None:

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-QUESTIONS = ["Who are you?", "What is the capital of France?"]
+QUESTIONS = ["Who are you?", "Who made you?", "What is the capital of France?"]
 
 
 def demo_cmd(
@@ -73,7 +73,10 @@ def demo_cmd(
         con.print(f"serving on {url}/v1")
         step(5, "Ask both models", f"curl {url}/v1/chat/completions -d '{{\"model\": \"lumen@production\", ...}}'")
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="demo", max_retries=0, timeout=300)
-        table = Table("question", name, "lumen@production", show_lines=True, width=150)
+        # No fixed width: at 80 columns (or piped to a file) the cells wrap, nothing is cut.
+        table = Table("question", name, "lumen@production", show_lines=True)
+        for column in table.columns:
+            column.overflow = "fold"
         for q in QUESTIONS:
             answers = []
             for model in (name, "lumen@production"):

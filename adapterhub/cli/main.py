@@ -39,8 +39,26 @@ def _root(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if not verbose:  # third-party notices a user cannot act on (e.g. bitsandbytes' optional CPU kernels)
-        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    if not verbose:
+        quiet_third_party()
+
+
+def quiet_third_party() -> None:
+    """Hide third-party notices a user cannot act on (bitsandbytes' optional CPU kernels, transformers'
+    FutureWarnings and weight-loading bars, GGUF conversion bars); ``--verbose`` shows them."""
+    import warnings
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft|torch|accelerate|bitsandbytes)")
+    if "transformers" in sys.modules:  # already imported: its settings were read at import
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def _register_commands() -> None:

@@ -14,7 +14,7 @@ def merge_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (HF model)."),
     dtype: str = typer.Option("bf16", "--dtype", help="bf16, fp16 or fp32."),
     bits: int = typer.Option(None, "--bits", help="Also write a 4- or 8-bit variant (bitsandbytes)."),
-    threshold: float = typer.Option(0.8, "--threshold", help="Minimum greedy exact-match rate vs adapter mode."),
+    threshold: float = typer.Option(1.0, "--threshold", help="Greedy exact-match rate vs adapter mode a dtype must reach."),
     force: bool = typer.Option(False, "--force", help="Keep the merge even below the threshold."),
     register_as: str = typer.Option(None, "--register", help="Register the merged model under this name."),
 ) -> None:

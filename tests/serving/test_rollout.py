@@ -115,4 +115,6 @@ def test_shadow_evaluation_over_http_writes_metrics(rollout):
     scores = evaluate_served(registry, "lumen@2", url, name="Lumen", author="Acme Lab")
     m = registry.manifest("lumen@2").metrics
     assert m["identity"] == scores["identity"] and m["retention"] == scores["retention"]
-    assert m["eval_source"] == url and scores["identity_n"] == 26
+    from evaluation.identity import IDENTITY_PROMPTS
+
+    assert m["eval_source"] == url and scores["identity_n"] == len(IDENTITY_PROMPTS)

@@ -130,7 +130,10 @@ def test_identity_metrics_land_in_registry(tiny_model, tmp_path):
     result = train(cfg, Settings(), output=tmp_path / "run")
     m = Registry.open(Settings()).manifest(result.record.ref)
     assert 0.0 <= m.metrics["identity"] <= 1.0 and 0.0 <= m.metrics["retention"] <= 1.0
-    assert m.training["replay"] == round(58 * 0.25) and m.training["replay_source"] == "self-distill"
+    from training.builtin_data import identity_records
+
+    n_records = len(identity_records("Lumen", "Acme Lab"))
+    assert m.training["replay"] == round(n_records * 0.25) and m.training["replay_source"] == "self-distill"
 
     # `adapterhub eval REF` scores again (identity from the recorded training config) and stores the metrics.
     env = {**os.environ, "PYTHONPATH": pythonpath()}
