@@ -171,3 +171,4 @@ class GateError(AdapterHubError):
     def __init__(self, message: str, shortfalls: Iterable[str] = ()) -> None:
         self.shortfalls = list(shortfalls)
         super().__init__(message + (": " + "; ".join(self.shortfalls) if self.shortfalls else ""))
+

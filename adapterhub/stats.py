@@ -82,6 +82,6 @@ def fetch_stats(url: str, timeout: float = 10.0) -> list[VersionStats]:
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=timeout) as resp:  # noqa: S310
             text = resp.read().decode()
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: not a URL (e.g. no http://)
         raise AdapterHubError(f"cannot read {url}/metrics ({e})") from e
     return parse_stats(text)

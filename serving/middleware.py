@@ -57,32 +57,34 @@ class BodySizeLimit:
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await self._reject(send)
-        seen = 0
-        started = False
-
-        async def counting_receive() -> dict[str, Any]:
-            nonlocal seen
+        if length is not None:
+            return await self.app(scope, receive, send)
+        # No Content-Length (chunked): read the body here, up to the limit, before the app sees it
+        # (an error raised while the app reads it would become FastAPI's 400).
+        body, more = b"", True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message: dict[str, Any]) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(send)
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay(b"", receive, message), send)
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await self._reject(send)
+        await self.app(scope, _replay(body, receive), send)
 
 
-class _TooLarge(Exception):
-    pass
+def _replay(body: bytes, receive: Any, first: dict[str, Any] | None = None) -> Any:
+    """A ``receive`` that hands over an already-read body once, then defers to the real one."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return first or {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def openai_error_schema(app: FastAPI) -> None:

@@ -145,9 +145,12 @@ class CompletionService:
             prompts = encode(lease)
             rid = new_id("req")
             gens, prompt_of = [], []
+            logprobs = req.n_logprobs()
+            if logprobs is None and n > req.n:  # best_of ranks by cumulative logprob: needed even if not shown
+                logprobs = 0
             for p_i, prompt in enumerate(prompts):
                 for i in range(n):
-                    params = self._params(req, len(prompt), p_i * n + i, req.n_logprobs())
+                    params = self._params(req, len(prompt), p_i * n + i, logprobs)
                     gens.append(GenerationRequest(prompt, params, lease.key, f"{rid}-{p_i}-{i}"))
                     prompt_of.append(p_i)
             return _Job(lease, prompts, gens, prompt_of)
@@ -331,6 +334,8 @@ class CompletionService:
             return CompletionResponse(id=cid, created=created, model=model, choices=[
                 CompletionChoice(index=i, text=text, finish_reason=reason, logprobs=lps)])
 
+        continuous = bool(req.stream_options and req.stream_options.continuous_usage_stats)
+
         async def frames() -> AsyncIterator[CompletionResponse]:
             t0 = time.perf_counter()
             completion = 0
@@ -351,7 +356,10 @@ class CompletionService:
                         lps = (self._completion_logprobs(list(d.logprobs), offsets[g_i])
                                if req.logprobs is not None else None)
                         offsets[g_i] += len(d.text)
-                        yield frame(g_i, d.text, d.finish_reason if d.finish_reason != "cancelled" else None, lps)
+                        out = frame(g_i, d.text, d.finish_reason if d.finish_reason != "cancelled" else None, lps)
+                        if continuous:
+                            out.usage = Usage.of(prompt_tokens, sum(r.tokens for r in results))
+                        yield out
                 if req.stream_options and req.stream_options.include_usage:
                     yield CompletionResponse(id=cid, created=created, model=model, choices=[],
                                              usage=Usage.of(prompt_tokens, completion))

@@ -20,10 +20,12 @@ async def list_loaded(request: Request) -> dict[str, Any]:
 
 @router.post("/load")
 async def load(body: AdapterLoadRequest, request: Request) -> dict[str, Any]:
+    request.app.state.service.refuse_unsupported(body)
     rec = await request.app.state.manager.load(body.model, pin=body.pin)
     return {"loaded": rec.ref, "content_hash": rec.content_hash, "pinned": body.pin}
 
 
 @router.post("/unload")
 async def unload(body: AdapterLoadRequest, request: Request) -> dict[str, Any]:
+    request.app.state.service.refuse_unsupported(body)
     return {"unloaded": await request.app.state.manager.unload(body.model)}

@@ -32,3 +32,8 @@ def test_bad_serve_values_are_one_line_naming_each_flag():
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     for part in ("--max-loaded:", "--port:", "--engine:"):
         assert part in out.stderr
+
+
+def test_stats_with_a_malformed_url_is_one_line():
+    out = _cli("stats", "--url", "not a url")
+    assert out.returncode != 0 and out.stderr.count("\n") == 1 and "cannot read not a url/metrics" in out.stderr

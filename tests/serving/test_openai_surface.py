@@ -192,10 +192,14 @@ def test_top_k_min_p_stop_strings_echo_and_n(setup):
     again = c.chat.completions.create(model="tiny", messages=MSG, max_tokens=4, temperature=1.5, n=20, seed=7)
     texts = [ch.message.content for ch in many.choices]
     assert len(texts) == 20 and texts == [ch.message.content for ch in again.choices] and len(set(texts)) > 1
-    # best_of: the best of 3 by cumulative logprob is returned
+    # best_of: of the same 3 seeded samples, the one with the highest cumulative logprob is returned
+    three = c.completions.create(model="tiny", prompt="the river", max_tokens=4, temperature=1.0, n=3, seed=1,
+                                 logprobs=0)
     best = c.completions.create(model="tiny", prompt="the river", max_tokens=4, temperature=1.0, n=1, best_of=3,
                                 seed=1)
-    assert len(best.choices) == 1
+    ranked = sorted(three.choices, key=lambda ch: sum(ch.logprobs.token_logprobs), reverse=True)
+    assert len({ch.text for ch in three.choices}) > 1 and len(best.choices) == 1
+    assert best.choices[0].text == ranked[0].text
 
 
 @pytest.mark.parametrize("extra,param", [
@@ -209,6 +213,17 @@ def test_unsupported_parameters_are_refused_by_name(setup, extra, param):
     assert r.status_code == 400
     body = r.json()["error"]
     assert body["param"] == param and f"'{param}' is not supported" in body["message"]
+
+
+def test_continuous_usage_on_completion_streams_and_admin_fields(setup):
+    url = setup[0]
+    chunks = list(client(url).completions.create(model="tiny", prompt="the river", max_tokens=4, temperature=0,
+                                                 stream=True, stream_options={"continuous_usage_stats": True}))
+    with_text = [ch for ch in chunks if ch.choices and ch.choices[0].text]
+    assert with_text and all(ch.usage is not None for ch in with_text)
+    assert [ch.usage.completion_tokens for ch in with_text] == sorted(ch.usage.completion_tokens for ch in with_text)
+    r = httpx.post(url + "/v1/adapters/load", json={"model": "ad", "pinn": True})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "pinn"
 
 
 def test_fields_without_effect_are_accepted_and_types_are_strict(setup):
@@ -317,6 +332,10 @@ def test_request_id_cors_and_body_limit(setup):
     big = httpx.post(url + "/v1/chat/completions", json={"model": "tiny", "messages": [
         {"role": "user", "content": "x" * 70_000}]})
     assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "x" * 70_000}]}).encode()
+    chunked = httpx.post(url + "/v1/chat/completions", headers={"content-type": "application/json"},
+                         content=(body[i:i + 8192] for i in range(0, len(body), 8192)))  # no Content-Length
+    assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "request_too_large"
 
 
 def test_openapi_documents_errors_as_answered(setup):
