@@ -40,12 +40,12 @@ CREATE TABLE IF NOT EXISTS versions (
 CREATE INDEX IF NOT EXISTS versions_hash ON versions (name, content_hash);
 CREATE TABLE IF NOT EXISTS aliases (
     name TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL,
-    updated_at REAL NOT NULL, updated_by TEXT NOT NULL,
+    updated_at REAL NOT NULL, updated_by TEXT NOT NULL, split TEXT,
     PRIMARY KEY (name, alias)
 );
 CREATE TABLE IF NOT EXISTS alias_history (
     id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, alias TEXT NOT NULL,
-    version INTEGER, at REAL NOT NULL, by TEXT NOT NULL
+    version INTEGER, at REAL NOT NULL, by TEXT NOT NULL, split TEXT, note TEXT
 );
 CREATE TABLE IF NOT EXISTS alias_gates (
     name TEXT NOT NULL, alias TEXT NOT NULL, requirements TEXT NOT NULL,
@@ -130,13 +130,16 @@ class LocalStore(RegistryStore):
         """Bring a registry written by an older adapterhub up to the current columns."""
         wanted = {"versions": ["base_fingerprint TEXT"], "aliases": ["split TEXT"],
                   "alias_history": ["split TEXT", "note TEXT"]}
-        for table, columns in wanted.items():
-            have = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
-            missing = [c for c in columns if c.split()[0] not in have]
-            if missing:
-                with self._write() as db:
-                    for c in missing:
-                        db.execute(f"ALTER TABLE {table} ADD COLUMN {c}")
+        def missing(db: sqlite3.Connection, table: str) -> list[str]:
+            have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+            return [c for c in wanted[table] if c.split()[0] not in have]
+
+        if not any(missing(self._conn, t) for t in wanted):
+            return
+        with self._write() as db:  # look again under the write lock: another process may have just added them
+            for table in wanted:
+                for c in missing(db, table):
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {c}")
 
     def close(self) -> None:
         self._conn.close()

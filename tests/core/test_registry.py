@@ -176,6 +176,38 @@ def test_concurrent_processes_get_consecutive_versions(tiny_adapters, tmp_path, 
         reg.verify(r)
 
 
+_OLD_SCHEMA = """
+CREATE TABLE versions (name TEXT NOT NULL, version INTEGER NOT NULL, content_hash TEXT NOT NULL, kind TEXT NOT NULL,
+    base_model TEXT, rank INTEGER, size INTEGER NOT NULL, created_at REAL NOT NULL,
+    metrics TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (name, version));
+CREATE TABLE aliases (name TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL,
+    updated_at REAL NOT NULL, updated_by TEXT NOT NULL, PRIMARY KEY (name, alias));
+CREATE TABLE alias_history (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, alias TEXT NOT NULL,
+    version INTEGER, at REAL NOT NULL, by TEXT NOT NULL);
+"""
+
+
+def test_many_processes_opening_an_old_registry_at_once_all_upgrade_it(tiny_adapters, tmp_path, _isolated_home):
+    """A registry from an older release gains its new columns once, even when 8 processes open it together."""
+    import sqlite3
+
+    root = Settings().registry_dir
+    root.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(root / "registry.db")
+    db.executescript(_OLD_SCHEMA)
+    db.close()
+    srcs = [_variant(tiny_adapters[0], tmp_path / f"v{i}", i) for i in range(8)]
+    env = {**os.environ, "PYTHONPATH": pythonpath()}
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(s)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for s in srcs]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [err for _, err in results if err]
+    reg = Registry.open(Settings())
+    assert [r.version for r in reg.list("lumen")] == list(range(1, 9))
+    reg.set_split("lumen", "canary", {1: 50, 2: 50})
+    assert reg.resolve("lumen@canary").version in (1, 2)
+
+
 _SLOW_WORKER = """
 import sys, time
 from pathlib import Path
