@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; errors become ``error: <one line>`` on stderr and a non-zero exit code."""
     _register_commands()
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int) and rc:  # without standalone mode, click returns typer.Exit(n)'s code
+            sys.exit(rc)
     except AdapterHubError as e:
         if _debug():
             raise

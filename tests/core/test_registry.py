@@ -258,6 +258,13 @@ def test_cli_registry_commands(tiny_adapters, _isolated_home):
     rm = cli("rm", "lumen@1")
     assert rm.returncode == 2 and "production" in rm.stderr and rm.stderr.count("\n") == 1
     assert cli("verify").returncode == 0
+    target = Registry.open(Settings()).path("lumen@2", verify=False) / "adapter_model.safetensors"
+    os.chmod(target, 0o644)
+    target.write_bytes(target.read_bytes()[:-1] + b"\0")
+    verify = cli("verify")
+    assert verify.returncode == 3, verify  # scripts and CI must notice a corrupt version
+    assert "ok   lumen@1" in verify.stdout and "BAD  lumen@2: checksum mismatch" in verify.stdout
+    assert cli("verify", "lumen@1").returncode == 0 and cli("verify", "lumen@2").returncode == 3
     bad = cli("import", "/nonexistent", "--name", "x")
     assert bad.returncode == 2 and bad.stderr.startswith("error: adapter at /nonexistent")
     assert cli("show", "../etc").returncode == 2
