@@ -2,9 +2,12 @@
 
 Ray Serve's model multiplexing routes a request tagged with a model id to a replica that already has
 that id loaded (and only loads it elsewhere when those replicas are busy), so each adapter is loaded on
-few replicas instead of all of them. The ingress reads ``model`` from the OpenAI request body and tags
-the call with it; each replica runs the normal adapter manager + engine (hf here, vLLM on GPUs) over
-the shared registry.
+few replicas instead of all of them. The ingress resolves ``model`` in the registry first and tags the
+call with the resolved version (``name@version#hash``), not the raw string: ``lumen``, ``lumen@3`` and
+``lumen@production`` pointing at version 3 share one replica's copy, and moving an alias routes the next
+request by the new version. The replica is told the pinned version, so it serves exactly what was routed.
+Each replica runs the normal adapter manager + engine (hf here, vLLM on GPUs) over the shared registry
+(a PostgreSQL + S3 registry for replicas on several machines, see docs/registry.md).
 
 Run (``pip install 'ray[serve]'``)::
 
@@ -42,19 +45,22 @@ class AdapterReplica:
     @serve.multiplexed(max_num_models_per_replica=8)
     async def adapter(self, model_id: str) -> str:
         """Called by Ray once per model id per replica (its LRU): warm the adapter here."""
-        if self.manager.resolve(model_id) is not None:
-            lease = await self.manager.acquire(model_id)
+        ref = model_id.split("#", 1)[0]
+        if self.manager.resolve(ref) is not None:
+            lease = await self.manager.acquire(ref)
             self.manager.release(lease)
         self.loads[model_id] += 1
         return model_id
 
-    async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def chat(self, body: dict[str, Any], pinned: str | None = None) -> dict[str, Any]:
         from serving.protocol import ChatCompletionRequest
 
-        model = await self.adapter(serve.get_multiplexed_model_id())
-        self.served[model] += 1
-        result = (await self.service.chat(ChatCompletionRequest.model_validate(body))).model_dump(mode="json")
-        result["replica"] = self.replica
+        key = await self.adapter(serve.get_multiplexed_model_id())
+        self.served[key] += 1
+        asked = body.get("model")
+        req = ChatCompletionRequest.model_validate({**body, "model": pinned} if pinned else body)
+        result = (await self.service.chat(req)).model_dump(mode="json")
+        result["model"], result["replica"] = asked, self.replica
         return result
 
     def stats(self) -> dict[str, Any]:
@@ -66,8 +72,23 @@ class AdapterReplica:
 class Ingress:
     """OpenAI-shaped front: routes on the ``model`` field (chat completions; /stats for affinity metrics)."""
 
-    def __init__(self, replicas: Any) -> None:
+    def __init__(self, replicas: Any, home: str | None = None) -> None:
+        from adapterhub.registry import Registry
+        from adapterhub.settings import Settings
+
         self.replicas = replicas
+        self.registry = Registry.open(Settings(home=home) if home else Settings())
+
+    def route_key(self, model: str, caller: str | None) -> tuple[str, str | None]:
+        """(multiplexing key, pinned ref): a registry version routes by ``name@version#hash``; anything
+        else (the base model, an unknown name the replica will refuse) by the string itself."""
+        from adapterhub.errors import AdapterHubError
+
+        try:
+            record = self.registry.resolve(model, caller=caller)
+        except (AdapterHubError, ValueError):
+            return model, None
+        return f"{record.ref}#{record.content_hash[:12]}", record.ref
 
     async def __call__(self, request: Request) -> JSONResponse:
         if request.url.path.endswith("/stats"):
@@ -81,8 +102,10 @@ class Ingress:
         from adapterhub.errors import AdapterHubError
         from serving.protocol import error_body
 
+        caller = body.get("user") or request.headers.get("x-session-id")
+        key, pinned = self.route_key(str(body.get("model", "")), caller)
         try:
-            result = await self.replicas.options(multiplexed_model_id=body.get("model", "")).chat.remote(body)
+            result = await self.replicas.options(multiplexed_model_id=key).chat.remote(body, pinned)
         except AdapterHubError as e:  # pragma: no cover - exercised through Ray's error wrapping
             return JSONResponse(error_body(e.message, e.error_type, e.code, e.param), status_code=e.http_status)
         return JSONResponse(result)
@@ -91,7 +114,7 @@ class Ingress:
 def build(base: str, *, replicas: int = 2, home: str | None = None, max_loaded: int = 8, engine: str = "hf",
           replica_cpus: float = 1.0) -> Any:
     replica = AdapterReplica.options(num_replicas=replicas, ray_actor_options={"num_cpus": replica_cpus})
-    return Ingress.options(ray_actor_options={"num_cpus": 0}).bind(replica.bind(base, home, max_loaded, engine))
+    return Ingress.options(ray_actor_options={"num_cpus": 0}).bind(replica.bind(base, home, max_loaded, engine), home)
 
 
 def main() -> None:
