@@ -2,7 +2,7 @@
 # so no CUDA build is pulled, then the project with its extras).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= train,serve,hf,quant,scale,dev
+EXTRAS ?= train,serve,hf,quant,scale,remote,dev
 
 # Where `make test` keeps the demo model for the slow end-to-end test (pulled once, as a set-up step).
 TEST_HOME ?= $(CURDIR)/.cache/test-home

@@ -172,3 +172,12 @@ class GateError(AdapterHubError):
         self.shortfalls = list(shortfalls)
         super().__init__(message + (": " + "; ".join(self.shortfalls) if self.shortfalls else ""))
 
+
+
+class StoreUnavailableError(AdapterHubError):
+    """The shared registry's database or object store cannot be reached (or refused our credentials)."""
+
+    exit_code = 5
+    http_status = 503
+    error_type = "server_error"
+    code = "registry_unavailable"

@@ -107,3 +107,42 @@ def registry(_isolated_home):
     from adapterhub.settings import Settings
 
     return Registry.open(Settings())
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL server of our own on 127.0.0.1 (Debian's binaries; .ci/run installs them)."""
+    import importlib.util
+
+    from tests.services import PostgresServer, postgres_bindir
+
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL binaries (initdb) not installed: apt-get install postgresql")
+    if importlib.util.find_spec("psycopg") is None:
+        pytest.skip("psycopg not installed: pip install 'adapterhub[remote]'")
+    server = PostgresServer(bindir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3-compatible server on 127.0.0.1, reached through boto3 over HTTP."""
+    pytest.importorskip("moto.server", reason="moto[server] not installed")
+    from tests.services import S3Server
+
+    server = S3Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def shared_registry(pg_server, s3_server, monkeypatch):
+    """Point this test's ADAPTERHUB_* at a fresh PostgreSQL database and bucket; returns (db URL, s3 URL)."""
+    db_url, artifacts = pg_server.new_database(), f"s3://{s3_server.new_bucket()}/registry"
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("ADAPTERHUB_REGISTRY_URL", db_url)
+    monkeypatch.setenv("ADAPTERHUB_ARTIFACTS_URL", artifacts)
+    return db_url, artifacts

@@ -1,4 +1,5 @@
-"""Registry commands: import, list, show, tag, untag, rm, export, verify, history."""
+"""Registry commands: import, list, show, tag, untag, rm, export, verify, history; and
+``registry info | gc | migrate`` for where the registry lives and its upkeep."""
 
 from __future__ import annotations
 
@@ -146,7 +147,55 @@ def history_cmd(name: str) -> None:
         typer.echo(f"{when}  {ev.by}  {ev.name}@{ev.alias} {target}" + (f"  ({ev.note})" if ev.note else ""))
 
 
+registry_app = typer.Typer(help="Where the registry lives and its upkeep (shared PostgreSQL + S3 registries).",
+                           no_args_is_help=True)
+
+
+@registry_app.command("info")
+def info_cmd() -> None:
+    """Which registry this machine uses and how many versions it holds."""
+    reg = _registry()
+    records = reg.list()
+    typer.echo(f"registry: {reg.store.describe()}")
+    typer.echo(f"versions: {len(records)} of {len({r.name for r in records})} names")
+
+
+@registry_app.command("gc")
+def gc_cmd(
+    grace: float = typer.Option(None, "--grace", help="Only remove leftovers older than this many seconds "
+                                                      "(default: ADAPTERHUB_GC_GRACE_S, 3600).", min=0),
+) -> None:
+    """Remove what killed writers left behind: uploads no version references (shared registry), staging
+    directories (local registry), and this machine's cache leftovers."""
+    settings = Settings()
+    counts = _registry().store.gc(settings.gc_grace_s if grace is None else grace)
+    typer.echo(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in counts.items()) or "nothing to remove")
+
+
+@registry_app.command("migrate")
+def migrate_cmd(
+    to: str = typer.Option(..., "--to", help="The target registry: postgresql://user:pw@host/db"),
+    artifacts: str = typer.Option(None, "--artifacts", help="The target's object store, s3://bucket/prefix "
+                                                            "(default: ADAPTERHUB_ARTIFACTS_URL)."),
+) -> None:
+    """Copy this registry (versions with their numbers, aliases, gates, metrics) into a shared one; every
+    version is verified by hash after the copy. Safe to re-run."""
+    from adapterhub.registry.migrate import migrate
+    from adapterhub.registry.registry import open_store
+
+    settings = Settings()
+    source = _registry()
+    target = open_store(settings, registry_url=to, artifacts_url=artifacts)
+    try:
+        report = migrate(source, target, progress=typer.echo)
+    finally:
+        target.close()
+    typer.echo(f"migrated to {target.describe()}: {len(report.copied)} copied, {len(report.skipped)} already there, "
+               f"{len(report.aliases)} aliases, {len(report.gates)} gates")
+
+
 def register(app: typer.Typer) -> None:
+    app.add_typer(registry_app, name="registry")
     app.command("import")(import_cmd)
     app.command("list")(list_cmd)
     app.command("show")(show_cmd)

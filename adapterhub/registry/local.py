@@ -155,20 +155,30 @@ class LocalStore(RegistryStore):
             raise
         self._conn.execute("COMMIT")
 
-    def _recover(self) -> None:
+    def gc(self, grace_s: float) -> dict[str, int]:
+        return self._recover()
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def _recover(self) -> dict[str, int]:
+        removed = {"staging_removed": 0, "uncommitted_versions_removed": 0}
         for d in self._staging.iterdir():
             pid = d.name.split("-", 1)[0]
             if not pid.isdigit() or not _pid_alive(int(pid)) or int(pid) == os.getpid():
                 _rmtree(d)
+                removed["staging_removed"] += 1
         if not any(self._pending.iterdir()):
-            return
+            return removed
         with self._write() as db:
             for marker in list(self._pending.iterdir()):
                 name, _, ver = marker.name.rpartition("@")
                 row = db.execute("SELECT 1 FROM versions WHERE name=? AND version=?", (name, ver)).fetchone()
                 if row is None:
                     _rmtree(self.versions_dir / name / ver)
+                    removed["uncommitted_versions_removed"] += 1
                 marker.unlink()
+        return removed
 
     def _staging_dir(self) -> Path:
         return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self._staging))

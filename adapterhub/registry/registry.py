@@ -75,7 +75,9 @@ class Registry:
 
     @classmethod
     def open(cls, settings: Settings) -> Registry:
-        return cls(LocalStore(settings.registry_dir), actor=settings.actor)
+        """The registry ``settings`` name: a shared PostgreSQL + object-store one when
+        ``ADAPTERHUB_REGISTRY_URL`` is set, else the embedded one under the home directory."""
+        return cls(open_store(settings), actor=settings.actor)
 
     # ---------------------------------------------------------------- writing
     def register(
@@ -366,6 +368,21 @@ class Registry:
             dest.rmdir()
         os.replace(tmp, dest)
         return dest
+
+
+def open_store(settings: Settings, registry_url: str | None = None, artifacts_url: str | None = None
+               ) -> RegistryStore:
+    """The store for ``registry_url`` (default: the settings'): PostgreSQL + S3, or local files + SQLite."""
+    url = registry_url if registry_url is not None else settings.registry_url
+    if not url:
+        return LocalStore(settings.registry_dir)
+    artifacts = artifacts_url if artifacts_url is not None else settings.artifacts_url
+    if not artifacts:
+        raise UserInputError("a PostgreSQL registry keeps its files in an object store: set ADAPTERHUB_ARTIFACTS_URL "
+                             "(s3://bucket/prefix)")
+    from adapterhub.registry.remote import RemoteStore
+
+    return RemoteStore(url, artifacts, settings.versions_cache_dir, cache_max_bytes=int(settings.cache_max_gb * 2**30))
 
 
 def _target(event: AliasEvent) -> str:

@@ -128,5 +128,21 @@ class RegistryStore(abc.ABC):
     def set_metrics(self, name: str, version: int, metrics: dict[str, Any]) -> None:
         """Merge ``metrics`` into the version's metrics (evaluation results added after registration)."""
 
+    def put_exact(self, name: str, version: int, src: Path, content_hash: str, summary: dict[str, Any],
+                  manifest: bytes, created_at: float | None = None) -> bool:
+        """Store ``src`` as exactly ``name@version`` with the given manifest (copying a registry keeps its
+        numbers). Returns False when that version already holds this content; raises ConflictError when
+        it holds other content. Stores that cannot do this are not migration targets."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be the target of a registry migration")
+
+    def gc(self, grace_s: float) -> dict[str, int]:
+        """Remove what crashed writers left behind (older than ``grace_s`` where the store cannot tell
+        whether the writer is alive); returns counts by kind."""
+        return {}
+
+    def describe(self) -> str:
+        """Where the store keeps things, for messages and ``adapterhub registry info``."""
+        return type(self).__name__
+
     def close(self) -> None:
         """Release connections; the store is not used afterwards."""

@@ -1,5 +1,5 @@
-"""RegistryStore contract: every storage backend passes this suite (today the local files + SQLite
-store; a remote store joins by adding a factory to ``STORES``).
+"""RegistryStore contract: every storage backend passes this suite: the local files + SQLite store, and
+the shared PostgreSQL + S3 store (a real PostgreSQL and moto's S3 server, both on 127.0.0.1).
 
 The store is driven directly, below the Registry API, with real files: what a user of the registry
 would notice if a backend got it wrong (lost or half-visible versions, duplicate numbers, aliases
@@ -18,18 +18,26 @@ import pytest
 from adapterhub.registry.local import LocalStore
 from adapterhub.registry.store import MANIFEST_FILE, RegistryStore
 
-STORES: dict[str, Callable[[Path], RegistryStore]] = {
-    "local": lambda root: LocalStore(root / "registry"),
-}
+STORES = ["local", "postgres+s3"]
 
 
-@pytest.fixture(params=sorted(STORES))
+@pytest.fixture(params=STORES)
 def open_store(request, tmp_path):
-    """Opens a store on one shared location (each call: a new client, as another process would)."""
+    """Opens a store on one shared location (each call: a new client, as another process or machine
+    would; each remote client has its own cache directory)."""
     opened: list[RegistryStore] = []
+    if request.param == "postgres+s3":
+        db_url, artifacts = request.getfixturevalue("shared_registry")
+        from adapterhub.registry.remote import RemoteStore
+
+        def make() -> RegistryStore:
+            return RemoteStore(db_url, artifacts, tmp_path / f"cache-{len(opened)}")
+    else:
+        def make() -> RegistryStore:
+            return LocalStore(tmp_path / "registry")
 
     def factory() -> RegistryStore:
-        store = STORES[request.param](tmp_path)
+        store = make()
         opened.append(store)
         return store
 
