@@ -105,7 +105,13 @@ def serve(config: ServeConfig, settings: Settings | None = None,
     """Run the server until interrupted (blocking); ``announce`` gets the line saying where it listens."""
     import uvicorn
 
+    settings = settings or Settings()
     stack = build_service(config, settings)
+    if stack.registry is not None:
+        # The janitor: what writers killed on any machine left behind (past the grace period).
+        removed = stack.registry.store.gc(settings.gc_grace_s)
+        if any(removed.values()):
+            log.warning("registry gc at start: %s", ", ".join(f"{k}={v}" for k, v in removed.items()))
     announce(f"serving '{stack.base_name}' with the {config.engine} engine on http://{config.host}:{config.port}/v1")
     uvicorn.run(make_app(stack), host=config.host, port=config.port, log_level="warning")
 
