@@ -67,8 +67,10 @@ def main() -> None:
                                                        "kind": "adapter", "base_model": {"id": "base"}}))
         rows.append((name, v, h, "adapter", "base", 4, 1024, time.time(), "{}"))
     with db:
-        db.executemany("INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?)", rows)
-        db.execute("INSERT INTO aliases VALUES ('adapter-007','production',42,0,'bench')")
+        db.executemany("INSERT INTO versions (name, version, content_hash, kind, base_model, rank, size, created_at, "
+                       "metrics) VALUES (?,?,?,?,?,?,?,?,?)", rows)
+        db.execute("INSERT INTO aliases (name, alias, version, updated_at, updated_by) "
+                   "VALUES ('adapter-007','production',42,0,'bench')")
     db.close()
     reg = Registry(LocalStore(root / "registry"))
     assert len(reg.list()) == args.versions

@@ -416,9 +416,16 @@ class RemoteStore(RegistryStore):
                          "WHERE a.name=%s AND a.alias=%s", (name, alias))
 
     def by_hash_prefix(self, name: str, prefix: str) -> builtins.list[VersionRecord]:
-        if not all(c in "0123456789abcdef" for c in prefix):
+        if not prefix or not all(c in "0123456789abcdef" for c in prefix):
             return []
-        return [r for r in self.list(name) if r.content_hash.startswith(prefix)]
+        with self._db() as db:
+            rows = db.execute(f"SELECT {_COLS} FROM versions WHERE name=%s AND content_hash LIKE %s ORDER BY version",
+                              (name, prefix + "%")).fetchall()
+            aliases: dict[int, builtins.list[str]] = {}
+            for alias, version in db.execute("SELECT alias, version FROM aliases WHERE name=%s ORDER BY alias",
+                                             (name,)):
+                aliases.setdefault(version, []).append(alias)
+        return [self._record(r, tuple(aliases.get(r[1], ()))) for r in rows]
 
     def list(self, name: str | None = None) -> builtins.list[VersionRecord]:
         where, args = ("WHERE name=%s", (name,)) if name else ("", ())
