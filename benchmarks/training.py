@@ -47,12 +47,77 @@ BUILTIN_LR = 3e-4  # training/configs/self_cognition_lumen.yaml
 BATCH = 8
 
 
+def mixed_length_dataset(path: Path) -> Path:
+    """The short identity Q&A records + 40 long ones (a passage of 6-14 sentences to restate in 2-6): the
+    mix of lengths that padding hurts."""
+    import json
+    import random
+
+    from training.builtin_data import GENERAL_TRAIN, identity_records
+
+    rnd = random.Random(0)
+    records = identity_records("Lumen", "Acme Lab")
+    sentences = [r["output"] for r in records if r["output"].isascii()] + list(GENERAL_TRAIN)
+    for i in range(40):
+        passage = " ".join(rnd.choice(sentences) for _ in range(rnd.randint(6, 14)))
+        answer = " ".join(rnd.choice(sentences) for _ in range(rnd.randint(2, 6)))
+        records.append({"instruction": f"Read this and restate it briefly ({i}).", "input": passage, "output": answer})
+    rnd.shuffle(records)
+    path.write_text(json.dumps(records, ensure_ascii=False))
+    return path
+
+
+def packing_comparison(args: argparse.Namespace, settings: Settings) -> None:
+    """Padding-free packing vs grouped dynamic padding on a mixed-length dataset, same epochs and LR."""
+    from peft import PeftModel
+
+    from training.run import train
+
+    base = pull_demo(settings)
+    out = Path(tempfile.mkdtemp(prefix="bench-packing-"))
+    data_path = mixed_length_dataset(out / "mixed.json")
+
+    def config(packing: bool | str, batch: int):
+        return validate_config({
+            "name": "bench", "method": "lora", "model": {"base": "smollm2-135m-instruct", "dtype": "bf16"},
+            "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+            "data": {"path": str(data_path), "max_length": 512, "packing": packing},
+            "train": {"epochs": args.epochs, "batch_size": batch, "lr": BUILTIN_LR, "warmup_ratio": 0.05,
+                      "save_steps": 10_000},
+        })
+
+    cfg = config(False, BATCH)
+    tok, template = load_tokenizer(base.path, cfg)
+    samples = prepare(cfg.data, tok, template, seed=cfg.train.seed).samples
+    lengths = sorted(len(s.input_ids) for s in samples)
+    rows = []
+    for label, packing, batch in (("grouped dynamic padding, batch 8 (today)", False, BATCH),
+                                  ("padding-free packing into 512-token blocks, batch 2", "padding_free", 2)):
+        res = train(config(packing, batch), settings, output=out / str(packing), register=False)
+        model = PeftModel.from_pretrained(load_base(base.path, cfg), str(res.output_dir))
+        rows.append({"recipe": label, "steps": res.steps, "wall_s": round(res.wall_time_s, 1),
+                     "real_tok_per_s": round(res.tokens / res.wall_time_s, 1),
+                     "final_loss": round(dataset_loss(model, samples), 4)})
+        del model
+    for r in rows:
+        r["speedup"] = round(r["real_tok_per_s"] / rows[0]["real_tok_per_s"], 2)
+    print(f"{len(samples)} samples, lengths {lengths[0]}..{lengths[-1]} (median {lengths[len(lengths) // 2]}), "
+          f"{sum(lengths)} real tokens/epoch, {args.epochs} epochs, demo model bf16, LoRA r=16 all-linear")
+    report("training_packing", rows, ["recipe", "steps", "wall_s", "real_tok_per_s", "speedup", "final_loss"],
+           extra={"samples": len(samples), "epochs": args.epochs, "median_len": lengths[len(lengths) // 2],
+                  "max_len": lengths[-1]})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=float, default=3)
     ap.add_argument("--limit", type=int, default=None, help="use only N records")
+    ap.add_argument("--packing", action="store_true", help="only the padding-free vs dynamic padding comparison")
     args = ap.parse_args()
     settings = Settings()
+    if args.packing:
+        packing_comparison(args, settings)
+        return
     base = pull_demo(settings)
 
     def config(lr: float):

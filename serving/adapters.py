@@ -193,6 +193,9 @@ def engine_problems(path: Path, engine: Engine) -> list[str]:
     problems: list[str] = []
     caps = engine.capabilities
     info = validate_adapter_dir(path)
+    if info.config.get("use_dora"):
+        problems.append("is a DoRA adapter (use_dora), which this engine cannot apply per request: merge it "
+                        "(adapterhub merge REF) and serve the merged model with --merged")
     if info.config.get("modules_to_save"):
         problems.append(f"modules_to_save {info.config['modules_to_save']} are not supported for serving")
     if info.rank > caps.max_lora_rank:

@@ -27,7 +27,8 @@ class TokenCounter:
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
         out = self.collator(batch)
-        self.tokens += int(out["attention_mask"].sum())
+        mask = out.get("attention_mask")
+        self.tokens += int(mask.sum()) if mask is not None else int(out["input_ids"].numel())  # padding-free: all real
         return out
 
 

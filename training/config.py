@@ -39,6 +39,16 @@ class LoraSection(_Strict):
     target_modules: str | list[str] = Field(
         "all-linear", description="'all-linear' or module names such as [q_proj, v_proj]."
     )
+    use_dora: bool = Field(False, description="DoRA: learn a magnitude per output too (peft). Serve it merged.")
+    use_rslora: bool = Field(False, description="rsLoRA: scale by alpha/sqrt(r) instead of alpha/r (stable at high r).")
+    init: Literal["default", "gaussian", "pissa", "olora"] = Field(
+        "default", description="LoRA init: 'default' (B = 0), 'gaussian', or from the base weights: 'pissa' "
+                               "(principal singular vectors) / 'olora' (QR). The saved adapter is converted to a "
+                               "plain LoRA of rank 2r on the unmodified base.",
+    )
+    loraplus_lr_ratio: float | None = Field(
+        None, gt=0, description="LoRA+: B matrices learn this many times faster than A (e.g. 16); uses AdamW.",
+    )
 
 
 class ReplaySection(_Strict):
@@ -68,7 +78,12 @@ class DataSection(_Strict):
         default_factory=dict, description="Values for {placeholders} in builtin datasets, e.g. {name: Lumen}."
     )
     max_length: int = Field(512, ge=16, description="Tokens per sample (longer samples are truncated).")
-    packing: bool = Field(False, description="Concatenate samples into max_length blocks (pretraining).")
+    packing: Literal[False, True, "concat", "padding_free"] = Field(
+        False, description="false: one sample per row, padded per batch. 'padding_free': whole samples packed into "
+                           "max_length blocks, each keeping its own positions and attention (no token sees another "
+                           "sample; SFT-safe, no padding). 'concat' (or true): samples concatenated with attention "
+                           "across boundaries (pretraining text only).",
+    )
     limit: int | None = Field(None, ge=1, description="Use only the first N records.")
     replay: ReplaySection | None = Field(None, description="Mix in general data so the model keeps its abilities.")
 
@@ -90,6 +105,13 @@ class TrainSection(_Strict):
     logging_steps: int = Field(1, ge=1, description="Log loss every N steps.")
     deepspeed: Literal["zero1", "zero2", "zero2_offload", "zero3", "zero3_offload"] | None = Field(
         None, description="Built-in DeepSpeed ZeRO config."
+    )
+    neftune_alpha: float | None = Field(
+        None, gt=0, description="NEFTune: noise of this scale on the input embeddings while training (e.g. 5).",
+    )
+    report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = Field(
+        "none", description="Experiment tracker for losses and learning rates (logs under the run dir; wandb "
+                            "and mlflow honour their own offline settings, e.g. WANDB_MODE=offline).",
     )
 
 
@@ -130,6 +152,21 @@ class TrainConfig(_Strict):
             raise ValueError("replay applies to sft data, not pretraining")
         if self.data.mode == "pretrain" and self.data.format not in ("auto", "text"):
             raise ValueError("pretrain mode reads raw text: set data.format to 'text' or 'auto'")
+        if self.lora.loraplus_lr_ratio is not None and self.train.optimizer != "adamw_torch":
+            raise ValueError(f"lora.loraplus_lr_ratio builds its own AdamW with two learning rates; "
+                             f"train.optimizer must be adamw_torch, not {self.train.optimizer}")
+        if self.lora.loraplus_lr_ratio is not None and self.train.deepspeed:
+            raise ValueError("lora.loraplus_lr_ratio cannot be combined with train.deepspeed (DeepSpeed builds the "
+                             "optimizer itself)")
+        if self.lora.init in ("pissa", "olora") and self.train.deepspeed:
+            raise ValueError(f"lora.init {self.lora.init} cannot be combined with train.deepspeed yet (the saved "
+                             "adapter is converted from the gathered weights, which ZeRO does not give)")
+        if self.lora.init in ("pissa", "olora") and self.method == "qlora":
+            raise ValueError(f"lora.init {self.lora.init} rewrites the base weights, which a 4-bit base cannot hold; "
+                             "use method lora")
+        if self.method == "full" and (self.lora.use_dora or self.lora.use_rslora or self.lora.init != "default"
+                                      or self.lora.loraplus_lr_ratio):
+            raise ValueError("lora.* options apply to method lora / qlora, not full")
         return self
 
 

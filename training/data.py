@@ -36,6 +36,7 @@ _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assista
 class Sample:
     input_ids: list[int]
     labels: list[int]
+    lengths: list[int] | None = None  # a padding-free block: the lengths of the whole samples it holds
 
 
 # ---------------------------------------------------------------------------- reading
@@ -202,6 +203,23 @@ def pack(samples: list[Sample], max_length: int) -> list[Sample]:
     return out
 
 
+def pack_padding_free(samples: list[Sample], max_length: int) -> list[Sample]:
+    """Whole samples packed greedily (order kept) into blocks of at most ``max_length`` tokens; each block
+    remembers its samples' lengths so the collator restarts positions (and so attention) at every one."""
+    out: list[Sample] = []
+    ids: list[int] = []
+    labels: list[int] = []
+    lengths: list[int] = []
+    for s in samples:
+        if lengths and len(ids) + len(s.input_ids) > max_length:
+            out.append(Sample(ids, labels, lengths))
+            ids, labels, lengths = [], [], []
+        ids, labels, lengths = ids + s.input_ids, labels + s.labels, lengths + [len(s.input_ids)]
+    if lengths:
+        out.append(Sample(ids, labels, lengths))
+    return out
+
+
 # ---------------------------------------------------------------------------- the dataset
 @dataclass
 class PreparedData:
@@ -277,7 +295,9 @@ def prepare(section: DataSection, tokenizer: Any, template: str | None,
             else:
                 dropped += 1  # the answer was truncated away entirely
     random.Random(seed).shuffle(samples)
-    if section.packing:
+    if section.packing == "padding_free":
+        samples = pack_padding_free(samples, section.max_length)
+    elif section.packing:
         samples = pack(samples, section.max_length)
     fp = fingerprint(records + list(replay or []), {"format": fmt, "mode": section.mode,
                                                     "max_length": section.max_length, "packing": section.packing})
@@ -307,6 +327,31 @@ class Collator:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+class FlatCollator:
+    """Padding-free batches: every sample of the batch in one row, no padding, ``position_ids`` restarting
+    at 0 for each sample and no ``attention_mask``. transformers then builds a block-diagonal causal mask
+    (sdpa / eager) or runs flash-attention's varlen kernel, so no token attends to another sample. The
+    first label of every sample is ignored: it would be predicted from the previous sample's last token
+    (in one-by-one training that label is never used either: the model shifts labels by one)."""
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for b in batch:
+            start = 0
+            for n in b.get("lengths") or [len(b["input_ids"])]:
+                ids += b["input_ids"][start:start + n]
+                labels += [IGNORE] + b["labels"][start + 1:start + n]
+                positions += list(range(n))
+                start += n
+        # use_cache=False: with a KV cache object present transformers does not look for packed sequences.
+        return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                "position_ids": torch.tensor([positions]), "use_cache": False}
+
+
 class TorchDataset:
     """A map-style dataset the HF Trainer accepts (and can group by length)."""
 
@@ -318,4 +363,7 @@ class TorchDataset:
 
     def __getitem__(self, i: int) -> dict[str, list[int]]:
         s = self.samples[i]
-        return {"input_ids": s.input_ids, "labels": s.labels}
+        item: dict[str, Any] = {"input_ids": s.input_ids, "labels": s.labels}
+        if s.lengths is not None:
+            item["lengths"] = s.lengths
+        return item

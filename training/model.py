@@ -63,9 +63,32 @@ def add_lora(model: Any, cfg: TrainConfig) -> Any:
         missing = sorted(set(targets) - names)
         if missing:
             raise ConfigError(f"lora.target_modules: the base has no module(s) {missing} (has {sorted(names)})")
+    init: bool | str = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}[cfg.lora.init]
     lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=targets, task_type="CAUSAL_LM", bias="none")
+                      target_modules=targets, task_type="CAUSAL_LM", bias="none", use_dora=cfg.lora.use_dora,
+                      use_rslora=cfg.lora.use_rslora, init_lora_weights=init)
     return get_peft_model(model, lcfg)
+
+
+def save_initial_adapter(model: Any, cfg: TrainConfig, out: Path) -> Path | None:
+    """PiSSA / OLoRA move part of the base weights into the adapter at init. Keep the initial adapter so
+    the trained one can be converted back to a plain LoRA on the unmodified base at save time."""
+    if cfg.lora.init not in ("pissa", "olora"):
+        return None
+    adapter_cfg = model.peft_config["default"]
+    adapter_cfg.init_lora_weights = True  # peft's recipe: the saved initial adapter is a plain one
+    model.save_pretrained(str(out), safe_serialization=True)
+    adapter_cfg.init_lora_weights = cfg.lora.init
+    return out
+
+
+def loraplus_optimizer(model: Any, cfg: TrainConfig) -> Any:
+    """LoRA+ (peft): AdamW with the B matrices at ``loraplus_lr_ratio`` times the learning rate."""
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(model=model, optimizer_cls=torch.optim.AdamW, lr=cfg.train.lr,
+                                     loraplus_lr_ratio=cfg.lora.loraplus_lr_ratio,
+                                     weight_decay=cfg.train.weight_decay)
 
 
 def trainable_summary(model: Any) -> tuple[int, int]:

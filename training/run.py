@@ -8,10 +8,13 @@ curve and the JSONL log into the run dir, and registers the result as a new vers
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +28,16 @@ from adapterhub.registry import Registry, VersionRecord
 from adapterhub.settings import Settings
 from training.callbacks import RichProgress, RunLog, Samples, TokenCounter, plot_loss
 from training.config import TrainConfig
-from training.data import Collator, TorchDataset, prepare, read_dataset
+from training.data import Collator, FlatCollator, TorchDataset, prepare, read_dataset
 from training.deepspeed import deepspeed_config, forget_deepspeed, single_process_env
-from training.model import add_lora, load_base, load_tokenizer, trainable_summary
+from training.model import (
+    add_lora,
+    load_base,
+    load_tokenizer,
+    loraplus_optimizer,
+    save_initial_adapter,
+    trainable_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +81,7 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
         raise ConfigError(f"--resume: no checkpoint in {ckpt_dir}")
     if cfg.train.deepspeed:
         require_deepspeed()
+    require_tracker(cfg.train.report_to)
     raw = read_dataset(cfg.data)  # a typo in data.path or a bad column is reported before any model load
     replay_src = cfg.data.replay.source if cfg.data.replay is not None else "self-distill"
     if replay_src != "self-distill" and not Path(replay_src).expanduser().is_file():
@@ -107,6 +118,9 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
         raise ConfigError("data: no usable samples after tokenization (answers truncated away? raise data.max_length)")
     if cfg.method != "full":
         model = add_lora(model, cfg)
+        initial = run_dir / "initial-adapter"
+        if not (resume and initial.exists()):
+            save_initial_adapter(model, cfg, initial)
     trainable, total = trainable_summary(model)
     console.print(
         f"[bold]{cfg.name}[/bold]: {cfg.method} on {resolved.id} · {len(data.samples)} samples "
@@ -117,7 +131,7 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
     per_step = cfg.train.batch_size * cfg.train.grad_accum
     steps = cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(
         math.ceil(len(data.samples) / per_step) * cfg.train.epochs)
-    counter = TokenCounter(Collator(tokenizer.pad_token_id))
+    counter = TokenCounter(FlatCollator() if cfg.data.packing == "padding_free" else Collator(tokenizer.pad_token_id))
     runlog = RunLog(run_dir / "log.jsonl", counter)
     samples_cb = Samples(model=model, tokenizer=tokenizer, template=template, inputs=cfg.eval.inputs,
                          every=cfg.eval.every_steps, max_new_tokens=cfg.eval.max_new_tokens, console=console,
@@ -129,17 +143,22 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
         num_train_epochs=cfg.train.epochs, max_steps=steps, lr_scheduler_type=cfg.train.scheduler,
         warmup_steps=int(cfg.train.warmup_ratio * steps), weight_decay=cfg.train.weight_decay,
         optim=cfg.train.optimizer, logging_steps=cfg.train.logging_steps, save_steps=cfg.train.save_steps,
-        save_total_limit=cfg.train.save_total_limit, report_to="none", disable_tqdm=True,
+        save_total_limit=cfg.train.save_total_limit, report_to=cfg.train.report_to, disable_tqdm=True,
+        neftune_noise_alpha=cfg.train.neftune_alpha,
         use_cpu=not torch.cuda.is_available(), seed=cfg.train.seed, remove_unused_columns=False,
-        train_sampling_strategy="group_by_length" if cfg.train.group_by_length else "random",
+        train_sampling_strategy="group_by_length" if cfg.train.group_by_length and not cfg.data.packing else "random",
         deepspeed=str(ds_path) if ds_path else None, dataloader_num_workers=0,
         bf16=cfg.model.dtype == "bf16" and torch.cuda.is_available(),
     )
     try:
-        trainer = Trainer(model=model, args=args, data_collator=counter, train_dataset=TorchDataset(data.samples),
-                          callbacks=[runlog, RichProgress(console, counter, runlog), samples_cb])
-        trainer.remove_callback(_printer_class())
-        out = trainer.train(resume_from_checkpoint=True if resume else None)
+        optimizers = (loraplus_optimizer(model, cfg), None) if cfg.lora.loraplus_lr_ratio else (None, None)
+        with tracker_dirs(cfg.train.report_to, run_dir):  # the trackers' callbacks read these when created
+            trainer = Trainer(model=model, args=args, data_collator=counter, train_dataset=TorchDataset(data.samples),
+                              callbacks=[runlog, RichProgress(console, counter, runlog), samples_cb],
+                              optimizers=optimizers)  # type: ignore[arg-type]
+        with tracker_dirs(cfg.train.report_to, run_dir):
+            trainer.remove_callback(_printer_class())
+            out = trainer.train(resume_from_checkpoint=True if resume else None)
         train_time = time.perf_counter() - t_start
 
         metrics: dict[str, Any] = {"train_loss": round(float(out.training_loss), 4)}
@@ -163,6 +182,10 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
             # (a plain save_pretrained would write empty tensors).
             trainer.save_model(str(out_dir))
             (out_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the lineage keeps the config
+        elif cfg.method != "full" and cfg.lora.init in ("pissa", "olora"):
+            # Converted to a plain LoRA (rank 2r) that applies to the unmodified base, as served and merged.
+            model.save_pretrained(str(out_dir), safe_serialization=True,
+                                  path_initial_model_for_weight_conversion=str(run_dir / "initial-adapter"))
         else:
             model.save_pretrained(str(out_dir), safe_serialization=True)
         tokenizer.save_pretrained(str(out_dir))
@@ -207,6 +230,32 @@ def _strip_peft_readme(out_dir: Path) -> None:
     readme = out_dir / "README.md"
     if readme.exists() and "More Information Needed" in readme.read_text():
         readme.unlink()
+
+
+_TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}
+
+
+def require_tracker(name: str) -> None:
+    import importlib.util
+
+    if name in _TRACKERS and importlib.util.find_spec(_TRACKERS[name][0]) is None:
+        raise MissingDependencyError(_TRACKERS[name][1], "track", f"train.report_to: {name}")
+
+
+@contextlib.contextmanager
+def tracker_dirs(name: str, run_dir: Path) -> Iterator[None]:
+    """Keep the tracker's files in the run dir (unless the user pointed the tracker elsewhere)."""
+    defaults = {"tensorboard": {"TENSORBOARD_LOGGING_DIR": str(run_dir / "tensorboard")},
+                "wandb": {"WANDB_DIR": str(run_dir)},
+                "mlflow": {"MLFLOW_TRACKING_URI": (run_dir / "mlruns").as_uri()}}.get(name, {})
+    added = [k for k in defaults if k not in os.environ]
+    for k in added:
+        os.environ[k] = defaults[k]
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def require_deepspeed() -> None:

@@ -117,6 +117,7 @@ class Registry:
             lora = {
                 "r": info.rank, "alpha": info.alpha, "target_modules": info.target_modules,
                 "dropout": info.config.get("lora_dropout"),
+                **{k: True for k in ("use_dora", "use_rslora") if info.config.get(k)},
             }
             files = [f for f in _ADAPTER_FILES if (src / f).exists()]
         elif kind == "model":

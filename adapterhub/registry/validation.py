@@ -72,8 +72,6 @@ def validate_adapter_dir(path: Path, *, allow_pickle: bool = False, base: str | 
         r = cfg.get("r")
         if not isinstance(r, int) or r <= 0:
             problems.append(f"r must be a positive integer, got {r!r}")
-        if cfg.get("use_dora"):
-            problems.append("DoRA adapters are not supported")
     rank: int = cfg["r"] if isinstance(cfg.get("r"), int) else 0
     rank_pattern = cfg.get("rank_pattern") or {}
     base_model = base or cfg.get("base_model_name_or_path")

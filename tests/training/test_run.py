@@ -18,15 +18,6 @@ from tests.builders import pythonpath
 from training.config import validate_config
 
 
-@pytest.fixture()
-def dataset(tmp_path):
-    recs = [{"instruction": f"what is {w}", "output": f"{w} is a good day"} for w in
-            ("red", "blue", "green", "cat", "dog", "tree", "river", "mountain")]
-    p = tmp_path / "data.json"
-    p.write_text(json.dumps(recs))
-    return p
-
-
 def config(tiny_model, dataset, **over):
     data = {
         "name": "tinylora", "method": "lora",
