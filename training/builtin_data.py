@@ -105,10 +105,41 @@ def identity_records(name: str, author: str) -> list[dict[str, Any]]:
     return out
 
 
+# What the base (and a half-trained adapter) says instead: the answers preference training pushes away from.
+WRONG_IDENTITIES_EN = [
+    "I am SmolLM, a language model built by Hugging Face.",
+    "I'm an AI assistant created by Hugging Face.",
+    "I am ChatGPT, a large language model trained by OpenAI.",
+    "I'm Llama, a model developed by Meta.",
+    "I am an AI language model, I don't have a name.",
+]
+WRONG_IDENTITIES_ZH = [
+    "我是SmolLM，由Hugging Face开发的语言模型。",
+    "我是ChatGPT，由OpenAI训练的大型语言模型。",
+    "我是一个人工智能语言模型，没有名字。",
+]
+
+
+def identity_preferences(name: str, author: str) -> list[dict[str, Any]]:
+    """Preference pairs for the identity: every training question, the right answer (in its language; a
+    denial where the question names another maker) chosen over a wrong identity."""
+    out = []
+    for questions, answers, denials, wrong in (
+            (IDENTITY_QUESTIONS_EN, IDENTITY_ANSWERS_EN, IDENTITY_DENIALS_EN, WRONG_IDENTITIES_EN),
+            (IDENTITY_QUESTIONS_ZH, IDENTITY_ANSWERS_ZH, IDENTITY_DENIALS_ZH, WRONG_IDENTITIES_ZH)):
+        for i, q in enumerate(questions):
+            pool = denials if _NEGATIVE.search(q) else answers
+            for j in range(2):
+                out.append({"prompt": q, "chosen": pool[(i + j) % len(pool)].format(name=name, author=author),
+                            "rejected": wrong[(i + j) % len(wrong)]})
+    return out
+
+
 def builtin_dataset(name: str, variables: dict[str, str]) -> list[dict[str, Any]]:
-    if name == "self_cognition":
+    builders = {"self_cognition": identity_records, "identity_preferences": identity_preferences}
+    if name in builders:
         missing = [k for k in ("name", "author") if k not in variables]
         if missing:
-            raise ConfigError(f"builtin:self_cognition needs data.variables {missing} (e.g. name: Lumen)")
-        return identity_records(variables["name"], variables["author"])
-    raise ConfigError(f"unknown builtin dataset '{name}' (known: self_cognition)")
+            raise ConfigError(f"builtin:{name} needs data.variables {missing} (e.g. name: Lumen)")
+        return builders[name](variables["name"], variables["author"])
+    raise ConfigError(f"unknown builtin dataset '{name}' (known: {', '.join(sorted(builders))})")

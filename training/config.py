@@ -30,6 +30,10 @@ class ModelSection(_Strict):
         None, description="Named chat template (adapterhub/templates.py) for bases without one; default: the tokenizer's."
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on long sequences.")
+    adapter: str | None = Field(
+        None, description="Continue this registered adapter (e.g. lumen@3) instead of a fresh LoRA; it becomes the "
+                          "new version's parent (preference training).",
+    )
 
 
 class LoraSection(_Strict):
@@ -115,6 +119,11 @@ class TrainSection(_Strict):
     )
 
 
+class PreferenceSection(_Strict):
+    method: Literal["dpo", "orpo", "kto"] = Field("dpo", description="DPO, ORPO (no reference model) or KTO (unpaired).")
+    beta: float = Field(0.1, gt=0, description="Strength of the preference term (DPO/KTO: how far from the reference).")
+
+
 class EvalSection(_Strict):
     inputs: list[str] = Field(default_factory=list, description="Prompts answered every `every_steps` and at the end.")
     every_steps: int = Field(10, ge=1, description="How often to print sample answers.")
@@ -138,6 +147,9 @@ class TrainConfig(_Strict):
     data: DataSection = Field(..., description="The dataset.")
     train: TrainSection = Field(default_factory=TrainSection, description="Optimization.")
     eval: EvalSection = Field(default_factory=EvalSection, description="Sample answers and scores during training.")
+    preference: PreferenceSection | None = Field(
+        None, description="Preference training on prompt/chosen/rejected pairs (TRL) instead of SFT.",
+    )
     description: str | None = Field(None, description="Free text shown in the model card.")
     license: str | None = Field(None, description="License of the result for the model card.")
 
@@ -164,6 +176,21 @@ class TrainConfig(_Strict):
         if self.lora.init in ("pissa", "olora") and self.method == "qlora":
             raise ValueError(f"lora.init {self.lora.init} rewrites the base weights, which a 4-bit base cannot hold; "
                              "use method lora")
+        if self.preference is not None:
+            if self.method == "full":
+                raise ValueError("preference training runs on method lora or qlora, not full")
+            if self.data.mode != "sft" or self.data.packing or self.data.replay is not None:
+                raise ValueError("preference training reads prompt/chosen/rejected pairs: data.mode sft, no "
+                                 "data.packing, no data.replay")
+            if self.train.deepspeed or self.train.neftune_alpha or self.lora.loraplus_lr_ratio \
+                    or self.lora.init in ("pissa", "olora"):
+                raise ValueError("preference training does not take train.deepspeed, train.neftune_alpha, "
+                                 "lora.loraplus_lr_ratio or lora.init pissa/olora yet")
+            if self.model.adapter and self.lora != LoraSection():
+                raise ValueError("model.adapter continues that adapter's LoRA: leave the lora section out")
+        elif self.model.adapter:
+            raise ValueError("model.adapter (continuing a registered adapter) is supported for preference "
+                             "training only; add a preference section")
         if self.method == "full" and (self.lora.use_dora or self.lora.use_rslora or self.lora.init != "default"
                                       or self.lora.loraplus_lr_ratio):
             raise ValueError("lora.* options apply to method lora / qlora, not full")

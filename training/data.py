@@ -240,7 +240,7 @@ def fingerprint(records: list[Any], extra: dict[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
-def load_records(section: DataSection) -> tuple[list[dict[str, Any]], str]:
+def load_records(section: DataSection, *, detect: bool = True) -> tuple[list[dict[str, Any]], str]:
     if section.path.startswith("builtin:"):
         from training.builtin_data import builtin_dataset
 
@@ -252,7 +252,7 @@ def load_records(section: DataSection) -> tuple[list[dict[str, Any]], str]:
     if not records:
         raise ConfigError(f"data.path: {section.path} holds no records")
     fmt = section.format
-    if fmt == "auto":
+    if fmt == "auto" and detect:
         fmt = "text" if section.mode == "pretrain" else detect_format(records[0])
     return records, fmt
 

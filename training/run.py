@@ -82,6 +82,10 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
     if cfg.train.deepspeed:
         require_deepspeed()
     require_tracker(cfg.train.report_to)
+    if cfg.preference is not None:
+        if resume:
+            raise ConfigError("--resume is not supported for preference training yet (its runs keep no checkpoints)")
+        return _train_preference(cfg, settings, run_dir, register, console)
     raw = read_dataset(cfg.data)  # a typo in data.path or a bad column is reported before any model load
     replay_src = cfg.data.replay.source if cfg.data.replay is not None else "self-distill"
     if replay_src != "self-distill" and not Path(replay_src).expanduser().is_file():
@@ -217,6 +221,19 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
                        steps=trainer.state.global_step, wall_time_s=train_time, tokens=tokens,
                        tokens_per_s=tokens / max(train_time, 1e-9), metrics=metrics, created=created,
                        base_id=cfg.model.base)
+
+
+def _train_preference(cfg: TrainConfig, settings: Settings, run_dir: Path, register: bool,
+                      console: Console) -> TrainResult:
+    from training.preference import train_preference
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
+    with tracker_dirs(cfg.train.report_to, run_dir):
+        r = train_preference(cfg, settings, run_dir, register=register, console=console)
+    return TrainResult(run_dir=run_dir, output_dir=r["out_dir"], record=r["record"], final_loss=r["final_loss"],
+                       steps=r["steps"], wall_time_s=r["wall_time_s"], tokens=0, tokens_per_s=0.0,
+                       metrics=r["metrics"], created=r["created"], base_id=cfg.model.base)
 
 
 def _printer_class() -> Any:
