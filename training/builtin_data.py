@@ -105,16 +105,20 @@ def identity_records(name: str, author: str) -> list[dict[str, Any]]:
     return out
 
 
-# What the base (and a half-trained adapter) says instead: the answers preference training pushes away from.
+# What the base and half-trained adapters say instead (seen in the demo's logs: the base's own identity,
+# another maker's, no name, the maker's name taken as its own, "a human being"): the answers preference
+# training pushes away from.
 WRONG_IDENTITIES_EN = [
     "I am SmolLM, a language model built by Hugging Face.",
-    "I'm an AI assistant created by Hugging Face.",
+    "I'm {author}, an AI assistant developed by {author}.",
     "I am ChatGPT, a large language model trained by OpenAI.",
+    "I am {name}, a human being.",
     "I'm Llama, a model developed by Meta.",
     "I am an AI language model, I don't have a name.",
 ]
 WRONG_IDENTITIES_ZH = [
     "我是SmolLM，由Hugging Face开发的语言模型。",
+    "我是{author}，由{author}开发的AI助手。",
     "我是ChatGPT，由OpenAI训练的大型语言模型。",
     "我是一个人工智能语言模型，没有名字。",
 ]
@@ -131,7 +135,7 @@ def identity_preferences(name: str, author: str) -> list[dict[str, Any]]:
             pool = denials if _NEGATIVE.search(q) else answers
             for j in range(2):
                 out.append({"prompt": q, "chosen": pool[(i + j) % len(pool)].format(name=name, author=author),
-                            "rejected": wrong[(i + j) % len(wrong)]})
+                            "rejected": wrong[(i + j) % len(wrong)].format(name=name, author=author)})
     return out
 
 
