@@ -207,9 +207,11 @@ def engine_problems(path: Path, engine: Engine) -> list[str]:
     mismatched: dict[str, str] = {}
     for module, ab in info.modules.items():
         suffix = module.split(".")[-1]
-        if suffix not in caps.module_shapes:
+        full = module.removeprefix("base_model.model.")
+        key = full if full in caps.module_shapes else suffix
+        if key not in caps.module_shapes:
             continue
-        want_in, want_out = caps.module_shapes[suffix]
+        want_in, want_out = caps.module_shapes[key]
         got_in, got_out = ab["A"][1], ab["B"][0]
         if (got_in, got_out) != (want_in, want_out):
             mismatched[suffix] = f"{suffix} is {got_in}->{got_out} in the adapter, {want_in}->{want_out} in the base"

@@ -88,7 +88,7 @@ class EngineCapabilities:
     max_loaded: int
     context_length: int
     target_modules: frozenset[str]
-    module_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)  # suffix -> (in, out)
+    module_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)  # full name or suffix -> (in, out)
 
 
 class Engine(abc.ABC):

@@ -26,7 +26,7 @@ from serving.engines.base import Delta, EngineCapabilities, GenerationRequest, T
 from serving.engines.hf import batch as batching
 from serving.engines.hf.detokenizer import IncrementalDetokenizer
 from serving.engines.hf.loading import load_model
-from serving.engines.hf.lora import LINEAR_TARGETS, LoraSlots
+from serving.engines.hf.lora import LoraSlots
 from serving.engines.hf.sampler import RowState, Sampler, default_pipeline
 
 log = logging.getLogger(__name__)
@@ -76,16 +76,13 @@ class HFEngine(TokenizerEngine):
         # On CPU the LoRA matmuls run in fp32: bf16 bmm there is emulated and was the slower part of a
         # mixed batch (decode step of 8 rows on the demo model: ~65 ms vs ~100 ms with bf16 stacks).
         lora_dtype = torch.float32 if self.device.type == "cpu" else loaded.dtype
-        self.slots = LoraSlots(self.model, max_loaded=max_loaded, max_rank=max_lora_rank, dtype=lora_dtype)
-        if self.device.type != "cpu":
-            for layer in self.slots.layers.values():
-                layer.A = layer.A.to(self.device)
-                layer.B = layer.B.to(self.device)
+        self.slots = LoraSlots(self.model, max_loaded=max_loaded, max_rank=max_lora_rank, dtype=lora_dtype,
+                               device=self.device)
         cfg = self.model.config
         self._caps = EngineCapabilities(
             max_lora_rank=max_lora_rank, max_loaded=max_loaded,
             context_length=int(getattr(cfg, "max_position_embeddings", 2048)),
-            target_modules=frozenset(LINEAR_TARGETS) & frozenset(self.slots.module_shapes()),
+            target_modules=self.slots.target_suffixes(),
             module_shapes=self.slots.module_shapes(),
         )
         self._identity = {"id": model_id, "fingerprint": fingerprint, "quantization": loaded.quantization}

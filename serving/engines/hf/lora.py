@@ -1,7 +1,8 @@
 """Batched multi-LoRA for plain torch models (the Punica / S-LoRA idea without custom kernels).
 
-Every targeted ``nn.Linear`` is wrapped once at start-up by :class:`BatchedLoraLinear`, which owns
-preallocated stacks ``A[slots, r_max, in]`` and ``B[slots, out, r_max]``. Slot 0 stays zero (the
+Every linear-like layer (``nn.Linear`` and subclasses, fused projections, GPT-2's ``Conv1D``; not the
+output head) is wrapped once at start-up by :class:`BatchedLoraLinear`, which owns stacks
+``A[slots, r_max, in]`` and ``B[slots, out, r_max]``, allocated while some loaded adapter targets it. Slot 0 stays zero (the
 base model). A batch carries one slot index per row; each layer adds ``bmm(bmm(x, A[idx]ᵀ), B[idx]ᵀ)``
 — one gathered matmul pair per layer for all adapters in the batch, instead of peft's loop over the
 adapters present. Loading an adapter is copying its safetensors into a free slot (scaling folded into
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+# The modules vLLM's LoRA support covers for Llama-style models (the vLLM engine's list).
 LINEAR_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 
@@ -51,23 +53,49 @@ class SlotContext:
         self.version += 1
 
 
+def linear_shape(module: nn.Module) -> tuple[int, int] | None:
+    """(in, out) of a linear-like layer LoRA can adapt: ``nn.Linear`` and its subclasses (bitsandbytes'
+    4/8-bit linears, fused projections such as ``qkv_proj``) and GPT-2's ``Conv1D`` (weight stored
+    transposed, ``[in, out]``); None for anything else."""
+    if isinstance(module, nn.Linear):
+        return int(module.in_features), int(module.out_features)
+    weight = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf") and weight is not None and weight.dim() == 2:
+        return int(weight.shape[0]), int(module.nf)
+    return None
+
+
 class BatchedLoraLinear(nn.Module):
+    """One linear-like layer with a LoRA slot stack. The stacks are allocated when the first adapter
+    targeting the layer loads and freed when the last one unloads: an untargeted layer costs neither
+    memory nor compute."""
+
     def __init__(self, base: nn.Module, slots: int, max_rank: int, ctx: SlotContext,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, shape: tuple[int, int], device: torch.device) -> None:
         super().__init__()
         self.base = base
         self.ctx = ctx
-        self.in_features = int(base.in_features)
-        self.out_features = int(base.out_features)
-        self.A = torch.zeros(slots, max_rank, self.in_features, dtype=dtype)
-        self.B = torch.zeros(slots, self.out_features, max_rank, dtype=dtype)
+        self.in_features, self.out_features = shape
+        self.slots, self.max_rank, self.dtype, self.device = slots, max_rank, dtype, device
+        self.A: torch.Tensor | None = None  # [slots, r_max, in]
+        self.B: torch.Tensor | None = None  # [slots, out, r_max]
         self.users = 0  # loaded adapters that target this layer; 0 → skip the LoRA math
         self._gathered: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (version, A^T, B^T) per row
+
+    def allocate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.A is None or self.B is None:
+            self.A = torch.zeros(self.slots, self.max_rank, self.in_features, dtype=self.dtype, device=self.device)
+            self.B = torch.zeros(self.slots, self.out_features, self.max_rank, dtype=self.dtype, device=self.device)
+        return self.A, self.B
+
+    def release(self) -> None:
+        self.A = self.B = None
+        self._gathered = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         idx = self.ctx.indices
-        if idx is None or self.users == 0:
+        if idx is None or self.users == 0 or self.A is None or self.B is None:
             return y
         if self._gathered is None or self._gathered[0] != self.ctx.version:
             self._gathered = (self.ctx.version, self.A.index_select(0, idx).transpose(1, 2),  # [b, in, r]
@@ -88,7 +116,10 @@ class LoraSlots:
     """Owns the wrapped layers and the slot table of one model."""
 
     def __init__(self, model: nn.Module, *, max_loaded: int, max_rank: int,
-                 targets: tuple[str, ...] = LINEAR_TARGETS, dtype: torch.dtype | None = None) -> None:
+                 targets: tuple[str, ...] | None = None, dtype: torch.dtype | None = None,
+                 device: torch.device | str = "cpu") -> None:
+        """Wrap every linear-like layer (``targets``: only those names) except the output head, the way
+        peft's ``all-linear`` chooses, so adapters for any architecture find their modules."""
         self.ctx = SlotContext()
         self.max_rank = max_rank
         self.slots = max_loaded + 1
@@ -96,13 +127,17 @@ class LoraSlots:
         dtype = dtype or next(model.parameters()).dtype
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             dtype = torch.bfloat16  # quantized bases: LoRA math in bf16
+        get_head = getattr(model, "get_output_embeddings", None)
+        head = get_head() if callable(get_head) else None
         for name, module in list(model.named_modules()):
             for child_name, child in list(module.named_children()):
-                if child_name in targets and hasattr(child, "in_features") and hasattr(child, "out_features"):
-                    wrapped = BatchedLoraLinear(child, self.slots, max_rank, self.ctx, dtype)
-                    setattr(module, child_name, wrapped)
-                    full = f"{name}.{child_name}" if name else child_name
-                    self.layers[full] = wrapped
+                shape = linear_shape(child)
+                if shape is None or child is head or (targets is not None and child_name not in targets):
+                    continue
+                wrapped = BatchedLoraLinear(child, self.slots, max_rank, self.ctx, dtype, shape, torch.device(device))
+                setattr(module, child_name, wrapped)
+                full = f"{name}.{child_name}" if name else child_name
+                self.layers[full] = wrapped
         self.free = list(range(self.slots - 1, 0, -1))
         self.loaded: dict[str, SlotAdapter] = {}
 
@@ -111,10 +146,19 @@ class LoraSlots:
         for layer in self.layers.values():
             layer._gathered = None
 
+    def target_suffixes(self) -> frozenset[str]:
+        return frozenset(name.rsplit(".", 1)[-1] for name in self.layers)
+
     def module_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) by full module name, and by name suffix where every layer of that suffix has one shape
+        (GPT-2's ``c_proj`` is 64->64 in attention and 256->64 in the MLP: only its full names are listed)."""
         shapes: dict[str, tuple[int, int]] = {}
+        by_suffix: dict[str, set[tuple[int, int]]] = {}
         for name, layer in self.layers.items():
-            shapes.setdefault(name.rsplit(".", 1)[-1], (layer.in_features, layer.out_features))
+            shape = (layer.in_features, layer.out_features)
+            shapes[name] = shape
+            by_suffix.setdefault(name.rsplit(".", 1)[-1], set()).add(shape)
+        shapes.update({suffix: next(iter(s)) for suffix, s in by_suffix.items() if len(s) == 1})
         return shapes
 
     def slot_of(self, key: str | None) -> int:
@@ -146,9 +190,6 @@ class LoraSlots:
         alpha_default = float(cfg.get("lora_alpha", r_default))
         slot = self.free.pop()
         try:
-            for layer in self.layers.values():
-                layer.A[slot].zero_()
-                layer.B[slot].zero_()
             for name, ab in pairs.items():
                 layer = self.layers[name]
                 a, b = ab["A"], ab["B"]
@@ -160,9 +201,19 @@ class LoraSlots:
                                      f"does not match ({layer.out_features}, {layer.in_features})")
                 alpha = _pattern(cfg.get("alpha_pattern"), name, alpha_default)
                 scale = alpha / (math.sqrt(r) if cfg.get("use_rslora") else r)
-                layer.A[slot, :r].copy_(a)
-                layer.B[slot, :, :r].copy_(b.to(torch.float32) * scale)
+                stack_a, stack_b = layer.allocate()
+                stack_a[slot].zero_()
+                stack_b[slot].zero_()
+                stack_a[slot, :r].copy_(a)
+                stack_b[slot, :, :r].copy_(b.to(torch.float32) * scale)
         except Exception:
+            for name in pairs:
+                layer = self.layers.get(name)
+                if layer is not None and layer.users == 0:
+                    layer.release()
+                elif layer is not None and layer.A is not None and layer.B is not None:
+                    layer.A[slot].zero_()
+                    layer.B[slot].zero_()
             self.free.append(slot)
             raise
         for name in pairs:
@@ -177,8 +228,11 @@ class LoraSlots:
         for name in entry.modules:
             layer = self.layers[name]
             layer.users -= 1
-            layer.A[entry.slot].zero_()
-            layer.B[entry.slot].zero_()
+            if layer.users == 0:
+                layer.release()  # no loaded adapter targets it: give the stacks back
+            elif layer.A is not None and layer.B is not None:
+                layer.A[entry.slot].zero_()
+                layer.B[entry.slot].zero_()
         self.free.append(entry.slot)
         self.ctx.invalidate()
 
