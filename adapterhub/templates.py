@@ -26,7 +26,48 @@ TEMPLATES: dict[str, str] = {
         "{% else %}{{ '### Response:\n' + message['content'] + eos_token + '\n\n' }}{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}"
     ),
+    # The formats of XTuner's prompt templates (same names), for bases whose tokenizer has no template or
+    # a different one. A system message goes where each format puts it; every assistant turn ends with
+    # the format's end marker, which is what the model learns to stop on.
+    "internlm2_chat": (
+        "{{ bos_token }}{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
+        "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    "qwen_chat": (
+        "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}"
+        "{% endif %}{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+        "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    "llama2_chat": (
+        "{% set system = messages[0]['content'] if messages[0]['role'] == 'system' else none %}"
+        "{% for message in messages if message['role'] != 'system' %}"
+        "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' }}"
+        "{% if system is not none and loop.first %}{{ '<<SYS>>\n' + system + '\n<</SYS>>\n\n' }}{% endif %}"
+        "{{ message['content'] + ' [/INST]' }}{% else %}{{ ' ' + message['content'] + ' ' + eos_token }}{% endif %}"
+        "{% endfor %}"
+    ),
+    "mistral": (
+        "{% set system = messages[0]['content'] if messages[0]['role'] == 'system' else none %}{{ bos_token }}"
+        "{% for message in messages if message['role'] != 'system' %}"
+        "{% if message['role'] == 'user' %}{{ '[INST] ' }}{% if system is not none and loop.first %}"
+        "{{ system + '\n\n' }}{% endif %}{{ message['content'] + ' [/INST]' }}"
+        "{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}"
+    ),
+    "zephyr": (
+        "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+    ),
+    # databricks/dolly-v2 and the LaMini models of the source material: "Instruction:" / "Response:".
+    "dolly": (
+        "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+        "{% elif message['role'] == 'user' %}{% if loop.first %}{{ 'Below is an instruction that describes a task. "
+        "Write a response that appropriately completes the request.\n\n' }}{% endif %}"
+        "{{ '### Instruction:\n' + message['content'] + '\n\n' }}"
+        "{% else %}{{ '### Response:\n' + message['content'] + eos_token + '\n\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}"
+    ),
 }
+TEMPLATES["llama3_chat"] = TEMPLATES["llama3"]  # XTuner's name for it
 
 
 def get_template(name: str) -> str:

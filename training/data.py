@@ -162,8 +162,10 @@ def tokenize_conversation(tokenizer: Any, messages: Conversation, template: str 
         prefix = render(tokenizer, messages[:i], template, generation_prompt=True) if i else ""
         upto = render(tokenizer, messages[: i + 1], template, generation_prompt=False)
         if not full.startswith(upto) or not upto.startswith(prefix):
-            raise ConfigError("the chat template does not render conversations incrementally; "
-                              "set model.template to a named template (chatml, llama3, alpaca)")
+            from adapterhub.templates import TEMPLATES
+
+            raise ConfigError("the chat template does not render conversations incrementally; set model.template "
+                              f"to a named template ({', '.join(sorted(TEMPLATES))})")
         spans.append((len(prefix), len(upto)))
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]

@@ -132,3 +132,26 @@ def test_named_template_for_base_without_one(tok):
     assert supervised(tok, s).startswith("red")
     with pytest.raises(ConfigError, match="unknown chat template"):
         get_template("nope")
+
+
+@pytest.mark.parametrize("name", ["chatml", "llama3", "llama3_chat", "alpaca", "internlm2_chat", "qwen_chat",
+                                  "llama2_chat", "mistral", "zephyr", "dolly"])
+def test_every_named_template_supervises_exactly_the_answers(tok, name):
+    """Multi-turn with a system message: loss on each answer and its end marker, nothing else; the
+    generation prompt is what the answer follows (so serving prompts the model the way it was trained)."""
+    from adapterhub.templates import get_template
+    from training.data import render
+
+    template = get_template(name)
+    conv = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"},
+            {"role": "assistant", "content": "red cat"}, {"role": "user", "content": "and now"},
+            {"role": "assistant", "content": "blue dog"}]
+    s = tokenize_conversation(tok, conv, template, 512)
+    text = supervised(tok, s)
+    assert "red cat" in text and "blue dog" in text
+    for user_text in ("hi there", "and now", "be brief"):
+        assert user_text not in text
+    full = render(tok, conv, template, generation_prompt=False)
+    assert "be brief" in full  # the system message is rendered, not dropped
+    prompt = render(tok, conv[:2], template, generation_prompt=True)
+    assert full.startswith(prompt) and full[len(prompt):].lstrip().startswith("red cat")
