@@ -261,3 +261,21 @@ def _convert(gguf: Path, target: Path, model_id: str, kind: str, revision: str,
             raise
         raise ModelNotFoundError(f"could not convert {gguf.name}: {e}") from e
     return _local(target, model_id, kind, revision)
+
+
+def require_trust(model_dir: Path, trusted: bool, how: str) -> bool:
+    """Whether loading ``model_dir`` runs code shipped with it (``auto_map`` in config.json). Raises
+    ConfigError when it does and the user has not opted in (``how`` names the opt-in)."""
+    try:
+        auto_map = json.loads((Path(model_dir) / "config.json").read_text()).get("auto_map") or {}
+    except (OSError, ValueError):
+        return False
+    if not auto_map:
+        return False
+    if not trusted:
+        from adapterhub.errors import ConfigError
+
+        files = sorted({str(v).split(".")[0] + ".py" for v in auto_map.values() if isinstance(v, str)})
+        raise ConfigError(f"the model at {model_dir} ships its own modeling code ({', '.join(files) or 'auto_map'}), "
+                          f"which loading would run: pass {how} if you trust it")
+    return True

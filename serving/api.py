@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from fastapi import FastAPI
 
 from adapterhub.errors import AdapterHubError, ModelNotFoundError, UserInputError
-from adapterhub.models import config_fingerprint, resolve_model
+from adapterhub.models import config_fingerprint, require_trust, resolve_model
 from adapterhub.registry import Registry
 from adapterhub.registry.validation import validate_adapter_dir
 from adapterhub.registry.versions import open_version
@@ -60,6 +60,7 @@ def build_engine(config: ServeConfig, settings: Settings, registry: Registry | N
     else:
         resolved = resolve_model(config.base, settings)
         path, model_id, fingerprint = resolved.path, resolved.id, resolved.fingerprint
+    require_trust(path, config.trust_remote_code, "--trust-remote-code")
     name = config.served_name or model_id
     rank = config.max_lora_rank or derived_max_rank(config.adapters, registry)
     common: dict[str, Any] = dict(model_id=model_id, fingerprint=fingerprint, dtype=config.dtype,
@@ -71,7 +72,7 @@ def build_engine(config: ServeConfig, settings: Settings, registry: Registry | N
     from serving.engines.hf import HFEngine
 
     engine = HFEngine(path, bits=config.bits, max_batch_size=config.max_batch_size,
-                      max_waiting=config.max_waiting, **common)
+                      max_waiting=config.max_waiting, trust_remote_code=config.trust_remote_code, **common)
     return engine, name
 
 

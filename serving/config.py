@@ -28,6 +28,8 @@ class ServeConfig(BaseModel):
     max_waiting: int = Field(256, ge=1, description="Queue size beyond which requests get 503.")
     bits: Literal[4, 8] | None = Field(None, description="Load the base in 4- or 8-bit (bitsandbytes).")
     dtype: str = Field("auto", description="bf16, fp16, fp32 or auto (from the model config).")
+    trust_remote_code: bool = Field(False, description="Allow a base that ships its own modeling code to run it "
+                                    "(hf engine; the vLLM engine gets it as its own option).")
     default_max_tokens: int = Field(512, ge=1, description="Completion budget when the request sets none.")
     allowed_origins: list[str] = Field(default_factory=list, description="Origins browsers may call the API from "
                                        "(CORS; '*' for any). Off by default.")
@@ -41,5 +43,6 @@ class ServeConfig(BaseModel):
     def engine_args(self) -> dict[str, str]:
         """The vLLM engine arguments: the named vLLM options plus ``vllm_args``."""
         named = {"gpu_memory_utilization": self.gpu_memory_utilization, "max_model_len": self.max_model_len,
-                 "tensor_parallel_size": self.tensor_parallel_size}
+                 "tensor_parallel_size": self.tensor_parallel_size,
+                 "trust_remote_code": True if self.trust_remote_code else None}
         return {**{k: str(v) for k, v in named.items() if v is not None}, **self.vllm_args}

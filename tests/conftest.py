@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -146,3 +147,13 @@ def shared_registry(pg_server, s3_server, monkeypatch):
     monkeypatch.setenv("ADAPTERHUB_REGISTRY_URL", db_url)
     monkeypatch.setenv("ADAPTERHUB_ARTIFACTS_URL", artifacts)
     return db_url, artifacts
+
+
+@pytest.fixture()
+def dataset(tmp_path):
+    """Eight short instruction records (the training tests' default data)."""
+    recs = [{"instruction": f"what is {w}", "output": f"{w} is a good day"} for w in
+            ("red", "blue", "green", "cat", "dog", "tree", "river", "mountain")]
+    p = tmp_path / "data.json"
+    p.write_text(json.dumps(recs))
+    return p

@@ -30,6 +30,9 @@ class ModelSection(_Strict):
         None, description="Named chat template (adapterhub/templates.py) for bases without one; default: the tokenizer's."
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on long sequences.")
+    trust_remote_code: bool = Field(
+        False, description="Allow a base that ships its own modeling code (e.g. InternLM2) to run it.",
+    )
     adapter: str | None = Field(
         None, description="Continue this registered adapter (e.g. lumen@3) instead of a fresh LoRA; it becomes the "
                           "new version's parent (preference training).",

@@ -21,7 +21,7 @@ def load_tokenizer(path: Path, cfg: TrainConfig) -> tuple[Any, str | None]:
     """The tokenizer and the chat template the run renders with (stored with the result)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path))
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=cfg.model.trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     template = get_template(cfg.model.template) if cfg.model.template else tok.chat_template
@@ -36,7 +36,7 @@ def load_base(path: Path, cfg: TrainConfig) -> Any:
     from transformers import AutoModelForCausalLM
 
     dtype = torch_dtype(cfg.model.dtype)
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.model.trust_remote_code}
     if cfg.method == "qlora":
         kwargs["quantization_config"] = quantization_config(
             4, "method qlora", compute_dtype=torch.bfloat16 if dtype != torch.float32 else torch.float32)

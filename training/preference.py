@@ -22,7 +22,7 @@ from typing import Any
 from rich.console import Console
 
 from adapterhub.errors import ConfigError, MissingDependencyError
-from adapterhub.models import resolve_model
+from adapterhub.models import require_trust, resolve_model
 from adapterhub.registry import Registry
 from adapterhub.settings import Settings
 from training.config import TrainConfig
@@ -89,6 +89,7 @@ def train_preference(cfg: TrainConfig, settings: Settings, run_dir: Path, *, reg
     registry = Registry.open(settings)
     parent = registry.resolve(cfg.model.adapter) if cfg.model.adapter else None
     resolved = resolve_model(cfg.model.base, settings)
+    require_trust(resolved.path, cfg.model.trust_remote_code, "model.trust_remote_code=true")
     if parent is not None:
         from adapterhub.registry.versions import open_version
 

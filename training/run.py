@@ -23,7 +23,7 @@ import torch
 from rich.console import Console
 
 from adapterhub.errors import ConfigError, MissingDependencyError
-from adapterhub.models import resolve_model
+from adapterhub.models import require_trust, resolve_model
 from adapterhub.registry import Registry, VersionRecord
 from adapterhub.settings import Settings
 from training.callbacks import RichProgress, RunLog, Samples, TokenCounter, plot_loss
@@ -94,6 +94,7 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
     (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
 
     resolved = resolve_model(cfg.model.base, settings)
+    require_trust(resolved.path, cfg.model.trust_remote_code, "model.trust_remote_code=true")
     ds_path = deepspeed_config(cfg.train.deepspeed, run_dir) if cfg.train.deepspeed else None
     if ds_path:
         single_process_env()

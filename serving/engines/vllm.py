@@ -70,7 +70,8 @@ class VLLMEngine(TokenizerEngine):
             enable_prefix_caching=False,
         )
         for k, v in extra.items():
-            args[k] = int(v) if v.isdigit() else float(v) if k == "gpu_memory_utilization" else v
+            args[k] = (v == "True" if v in ("True", "False") else int(v) if v.isdigit()
+                       else float(v) if k == "gpu_memory_utilization" else v)
         import torch
 
         if "gpu_memory_utilization" not in args and not torch.cuda.is_available():
@@ -85,7 +86,8 @@ class VLLMEngine(TokenizerEngine):
             return AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
 
         self.engine = self._call(build(), timeout=None)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path),
+                                                       trust_remote_code=bool(args.get("trust_remote_code")))
         self._loras: dict[str, Any] = {}
         self._caps = EngineCapabilities(
             max_lora_rank=max_lora_rank, max_loaded=max_loaded,

@@ -68,9 +68,11 @@ class HFEngine(TokenizerEngine):
         device: str | None = None,
         batch_window_s: float = 0.02,
         continuous: bool = True,
+        trust_remote_code: bool = False,
     ) -> None:
         self.model_id = model_id
-        loaded = load_model(Path(model_path), dtype=dtype, bits=bits, device=device)
+        loaded = load_model(Path(model_path), dtype=dtype, bits=bits, device=device,
+                            trust_remote_code=trust_remote_code)
         self.model, self.tokenizer, self.device = loaded.model, loaded.tokenizer, loaded.device
         self.eos_ids, self.pad_id = loaded.eos_ids, loaded.pad_id
         # On CPU the LoRA matmuls run in fp32: bf16 bmm there is emulated and was the slower part of a

@@ -23,7 +23,7 @@ class LoadedModel:
 
 
 def load_model(model_path: Path, *, dtype: str = "auto", bits: int | None = None,
-               device: str | None = None) -> LoadedModel:
+               device: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
     """The model in eval mode with gradients off, on ``device`` (CUDA when available, else CPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -35,8 +35,9 @@ def load_model(model_path: Path, *, dtype: str = "auto", bits: int | None = None
     if dev.type != "cpu":
         kwargs["device_map"] = {"": str(dev)}  # quantized weights are placed when loaded
     dt = torch_dtype(dtype, model_path=model_path, cuda=dev.type == "cuda")
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dt, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dt, trust_remote_code=trust_remote_code,
+                                                 **kwargs)
     quant = QUANT_LABELS[bits] if bits is not None else quant_label_of(model.config)  # e.g. `merge --bits 4`
     if quant is None:
         model.to(dev)
