@@ -196,6 +196,18 @@ class VersionCache:
     def get(self, key: str, fill: Callable[[Path], None]) -> Path:
         """The entry ``key``; ``fill(tmp_dir)`` writes it the first time (raising leaves no entry)."""
         final = self.root / key
+        for _ in range(3):  # another process may evict the entry between our check and our use
+            if not final.exists():
+                self._fill(key, final, fill)
+            try:
+                os.utime(final)  # the LRU clock: last opened
+                return final
+            except FileNotFoundError:
+                continue
+        raise IntegrityError(f"cache entry {key} keeps disappearing: is {self.root} shared with a process "
+                             "using a much smaller cache bound?")
+
+    def _fill(self, key: str, final: Path, fill: Callable[[Path], None]) -> None:
         if not final.exists():
             with self._lock(key):
                 if not final.exists():
@@ -209,8 +221,6 @@ class VersionCache:
                     finally:
                         shutil.rmtree(tmp, ignore_errors=True)
             self.evict(keep=key)
-        os.utime(final)  # the LRU clock: last opened
-        return final
 
     def entries(self) -> builtins.list[tuple[float, int, Path]]:
         out = []
