@@ -225,3 +225,25 @@ def test_unreachable_or_misconfigured_shared_registry_is_one_line(tmp_path, _iso
     assert out.returncode == 2 and "ADAPTERHUB_ARTIFACTS_URL" in out.stderr and out.stderr.count("\n") == 1
     out = _cli("list", env={**env, "ADAPTERHUB_REGISTRY_URL": "mysql://x/y"})
     assert out.returncode == 2 and "postgresql://" in out.stderr
+
+
+_OPENER = """
+import sys
+from adapterhub.registry import Registry
+from adapterhub.settings import Settings
+reg = Registry.open(Settings())
+print(reg.path(sys.argv[1]))
+"""
+
+
+def test_processes_on_one_host_share_one_cache_entry(shared_registry, tiny_adapters, tmp_path):
+    Registry.open(Settings(home=tmp_path / "writer")).register(tiny_adapters[1], "lumen")
+    host = tmp_path / "host"  # one home: the processes of one machine share its cache
+    procs = [subprocess.Popen([sys.executable, "-c", _OPENER, "lumen@1"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=_env(host)) for _ in range(6)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, [e for _, e in outs]
+    paths = {o.strip() for o, _ in outs}
+    assert len(paths) == 1  # every process got the same, verified entry
+    cache = Settings(home=host).versions_cache_dir
+    assert [p.name for p in cache.iterdir() if not p.name.startswith(".")] == [Path(paths.pop()).name]
