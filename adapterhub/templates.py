@@ -66,8 +66,37 @@ TEMPLATES: dict[str, str] = {
         "{% else %}{{ '### Response:\n' + message['content'] + eos_token + '\n\n' }}{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}"
     ),
+    # ChatML with tools in the Hermes / Qwen 2.5 format: the functions listed in the system turn, calls
+    # written as <tool_call>{"name", "arguments"}</tool_call> (parser "hermes"), results as tool turns.
+    # Renders incrementally (each turn is closed on its own), so training can find the assistant spans.
+    "hermes": (
+        "{%- if tools %}{{ '<|im_start|>system\n' }}{% if messages[0]['role'] == 'system' %}"
+        "{{ messages[0]['content'] + '\n\n' }}{% endif %}"
+        "{{ '# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+        "You are provided with function signatures within <tools></tools> XML tags:\n<tools>' }}"
+        "{% for tool in tools %}{{ '\n' + (tool | tojson) }}{% endfor %}"
+        "{{ '\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+        "within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
+        "<args-json-object>}\n</tool_call><|im_end|>\n' }}"
+        "{%- elif messages[0]['role'] == 'system' %}{{ '<|im_start|>system\n' + messages[0]['content'] + "
+        "'<|im_end|>\n' }}{% endif %}"
+        "{%- for message in messages %}"
+        "{%- if message['role'] == 'system' and loop.first %}"
+        "{%- elif message['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}"
+        "{%- if message['content'] %}{{ message['content'] }}{% endif %}"
+        "{%- for call in message['tool_calls'] or [] %}"
+        "{%- if message['content'] or not loop.first %}{{ '\n' }}{% endif %}"
+        "{{ '<tool_call>\n{\"name\": \"' + call['function']['name'] + '\", \"arguments\": ' + "
+        "(call['function']['arguments'] | tojson) + '}\n</tool_call>' }}{% endfor %}{{ '<|im_end|>\n' }}"
+        "{%- elif message['role'] == 'tool' %}{{ '<|im_start|>tool\n<tool_response>\n' + message['content'] + "
+        "'\n</tool_response><|im_end|>\n' }}"
+        "{%- else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endif %}"
+        "{%- endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
 }
 TEMPLATES["llama3_chat"] = TEMPLATES["llama3"]  # XTuner's name for it
+# The tool-call format each tool-capable named template writes (recorded with adapters trained on it).
+TOOL_PARSERS: dict[str, str] = {"hermes": "hermes"}
 
 
 def get_template(name: str) -> str:

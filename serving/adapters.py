@@ -42,6 +42,7 @@ class Lease:
     name: str = ""
     version: str = "base"
     split_alias: str | None = None
+    tool_parser: str | None = None  # the tool-call format the adapter was trained on (None: server default)
 
     @property
     def answered_by(self) -> str:
@@ -60,6 +61,7 @@ class AdapterManager:
         self.max_loaded = engine.capabilities.max_loaded
         self._lru: OrderedDict[str, VersionRecord] = OrderedDict()
         self._templates: dict[str, str | None] = {}
+        self._parsers: dict[str, str | None] = {}  # the tool-call format each adapter was trained on
         self._pinned: set[str] = set()
         self._in_use: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -95,7 +97,7 @@ class AdapterManager:
         key = await self._ensure_loaded(record)
         self._in_use[key] = self._in_use.get(key, 0) + 1
         return Lease(model, key, self._templates.get(key), record.ref, record.name, str(record.version),
-                     self._split_alias(model))
+                     self._split_alias(model), self._parsers.get(key))
 
     def release(self, lease: Lease) -> None:
         if lease.key is not None:
@@ -154,7 +156,7 @@ class AdapterManager:
                 self._lru.move_to_end(key)
                 return key
             assert self.registry is not None
-            path, template = await asyncio.to_thread(self._check, record)
+            path, template, parser = await asyncio.to_thread(self._check, record)
             await self._make_room()
             t0 = time.perf_counter()
             await asyncio.to_thread(self.engine.load_adapter, key, path)
@@ -163,6 +165,7 @@ class AdapterManager:
                 self.metrics.loaded(record.name, str(record.version), self.load_times[-1], pinned=False)
             self._lru[key] = record
             self._templates[key] = template
+            self._parsers[key] = parser
             log.info("loaded %s in %.0f ms", record.ref, self.load_times[-1] * 1000)
         return key
 
@@ -179,13 +182,13 @@ class AdapterManager:
                 self.metrics.evicted(evicted.name, str(evicted.version))
             log.info("evicted %s", victim)
 
-    def _check(self, record: VersionRecord) -> tuple[Path, str | None]:
-        """Verify checksums and compatibility; returns (path, chat template)."""
+    def _check(self, record: VersionRecord) -> tuple[Path, str | None, str | None]:
+        """Verify checksums and compatibility; returns (path, chat template, tool parser)."""
         assert self.registry is not None
         opened = open_version(self.registry, record, kind="adapter", on_base=self.engine.base_identity)
         opened.require_compatible(self.engine.base_identity.get("id") or self.base_name,
                                   engine_problems(opened.path, self.engine))
-        return opened.path, opened.template
+        return opened.path, opened.template, (opened.manifest.training or {}).get("tool_parser")
 
 
 def engine_problems(path: Path, engine: Engine) -> list[str]:

@@ -30,6 +30,7 @@ from serving.engines.base import Engine
 from serving.metrics import Metrics
 from serving.service import CompletionService
 from serving.stack import ServingStack
+from serving.tools import get_parser, load_tool_template
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_LORA_RANK = 16
@@ -89,7 +90,9 @@ def build_service(config: ServeConfig, settings: Settings | None = None, *, engi
     base_name = base_name or config.served_name or engine.base_identity["id"]
     metrics = Metrics()
     manager = AdapterManager(engine, registry, base_name=base_name, metrics=metrics)
-    service = CompletionService(engine, manager, metrics, default_max_tokens=config.default_max_tokens)
+    get_parser(config.tool_parser)  # an unknown parser fails at start, not at the first request
+    service = CompletionService(engine, manager, metrics, default_max_tokens=config.default_max_tokens,
+                                tool_parser=config.tool_parser, tool_template=load_tool_template(config.tool_template))
     return ServingStack(config, engine, registry, manager, service, metrics)
 
 

@@ -30,6 +30,10 @@ class ServeConfig(BaseModel):
     dtype: str = Field("auto", description="bf16, fp16, fp32 or auto (from the model config).")
     trust_remote_code: bool = Field(False, description="Allow a base that ships its own modeling code to run it "
                                     "(hf engine; the vLLM engine gets it as its own option).")
+    tool_parser: str = Field("hermes", description="Tool-call format for adapters that record none: hermes, "
+                             "llama3_json, mistral or internlm2.")
+    tool_template: str | None = Field(None, description="Chat template for requests with tools when the model's "
+                                      "own has no tool support: a named template (hermes) or a .jinja file.")
     default_max_tokens: int = Field(512, ge=1, description="Completion budget when the request sets none.")
     allowed_origins: list[str] = Field(default_factory=list, description="Origins browsers may call the API from "
                                        "(CORS; '*' for any). Off by default.")

@@ -36,8 +36,11 @@ from serving.protocol import (
     CompletionResponse,
     DetokenizeRequest,
     DetokenizeResponse,
+    FunctionCall,
     TokenizeRequest,
     TokenizeResponse,
+    ToolCall,
+    ToolCallDelta,
     TopLogprob,
     Usage,
     new_id,
@@ -47,6 +50,16 @@ from serving.protocol import (
     TokenLogprob as TokenLogprobOut,
 )
 from serving.protocol.requests import _Sampling
+from serving.structured import Constraint
+from serving.structured import from_request as constraint_of
+from serving.tools import (
+    StreamSplitter,
+    ToolParser,
+    get_parser,
+    new_call_id,
+    supports_tools,
+    template_messages,
+)
 
 
 class UnsupportedParameterError(UserInputError):
@@ -69,6 +82,20 @@ class _Result:
 
 
 @dataclass
+class _Tools:
+    """How one chat request uses tools: the parser of the model's format, the known names, the mode."""
+
+    parser: ToolParser
+    names: set[str]
+    mode: str  # auto | required | a function name
+    tools: list[dict[str, Any]]
+
+    @property
+    def forced(self) -> bool:
+        return self.mode != "auto"
+
+
+@dataclass
 class _Job:
     """One request fanned out: its lease, prompts (ids) and the engine requests, choice by choice."""
 
@@ -76,15 +103,18 @@ class _Job:
     prompts: list[list[int]]
     gens: list[GenerationRequest]
     prompt_of: list[int]  # gens[i] answers prompts[prompt_of[i]]
+    tools: _Tools | None = None
 
 
 class CompletionService:
     def __init__(self, engine: Engine, manager: AdapterManager, metrics: Metrics, *,
-                 default_max_tokens: int = 512) -> None:
+                 default_max_tokens: int = 512, tool_parser: str = "hermes", tool_template: str | None = None) -> None:
         self.engine = engine
         self.manager = manager
         self.metrics = metrics
         self.default_max_tokens = default_max_tokens
+        self.tool_parser = tool_parser
+        self.tool_template = tool_template
 
     # ---------------------------------------------------------------- checks
     @staticmethod
@@ -101,7 +131,8 @@ class CompletionService:
         if bad:
             raise UserInputError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", param=param)
 
-    def _params(self, req: _Sampling, prompt_len: int, seed_offset: int, logprobs: int | None) -> SamplingParams:
+    def _params(self, req: _Sampling, prompt_len: int, seed_offset: int, logprobs: int | None,
+                constraint: Constraint | None = None, skip_special_tokens: bool | None = None) -> SamplingParams:
         ctx = self.engine.capabilities.context_length
         budget = req.token_budget()  # type: ignore[attr-defined]
         if prompt_len == 0:
@@ -127,21 +158,37 @@ class CompletionService:
             include_stop_str_in_output=req.include_stop_str_in_output, presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty, repetition_penalty=req.repetition_penalty,
             logit_bias=req.logit_bias_ids(), min_tokens=req.min_tokens, ignore_eos=req.ignore_eos,
-            skip_special_tokens=req.skip_special_tokens, logprobs=logprobs,
+            skip_special_tokens=req.skip_special_tokens if skip_special_tokens is None else skip_special_tokens,
+            logprobs=logprobs, constraint=constraint,
         )
 
     async def _start(self, req: Any, encode: Callable[[Lease], list[list[int]]], n: int,
-                     caller: str | None) -> _Job:
+                     caller: str | None, tools: Callable[[Lease], _Tools | None] | None = None) -> _Job:
         """Refuse unsupported fields, lease the model, encode the prompts, build the engine requests; the
         lease is released if any step fails. The caller releases it when the last choice ends."""
         self.refuse_unsupported(req)
         self._check_ids(list(req.stop_token_ids), "stop_token_ids")
         self._check_ids([i for i, _ in req.logit_bias_ids()], "logit_bias")
+        constraint = constraint_of(req)
+        if constraint is not None:
+            self.engine.check_constraint(constraint)
         lease = await self.manager.acquire(req.model, req.user or caller)
         current_target.set((lease.name, lease.version))
         if lease.split_alias:
             self.metrics.split_served.labels(lease.name, lease.split_alias, lease.version).inc()
         try:
+            plan = tools(lease) if tools is not None else None
+            skip_special = None
+            if plan is not None:
+                skip_special = False if plan.parser.special_tokens else None
+                if plan.forced:
+                    if constraint is not None:
+                        raise UserInputError(f"'{constraint.param}' cannot be combined with tool_choice "
+                                             f"'{req.tool_choice if isinstance(req.tool_choice, str) else plan.mode}'",
+                                             param=constraint.param)
+                    constraint = Constraint("lark", plan.parser.grammar(
+                        plan.tools, None if plan.mode == "required" else plan.mode, req.parallel_tool_calls), "tools")
+                    self.engine.check_constraint(constraint)
             prompts = encode(lease)
             rid = new_id("req")
             gens, prompt_of = [], []
@@ -150,10 +197,10 @@ class CompletionService:
                 logprobs = 0
             for p_i, prompt in enumerate(prompts):
                 for i in range(n):
-                    params = self._params(req, len(prompt), p_i * n + i, logprobs)
+                    params = self._params(req, len(prompt), p_i * n + i, logprobs, constraint, skip_special)
                     gens.append(GenerationRequest(prompt, params, lease.key, f"{rid}-{p_i}-{i}"))
                     prompt_of.append(p_i)
-            return _Job(lease, prompts, gens, prompt_of)
+            return _Job(lease, prompts, gens, prompt_of, plan)
         except BaseException:
             self.manager.release(lease)
             raise
@@ -200,7 +247,7 @@ class CompletionService:
         lease = await self.manager.acquire(req.model)
         try:
             if req.messages is not None:
-                ids = self.engine.encode_chat(_messages(req.messages), lease.chat_template,
+                ids = self.engine.encode_chat(template_messages(_messages(req.messages)), lease.chat_template,
                                               add_generation_prompt=req.add_generation_prompt)
             else:
                 ids = self.engine.encode(req.prompt or "", add_special_tokens=req.add_special_tokens)
@@ -217,13 +264,51 @@ class CompletionService:
         return DetokenizeResponse(prompt=self.engine.decode(req.tokens))
 
     # ---------------------------------------------------------------- chat
+    def _template(self, req: ChatCompletionRequest, lease: Lease) -> str | None:
+        """The lease's template; for a conversation with tools, one that renders them (or a clear 400)."""
+        template = lease.chat_template or self.engine.default_chat_template
+        uses_tools = req.tool_mode() != "none" or any(m.tool_calls or m.role == "tool" for m in req.messages)
+        if not uses_tools or supports_tools(template):
+            return template
+        if self.tool_template is not None:
+            return self.tool_template
+        raise UserInputError(f"the chat template of '{req.model}' has no tool support: use a model or adapter "
+                             "trained with a tool template, or start the server with --tool-template (e.g. hermes)",
+                             param="tools")
+
     def encode_messages(self, req: ChatCompletionRequest, lease: Lease) -> list[int]:
-        return self.engine.encode_chat(_messages(req.messages), lease.chat_template)
+        template = self._template(req, lease)
+        tools = [t.model_dump(exclude_none=True) for t in req.tools or []] or None
+        if req.tool_mode() == "none" and not supports_tools(template):
+            tools = None
+        return self.engine.encode_chat(template_messages(_messages(req.messages)), template, tools=tools)
+
+    def _tools(self, req: ChatCompletionRequest) -> Callable[[Lease], _Tools | None]:
+        def plan(lease: Lease) -> _Tools | None:
+            mode = req.tool_mode()
+            if mode == "none":
+                return None
+            tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
+            return _Tools(get_parser(lease.tool_parser or self.tool_parser), {t["function"]["name"] for t in tools},
+                          mode, tools)
+        return plan
+
+    @staticmethod
+    def _message(text: str, reason: str, plan: _Tools | None) -> tuple[ChatResponseMessage, str]:
+        if plan is None:
+            return ChatResponseMessage(content=text), reason
+        content, calls = plan.parser.parse(text, plan.names)
+        if not calls:
+            return ChatResponseMessage(content=text), reason
+        return ChatResponseMessage(content=content, tool_calls=[
+            ToolCall(id=new_call_id(), function=FunctionCall(name=c.name, arguments=c.arguments)) for c in calls
+        ]), "tool_calls"
 
     async def chat(self, req: ChatCompletionRequest, caller: str | None = None) -> ChatCompletionResponse:
         """``caller`` (e.g. an X-Session-Id) keeps a caller on one version of a split alias; ``user`` wins."""
         t0 = time.perf_counter()
-        job = await self._start(req, lambda lease: [self.encode_messages(req, lease)], req.n, caller)
+        job = await self._start(req, lambda lease: [self.encode_messages(req, lease)], req.n, caller,
+                                self._tools(req))
         try:
             results = await asyncio.gather(*(_collect(self.engine, g) for g in job.gens))
         finally:
@@ -231,19 +316,22 @@ class CompletionService:
         completion = sum(r.tokens for r in results)
         prompt_len = len(job.prompts[0])
         self._record("chat", job, t0, results)
-        return ChatCompletionResponse(
-            id=new_id("chatcmpl"), created=now(), model=job.lease.answered_by,
-            choices=[ChatChoice(index=i, message=ChatResponseMessage(content=r.text), finish_reason=r.reason,
-                                logprobs=self._chat_logprobs(r.logprobs) if req.logprobs else None)
-                     for i, r in enumerate(results)],
-            usage=Usage.of(prompt_len, completion),
-        )
+        choices = []
+        for i, r in enumerate(results):
+            message, reason = self._message(r.text, r.reason, job.tools)
+            choices.append(ChatChoice(index=i, message=message, finish_reason=reason,  # type: ignore[arg-type]
+                                      logprobs=self._chat_logprobs(r.logprobs) if req.logprobs else None))
+        return ChatCompletionResponse(id=new_id("chatcmpl"), created=now(), model=job.lease.answered_by,
+                                      choices=choices, usage=Usage.of(prompt_len, completion))
 
     async def chat_stream(self, req: ChatCompletionRequest, caller: str | None = None
                           ) -> AsyncIterator[ChatCompletionChunk]:
         """Validate eagerly (errors before the first byte), then return the chunk iterator."""
-        job = await self._start(req, lambda lease: [self.encode_messages(req, lease)], req.n, caller)
+        job = await self._start(req, lambda lease: [self.encode_messages(req, lease)], req.n, caller,
+                                self._tools(req))
         model = job.lease.answered_by
+        plan = job.tools
+        splitters = [StreamSplitter(plan.parser, plan.names, plan.forced) if plan else None for _ in job.gens]
         cid, created = new_id("chatcmpl"), now()
         prompt_len = len(job.prompts[0])
         continuous = bool(req.stream_options and req.stream_options.continuous_usage_stats)
@@ -264,12 +352,26 @@ class CompletionService:
                 async for i, d in _merge(self.engine, job.gens):
                     _timed(results[i], d)
                     usage = Usage.of(prompt_len, sum(done.values()) + d.completion_tokens) if continuous else None
-                    if d.text or d.logprobs:
-                        yield chunk(i, ChatDelta(content=d.text), None, d.logprobs, usage)
+                    split = splitters[i]
+                    text = split.feed(d.text) if split is not None else d.text
+                    if text or d.logprobs:
+                        yield chunk(i, ChatDelta(content=text), None, d.logprobs, usage)
                     if d.finish_reason is not None:
                         done[i] = results[i].tokens = d.completion_tokens
-                        if d.finish_reason != "cancelled":
-                            yield chunk(i, ChatDelta(), d.finish_reason, usage=usage)
+                        if d.finish_reason == "cancelled":
+                            continue
+                        reason = d.finish_reason
+                        if split is not None:
+                            rest, calls = split.finish()
+                            if rest:
+                                yield chunk(i, ChatDelta(content=rest), None, usage=usage)
+                            if calls:
+                                reason = "tool_calls"
+                                yield chunk(i, ChatDelta(tool_calls=[
+                                    ToolCallDelta(index=k, id=new_call_id(),
+                                                  function=FunctionCall(name=c.name, arguments=c.arguments))
+                                    for k, c in enumerate(calls)]), None, usage=usage)
+                        yield chunk(i, ChatDelta(), reason, usage=usage)
                 completion = sum(done.values())
                 if req.stream_options and req.stream_options.include_usage:
                     yield ChatCompletionChunk(id=cid, created=created, model=model, choices=[],
@@ -383,12 +485,16 @@ def _timed(r: _Result, d: Delta) -> None:
         r.last_at, r.tokens = now, d.completion_tokens
 
 
-def _messages(messages: list[ChatMessage]) -> list[dict[str, str]]:
+def _messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     out = []
     for m in messages:
-        d = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        d: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
         if m.name is not None:
             d["name"] = m.name
+        if m.tool_calls:
+            d["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+        if m.tool_call_id is not None:
+            d["tool_call_id"] = m.tool_call_id
         out.append(d)
     return out
 

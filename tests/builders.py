@@ -38,7 +38,13 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer(out: Path):
+JSON_LINES = [  # JSON punctuation and digits, for a tokenizer that can write JSON (structured output)
+    '{"city": "paris", "days": 3, "ok": true, "x": null}', '[1, 2.5, -7, 0]', '{"a": [{"b": "c"}], "n": 42}',
+    "0123456789 -+.eE", '{"name": "get_weather", "arguments": {"city": "berlin"}}', "<tool_call>\n</tool_call>",
+]
+
+
+def build_tokenizer(out: Path, *, extra_lines: tuple[str, ...] | list[str] = (), context: int = 512):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -49,27 +55,28 @@ def build_tokenizer(out: Path):
         vocab_size=400, special_tokens=SPECIAL,  # corpus alphabet only: decoded text is always ASCII
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(_corpus() + list(extra_lines) * 20, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        model_max_length=512,
+        model_max_length=context,
     )
     fast.chat_template = CHATML
     fast.save_pretrained(str(out))
     return fast
 
 
-def build_tiny_model(out: Path, *, seed: int = 0, hidden: int = 64) -> Path:
-    """Save a tiny random Llama + tokenizer to ``out`` and return it."""
+def build_tiny_model(out: Path, *, seed: int = 0, hidden: int = 64, json_vocab: bool = False,
+                     context: int = 512) -> Path:
+    """Save a tiny random Llama + tokenizer to ``out`` and return it (``json_vocab``: its tokenizer can write JSON)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(out)
+    tok = build_tokenizer(out, extra_lines=JSON_LINES if json_vocab else (), context=context)
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=context,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterhub.errors import UserInputError
+from serving.structured import Constraint
 
 GREEDY_BELOW = 1e-5  # temperatures below this sample greedily (as vLLM does; avoids NaN probabilities)
 
@@ -40,6 +41,7 @@ class SamplingParams:
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     logprobs: int | None = None  # None: none; k: the chosen token's logprob and the top k
+    constraint: Constraint | None = None  # structured output: the row's text must match it
 
     @property
     def greedy(self) -> bool:
@@ -110,9 +112,9 @@ class Engine(abc.ABC):
     def default_chat_template(self) -> str | None: ...
 
     @abc.abstractmethod
-    def encode_chat(self, messages: list[dict[str, str]], chat_template: str | None, *,
-                    add_generation_prompt: bool = True) -> list[int]:
-        """Render messages with ``chat_template`` (or the base's), plus the generation prompt."""
+    def encode_chat(self, messages: list[dict[str, Any]], chat_template: str | None, *,
+                    add_generation_prompt: bool = True, tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """Render messages (and ``tools``) with ``chat_template`` (or the base's), plus the generation prompt."""
 
     @abc.abstractmethod
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]: ...
@@ -131,6 +133,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Stream the completion of one request. Setting ``request.cancelled`` stops it early."""
+
+    def check_constraint(self, constraint: Constraint) -> None:
+        """Raise UserInputError (with the grammar library's reason) if ``constraint`` cannot be enforced."""
+        raise UserInputError(f"structured output is not supported by the {self.name} engine", param=constraint.param)
 
     @abc.abstractmethod
     def load_adapter(self, key: str, path: Path) -> None:
@@ -174,14 +180,14 @@ class TokenizerEngine(Engine):
     def default_chat_template(self) -> str | None:
         return self.tokenizer.chat_template
 
-    def encode_chat(self, messages: list[dict[str, str]], chat_template: str | None, *,
-                    add_generation_prompt: bool = True) -> list[int]:
+    def encode_chat(self, messages: list[dict[str, Any]], chat_template: str | None, *,
+                    add_generation_prompt: bool = True, tools: list[dict[str, Any]] | None = None) -> list[int]:
         template = chat_template or self.tokenizer.chat_template
         if not template:
             raise UserInputError("this model has no chat template: use /v1/completions", param="messages")
         try:
             text = self.tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                                      add_generation_prompt=add_generation_prompt)
+                                                      add_generation_prompt=add_generation_prompt, tools=tools)
         except Exception as e:  # a template that raises on these messages (e.g. roles it does not allow)
             raise UserInputError(f"the chat template cannot render these messages: {e}", param="messages") from e
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -112,6 +112,9 @@ class VLLMEngine(TokenizerEngine):
         if req is not None:  # vLLM may never have loaded it (no request used it): then this is a no-op
             self._call(self.engine.remove_lora(req.lora_int_id))
 
+    def check_constraint(self, constraint: Any) -> None:
+        """vLLM compiles the constraint itself when the request is added (its own errors then apply)."""
+
     def loaded_adapters(self) -> list[str]:
         return list(self._loras)
 
@@ -199,7 +202,26 @@ def vllm_sampling_params(cls: Any, p: Params) -> Any:
         presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,
         repetition_penalty=p.repetition_penalty, logit_bias=dict(p.logit_bias) or None, min_tokens=p.min_tokens,
         ignore_eos=p.ignore_eos, skip_special_tokens=p.skip_special_tokens, logprobs=p.logprobs,
+        **_structured(p),
     )
+
+
+def _structured(p: Params) -> dict[str, Any]:
+    """The constraint as vLLM's ``structured_outputs`` (its guidance backend reads our Lark grammars)."""
+    c = p.constraint
+    if c is None:
+        return {}
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if c.kind == "json":
+        so = StructuredOutputsParams(json=json.loads(c.spec))
+    elif c.kind == "choice":
+        so = StructuredOutputsParams(choice=json.loads(c.spec))
+    elif c.kind == "regex":
+        so = StructuredOutputsParams(regex=c.spec)
+    else:
+        so = StructuredOutputsParams(grammar=c.spec)
+    return {"structured_outputs": so}
 
 
 def _token_logprobs(comp: Any, start: int, k: int) -> tuple[TokenLogprob, ...]:

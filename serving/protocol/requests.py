@@ -26,16 +26,11 @@ from pydantic import (
 NO_EFFECT = frozenset({"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"})
 # Reasons given for fields people send that this server does not implement yet.
 NOT_YET = {
-    "response_format": "structured output is not supported yet",
-    "tools": "tool calling is not supported yet", "tool_choice": "tool calling is not supported yet",
-    "functions": "function calling is not supported", "function_call": "function calling is not supported",
-    "parallel_tool_calls": "tool calling is not supported yet",
-    "tool_calls": "tool calling is not supported yet", "tool_call_id": "tool calling is not supported yet",
+    "functions": "the legacy 'functions' API is not supported: use 'tools'",
+    "function_call": "the legacy 'function_call' API is not supported: use 'tool_choice'",
     "suffix": "insertion (suffix) is not supported",
-    "guided_json": "structured output is not supported yet", "guided_regex": "structured output is not supported yet",
-    "guided_choice": "structured output is not supported yet",
-    "guided_grammar": "structured output is not supported yet",
-    "structured_outputs": "structured output is not supported yet",
+    "tools": "tools are only supported on /v1/chat/completions",
+    "tool_choice": "tools are only supported on /v1/chat/completions",
 }
 MAX_SEED, MIN_SEED = 2**64 - 1, -(2**63)  # what torch.Generator.manual_seed accepts
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -84,10 +79,23 @@ class TextPart(_Strict):
         return _valid_text(v, "text")
 
 
+class FunctionCallIn(_Strict):
+    name: str
+    arguments: str
+
+
+class ToolCallIn(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessage(_Request):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[TextPart | dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = Field(None, description="An assistant turn's tool calls (sent back).")
+    tool_call_id: str | None = Field(None, description="The call a tool message answers.")
 
     @field_validator("content")
     @classmethod
@@ -106,6 +114,51 @@ class ChatMessage(_Request):
         if isinstance(self.content, str):
             return self.content
         return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+
+class FunctionDef(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="JSON schema of the arguments.")
+    strict: StrictBool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(_Strict):
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputs(_Strict):
+    """vLLM's ``structured_outputs`` (one of the fields)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+    json_: dict[str, Any] | str | None = Field(None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: StrictBool | None = None
 
 
 class StreamOptions(_Strict):
@@ -138,6 +191,12 @@ class _Sampling(_Request):
     ignore_eos: StrictBool = False
     include_stop_str_in_output: StrictBool = False
     skip_special_tokens: StrictBool = True
+    response_format: ResponseFormat | None = Field(None, description="json_object or json_schema: output that parses.")
+    structured_outputs: StructuredOutputs | None = Field(None, description="vLLM: json, regex, choice or grammar.")
+    guided_json: dict[str, Any] | str | None = Field(None, description="vLLM (older): a JSON schema.")
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = Field(None, description="Lark or GBNF grammar.")
 
     @field_validator("stop")
     @classmethod
@@ -170,6 +229,10 @@ class _Sampling(_Request):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="Default: auto when tools are given, else none.")
+    parallel_tool_calls: StrictBool = True
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
@@ -178,7 +241,21 @@ class ChatCompletionRequest(_Sampling):
     def _logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
+        if self.tool_choice not in (None, "none") and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            names = [t.function.name for t in self.tools or []]
+            if self.tool_choice.function.name not in names:
+                raise ValueError(f"tool_choice names function '{self.tool_choice.function.name}', "
+                                 f"which is not in tools ({', '.join(names)})")
         return self
+
+    def tool_mode(self) -> str:
+        """none | auto | required | the named function."""
+        if not self.tools:
+            return "none"
+        c = self.tool_choice or "auto"
+        return c if isinstance(c, str) else c.function.name
 
     def token_budget(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

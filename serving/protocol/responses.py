@@ -34,12 +34,33 @@ class Usage(_Response):
         return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-FinishReason = Literal["stop", "length", "cancelled"]  # cancelled: the server stopped mid-request
+FinishReason = Literal["stop", "length", "tool_calls", "cancelled"]  # cancelled: the server stopped mid-request
+
+
+class FunctionCall(_Response):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(_Response):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ToolCallDelta(_Response):
+    index: int
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class ChatResponseMessage(_Response):
+    _omit_if_none = ("tool_calls",)
+
     role: Literal["assistant"] = "assistant"
     content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class TopLogprob(_Response):
@@ -73,10 +94,11 @@ class ChatCompletionResponse(_Response):
 
 
 class ChatDelta(_Response):
-    _omit_if_none = ("role", "content")
+    _omit_if_none = ("role", "content", "tool_calls")
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(_Response):

@@ -203,9 +203,8 @@ def test_top_k_min_p_stop_strings_echo_and_n(setup):
 
 
 @pytest.mark.parametrize("extra,param", [
-    ({"suffix": "x"}, "suffix"), ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"), ({"frobnicate": 1}, "frobnicate"),
-    ({"guided_regex": "a+"}, "guided_regex"),
+    ({"suffix": "x"}, "suffix"), ({"functions": [{"name": "f"}]}, "functions"), ({"frobnicate": 1}, "frobnicate"),
+    ({"function_call": "auto"}, "function_call"),
 ])
 def test_unsupported_parameters_are_refused_by_name(setup, extra, param):
     url = setup[0]

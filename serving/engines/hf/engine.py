@@ -25,9 +25,11 @@ from adapterhub.errors import OverloadedError
 from serving.engines.base import Delta, EngineCapabilities, GenerationRequest, TokenizerEngine, TokenLogprob
 from serving.engines.hf import batch as batching
 from serving.engines.hf.detokenizer import IncrementalDetokenizer
+from serving.engines.hf.grammar import GrammarCompiler, GrammarMask
 from serving.engines.hf.loading import load_model
 from serving.engines.hf.lora import LoraSlots
 from serving.engines.hf.sampler import RowState, Sampler, default_pipeline
+from serving.structured import Constraint
 
 log = logging.getLogger(__name__)
 _END = object()
@@ -88,8 +90,9 @@ class HFEngine(TokenizerEngine):
             module_shapes=self.slots.module_shapes(),
         )
         self._identity = {"id": model_id, "fingerprint": fingerprint, "quantization": loaded.quantization}
-        self.sampler = Sampler(default_pipeline(self.eos_ids))
+        self.sampler = Sampler((GrammarMask(), *default_pipeline(self.eos_ids)))
         self._vocab = int(self.model.get_input_embeddings().num_embeddings)
+        self.grammars = GrammarCompiler(self.tokenizer, self._vocab, self.eos_ids)
         self.max_batch_size = max_batch_size
         self.batch_window_s = batch_window_s
         self.continuous = continuous  # False: static batches (the benchmark's baseline)
@@ -108,6 +111,9 @@ class HFEngine(TokenizerEngine):
     @property
     def vocab_size(self) -> int:
         return self._vocab
+
+    def check_constraint(self, constraint: Constraint) -> None:
+        self.grammars.grammar(constraint)
 
     def load_adapter(self, key: str, path: Path) -> None:
         with self._lock:
@@ -148,7 +154,9 @@ class HFEngine(TokenizerEngine):
         skip = p.skip_special_tokens
         detok = IncrementalDetokenizer(lambda ids: self.tokenizer.decode(ids, skip_special_tokens=skip), p.stop,
                                        p.include_stop_str_in_output)
-        row = _Row(request, loop, asyncio.Queue(), detok, RowState(p, detok.ids, generator, request.prompt_ids))
+        matcher = self.grammars.matcher(p.constraint) if p.constraint is not None else None
+        row = _Row(request, loop, asyncio.Queue(), detok,
+                   RowState(p, detok.ids, generator, request.prompt_ids, matcher))
         try:
             self._queue.put_nowait(row)
         except queue.Full:
@@ -288,7 +296,12 @@ class HFEngine(TokenizerEngine):
         if logprob is not None:
             r.pending_logprobs.append(logprob)
         text, stopped = r.detok.add(token)
-        if stopped or token in p.stop_token_ids:
+        matcher = r.state.matcher
+        if matcher is not None:
+            if not matcher.consume_token(token):
+                raise RuntimeError(f"structured output failed: {matcher.get_error()}")
+        complete = matcher is not None and matcher.is_stopped()  # the grammar allows nothing more
+        if stopped or complete or token in p.stop_token_ids:
             self._emit(r, Delta(text + ("" if stopped else r.detok.finish()), "stop", r.n_generated))
         elif r.n_generated >= p.max_tokens:
             self._emit(r, Delta(text + r.detok.finish(), "length", r.n_generated))

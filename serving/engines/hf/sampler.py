@@ -3,7 +3,8 @@
 Each processor says whether a row needs it, so a row that uses no extra parameter costs nothing beyond
 the batch's one ``argmax``. Order (as vLLM): logit bias → min_tokens → repetition / frequency / presence
 penalties → temperature → top-k → top-p → min-p → pick. Logprobs are those of the model's raw
-distribution (before any processor), as vLLM reports them by default.
+distribution (before any processor), as vLLM reports them by default. A grammar mask (structured
+output, :mod:`serving.engines.hf.grammar`) goes first and is never undone.
 
 A row whose processing raises fails alone: the error is returned for that row and the others go on.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -27,10 +29,12 @@ class RowState:
     generated: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None
     prompt: list[int] = field(default_factory=list)
+    matcher: Any = None  # the row's grammar matcher (structured output), or None
 
 
 class LogitsProcessor(abc.ABC):
     sampling_only = False  # True: only applies when the row samples (temperature > 0)
+    hard = False  # True: a constraint (grammar) that no later processor's fallback may undo
 
     @abc.abstractmethod
     def needed(self, row: RowState) -> bool:
@@ -172,13 +176,15 @@ class Sampler:
                 greedy = row.params.greedy
                 active = [p for p in self.processors if not (greedy and p.sampling_only) and p.needed(row)]
                 if active or not greedy:
-                    x = logits[i]
+                    x = floor = logits[i]
                     for proc in active:
                         x = proc(x, row)
+                        if proc.hard:
+                            floor = x
                     if active:  # extreme parameters (a denormal penalty…) must not make NaNs of a row
                         x = torch.nan_to_num(x, nan=float("-inf"), posinf=torch.finfo(x.dtype).max)
                         if not bool(torch.isfinite(x).any()):
-                            x = logits[i]
+                            x = floor
                     if greedy:
                         ids[i] = x.argmax()
                     else:

@@ -1,0 +1,60 @@
+"""Tool-call formats: parsing finished text, the grammars that force a call, and stream splitting."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adapterhub.templates import TEMPLATES
+from serving.tools import PARSERS, StreamSplitter, get_parser, supports_tools, template_messages
+
+NAMES = {"get_weather", "convert_currency"}
+CALLS = {
+    "hermes": 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+              '<tool_call>\n{"name": "convert_currency", "arguments": {"amount": 5}}\n</tool_call>',
+    "llama3_json": '{"name": "get_weather", "parameters": {"city": "Paris"}}; '
+                   '{"name": "convert_currency", "parameters": {"amount": 5}}',
+    "mistral": 'Let me check.[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}, '
+               '{"name": "convert_currency", "arguments": {"amount": 5}}]',
+    "internlm2": 'Let me check.<|action_start|><|plugin|>\n{"name": "get_weather", "parameters": {"city": "Paris"}}'
+                 '<|action_end|><|action_start|><|plugin|>\n{"name": "convert_currency", "parameters": {"amount": 5}}'
+                 '<|action_end|>',
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(PARSERS))
+def test_each_format_parses_its_calls_and_leaves_prose_alone(fmt):
+    p = get_parser(fmt)
+    content, calls = p.parse(CALLS[fmt], NAMES)
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Paris"}),
+                                                                  ("convert_currency", {"amount": 5})]
+    assert content == (None if fmt == "llama3_json" else "Let me check.")
+    assert p.parse("Paris is sunny today.", NAMES) == ("Paris is sunny today.", [])
+    # an unknown function or broken JSON is not a call: the text stays content
+    unknown = CALLS[fmt].replace("get_weather", "rm_rf")
+    assert p.parse(unknown, NAMES) == (unknown, [])
+
+
+@pytest.mark.parametrize("fmt", sorted(PARSERS))
+def test_stream_splitter_holds_back_calls_and_sends_prose(fmt):
+    text = CALLS[fmt]
+    split = StreamSplitter(get_parser(fmt), NAMES, forced=False)
+    sent = "".join(split.feed(text[i:i + 3]) for i in range(0, len(text), 3))
+    rest, calls = split.finish()
+    assert len(calls) == 2
+    assert (sent + rest).strip() == ("" if fmt == "llama3_json" else "Let me check.")
+    plain = StreamSplitter(get_parser(fmt), NAMES, forced=False)
+    prose = "Sunny, 21 degrees <b>warm</b> {not a call}"
+    out = "".join(plain.feed(prose[i:i + 2]) for i in range(0, len(prose), 2))
+    rest, calls = plain.finish()
+    assert out + rest == prose and not calls
+
+
+def test_unknown_parser_and_template_detection():
+    with pytest.raises(Exception, match="unknown tool parser 'nope'"):
+        get_parser("nope")
+    assert supports_tools(TEMPLATES["hermes"]) and not supports_tools(TEMPLATES["chatml"])
+    msgs = template_messages([{"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]}])
+    assert msgs[0]["tool_calls"][0]["function"]["arguments"] == {"a": 1}
