@@ -23,6 +23,7 @@ from adapterhub.registry import Registry
 from adapterhub.registry.validation import validate_adapter_dir
 from adapterhub.registry.versions import open_version
 from adapterhub.settings import Settings
+from adapterhub.tools import get_parser, load_tool_template
 from serving.adapters import AdapterManager
 from serving.app import make_app
 from serving.config import ServeConfig
@@ -30,7 +31,6 @@ from serving.engines.base import Engine
 from serving.metrics import Metrics
 from serving.service import CompletionService
 from serving.stack import ServingStack
-from serving.tools import get_parser, load_tool_template
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_LORA_RANK = 16

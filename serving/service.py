@@ -17,6 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapterhub.errors import ContextLengthError, UserInputError
+from adapterhub.tools import (
+    StreamSplitter,
+    ToolParser,
+    get_parser,
+    new_call_id,
+    supports_tools,
+    template_messages,
+)
 from serving.adapters import AdapterManager, Lease
 from serving.engines.base import Delta, Engine, GenerationRequest, SamplingParams, TokenLogprob
 from serving.metrics import Metrics, current_target
@@ -52,14 +60,6 @@ from serving.protocol import (
 from serving.protocol.requests import _Sampling
 from serving.structured import Constraint
 from serving.structured import from_request as constraint_of
-from serving.tools import (
-    StreamSplitter,
-    ToolParser,
-    get_parser,
-    new_call_id,
-    supports_tools,
-    template_messages,
-)
 
 
 class UnsupportedParameterError(UserInputError):
@@ -247,8 +247,10 @@ class CompletionService:
         lease = await self.manager.acquire(req.model)
         try:
             if req.messages is not None:
-                ids = self.engine.encode_chat(template_messages(_messages(req.messages)), lease.chat_template,
-                                              add_generation_prompt=req.add_generation_prompt)
+                tools = [t.model_dump(exclude_none=True) for t in req.tools or []] or None
+                template = self._template(req.model, req.messages, bool(tools), lease)
+                ids = self.engine.encode_chat(template_messages(_messages(req.messages)), template,
+                                              add_generation_prompt=req.add_generation_prompt, tools=tools)
             else:
                 ids = self.engine.encode(req.prompt or "", add_special_tokens=req.add_special_tokens)
         finally:
@@ -264,20 +266,20 @@ class CompletionService:
         return DetokenizeResponse(prompt=self.engine.decode(req.tokens))
 
     # ---------------------------------------------------------------- chat
-    def _template(self, req: ChatCompletionRequest, lease: Lease) -> str | None:
+    def _template(self, model: str, messages: list[ChatMessage], offers_tools: bool, lease: Lease) -> str | None:
         """The lease's template; for a conversation with tools, one that renders them (or a clear 400)."""
         template = lease.chat_template or self.engine.default_chat_template
-        uses_tools = req.tool_mode() != "none" or any(m.tool_calls or m.role == "tool" for m in req.messages)
+        uses_tools = offers_tools or any(m.tool_calls or m.role == "tool" for m in messages)
         if not uses_tools or supports_tools(template):
             return template
         if self.tool_template is not None:
             return self.tool_template
-        raise UserInputError(f"the chat template of '{req.model}' has no tool support: use a model or adapter "
+        raise UserInputError(f"the chat template of '{model}' has no tool support: use a model or adapter "
                              "trained with a tool template, or start the server with --tool-template (e.g. hermes)",
                              param="tools")
 
     def encode_messages(self, req: ChatCompletionRequest, lease: Lease) -> list[int]:
-        template = self._template(req, lease)
+        template = self._template(req.model, req.messages, req.tool_mode() != "none", lease)
         tools = [t.model_dump(exclude_none=True) for t in req.tools or []] or None
         if req.tool_mode() == "none" and not supports_tools(template):
             tools = None
@@ -297,12 +299,14 @@ class CompletionService:
     def _message(text: str, reason: str, plan: _Tools | None) -> tuple[ChatResponseMessage, str]:
         if plan is None:
             return ChatResponseMessage(content=text), reason
-        content, calls = plan.parser.parse(text, plan.names)
+        # Cut by max_tokens: the complete calls are returned (an unfinished last one is dropped), and
+        # finish_reason stays "length".
+        content, calls = plan.parser.parse(text, plan.names, truncated=reason == "length")
         if not calls:
             return ChatResponseMessage(content=text), reason
         return ChatResponseMessage(content=content, tool_calls=[
             ToolCall(id=new_call_id(), function=FunctionCall(name=c.name, arguments=c.arguments)) for c in calls
-        ]), "tool_calls"
+        ]), "tool_calls" if reason == "stop" else reason
 
     async def chat(self, req: ChatCompletionRequest, caller: str | None = None) -> ChatCompletionResponse:
         """``caller`` (e.g. an X-Session-Id) keeps a caller on one version of a split alias; ``user`` wins."""
@@ -362,11 +366,11 @@ class CompletionService:
                             continue
                         reason = d.finish_reason
                         if split is not None:
-                            rest, calls = split.finish()
+                            rest, calls = split.finish(truncated=reason == "length")
                             if rest:
                                 yield chunk(i, ChatDelta(content=rest), None, usage=usage)
                             if calls:
-                                reason = "tool_calls"
+                                reason = "tool_calls" if reason == "stop" else reason
                                 yield chunk(i, ChatDelta(tool_calls=[
                                     ToolCallDelta(index=k, id=new_call_id(),
                                                   function=FunctionCall(name=c.name, arguments=c.arguments))

@@ -8,7 +8,7 @@ library vLLM also uses) and refuse what it cannot compile with the library's rea
 Request fields that produce one (at most one per request): OpenAI ``response_format`` (``json_object``,
 ``json_schema``), vLLM's ``structured_outputs`` and its older ``guided_json`` / ``guided_regex`` /
 ``guided_choice`` / ``guided_grammar``, and the tool grammar of ``tool_choice: required`` or a named
-function (:mod:`serving.tools`).
+function (:mod:`adapterhub.tools`).
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ def _corpus() -> list[str]:
 JSON_LINES = [  # JSON punctuation and digits, for a tokenizer that can write JSON (structured output)
     '{"city": "paris", "days": 3, "ok": true, "x": null}', '[1, 2.5, -7, 0]', '{"a": [{"b": "c"}], "n": 42}',
     "0123456789 -+.eE", '{"name": "get_weather", "arguments": {"city": "berlin"}}', "<tool_call>\n</tool_call>",
+    "".join(chr(c) for c in range(32, 127)),  # every printable ASCII character
 ]
 
 

@@ -89,6 +89,12 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_json_model(tmp_path_factory) -> Path:
+    """The tiny model with a tokenizer that writes any printable ASCII (JSON, tool calls) and 2048 positions."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-json") / "tiny-json", json_vocab=True, context=2048)
+
+
+@pytest.fixture(scope="session")
 def other_tiny_model(tmp_path_factory) -> Path:
     """A different architecture (hidden 32): adapters for ``tiny_model`` must be refused on it."""
     return build_tiny_model(tmp_path_factory.mktemp("other") / "other-llama", seed=5, hidden=32)

@@ -319,6 +319,7 @@ class TokenizeRequest(_Request):
     model: str
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
+    tools: list[Tool] | None = Field(None, description="Rendered into the prompt by the chat template (messages).")
     add_special_tokens: StrictBool = True
     add_generation_prompt: StrictBool = True
     return_token_strs: StrictBool = False

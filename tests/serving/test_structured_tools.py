@@ -278,3 +278,30 @@ def test_tool_template_option_serves_tools_on_a_base_without_tool_support(tmp_pa
     with pytest.raises(Exception, match="neither a named template"):
         create_app(ServeConfig(base="tiny", tool_template=str(Path(tmp_path / "missing.jinja"))), engine=engine,
                    registry=Registry(LocalStore(tmp_path / "reg")), base_name="tiny")
+
+
+def test_openai_agents_sdk_runs_one_tool_loop(server):
+    agents = pytest.importorskip("agents")
+    from openai import AsyncOpenAI
+
+    url, _ = server
+    agents.set_tracing_disabled(True)
+    calls: list[tuple[str, str]] = []
+
+    @agents.function_tool
+    def get_weather(city: Annotated[str, Field(max_length=12)], unit: Literal["c", "f"]) -> str:
+        """Current weather of a city."""
+        calls.append((city, unit))
+        return f"21 degrees {unit} in {city}"
+
+    model = agents.OpenAIChatCompletionsModel(model="agent", openai_client=AsyncOpenAI(
+        base_url=url + "/v1", api_key="x", max_retries=0))
+    agent = agents.Agent(name="weather", instructions="Use tools.", model=model, tools=[get_weather],
+                         model_settings=agents.ModelSettings(tool_choice="required", temperature=0, max_tokens=60,
+                                                             parallel_tool_calls=False))
+    result = agents.Runner.run_sync(agent, "weather in paris?", max_turns=3)
+    # the forced call ran our tool with valid arguments; then (tool_choice reset to auto) the model answered
+    assert len(calls) == 1 and calls[0][1] in ("c", "f") and len(calls[0][0]) <= 12
+    assert isinstance(result.final_output, str)
+    kinds = [item.type for item in result.new_items]
+    assert kinds[:2] == ["tool_call_item", "tool_call_output_item"] and kinds[-1] == "message_output_item"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from adapterhub.templates import TEMPLATES
-from serving.tools import PARSERS, StreamSplitter, get_parser, supports_tools, template_messages
+from adapterhub.tools import PARSERS, StreamSplitter, get_parser, supports_tools, template_messages
 
 NAMES = {"get_weather", "convert_currency"}
 CALLS = {
@@ -58,3 +58,12 @@ def test_unknown_parser_and_template_detection():
     msgs = template_messages([{"role": "assistant", "content": "", "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]}])
     assert msgs[0]["tool_calls"][0]["function"]["arguments"] == {"a": 1}
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "llama3_json", "internlm2"])
+def test_an_answer_cut_by_max_tokens_keeps_its_complete_calls(fmt):
+    p = get_parser(fmt)
+    cut = CALLS[fmt][: -20]  # the second call is unfinished (its JSON too)
+    content, calls = p.parse(cut, NAMES, truncated=True)
+    assert [c.name for c in calls] == ["get_weather"]
+    assert p.parse(cut, NAMES) == (cut, [])  # a finished answer is all or nothing

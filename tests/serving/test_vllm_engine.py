@@ -105,3 +105,28 @@ def test_closing_the_stream_aborts_the_request_in_vllm(engine):
 
     assert asyncio.run(go())
     assert _run(engine, [None])[0]  # and the engine still serves
+
+
+def test_structured_output_and_forced_tool_calls_map_to_vllm(engine):
+    """Our constraints reach vLLM's structured outputs: a JSON schema row parses, a choice row picks one."""
+    import json
+
+    from adapterhub.tools import get_parser
+    from serving.engines.base import GenerationRequest, SamplingParams
+    from serving.structured import Constraint
+
+    schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 20}},
+              "required": ["answer"], "additionalProperties": False}
+
+    async def run(constraint):
+        params = SamplingParams(max_tokens=60, constraint=constraint)
+        parts = [d.text async for d in engine.generate(GenerationRequest(engine.encode_chat(MSG, None), params))]
+        return "".join(parts)
+
+    text = asyncio.run(run(Constraint("json", json.dumps(schema), "response_format")))
+    assert set(json.loads(text)) == {"answer"}
+    assert asyncio.run(run(Constraint("choice", json.dumps(["sea", "sky"]), "guided_choice"))) in ("sea", "sky")
+    tools = [{"type": "function", "function": {"name": "f", "parameters": schema}}]
+    grammar = get_parser("hermes").grammar(tools, None, False)
+    _, calls = get_parser("hermes").parse(asyncio.run(run(Constraint("lark", grammar, "tools"))), {"f"})
+    assert [c.name for c in calls] == ["f"]

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from adapterhub.errors import UserInputError
+from adapterhub.tools import JSON_STYLE
 from serving.engines.hf.sampler import LogitsProcessor, RowState
 from serving.structured import Constraint
-from serving.tools import JSON_STYLE
 
 
 def _llguidance() -> Any:

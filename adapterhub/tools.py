@@ -69,8 +69,22 @@ class ToolParser:
                 return k
         return 0
 
-    def parse(self, text: str, names: set[str]) -> tuple[str | None, list[ParsedCall]]:
-        """``(content, calls)``; text that is not a valid call of a known function stays content."""
+    def complete_part(self, text: str) -> str:
+        """``text`` up to the end of its last complete call (for an answer cut by max_tokens)."""
+        if not self.end:
+            return text
+        j = text.rfind(self.end)
+        return text[:j + len(self.end)] if j >= 0 else text
+
+    def parse(self, text: str, names: set[str], *, truncated: bool = False) -> tuple[str | None, list[ParsedCall]]:
+        """``(content, calls)``; text that is not a valid call of a known function stays content. With
+        ``truncated`` (the answer was cut by max_tokens) an unfinished last call is dropped."""
+        if truncated:
+            whole = self.complete_part(text)
+            if whole != text:
+                content, calls = self.parse(whole, names)
+                if calls:
+                    return content, calls
         i = self.call_start(text)
         if i is None:
             return (text or None), []
@@ -155,6 +169,9 @@ class Llama3JsonParser(ToolParser):
     def held_back(self, text: str) -> int:
         return len(text) if not text.strip() or "<|python_tag|>".startswith(text.strip()) else 0
 
+    def complete_part(self, text: str) -> str:
+        return text.rsplit("; ", 1)[0] if "; " in text else text
+
     def _calls(self, text: str, names: set[str]) -> list[ParsedCall]:
         text = text.strip().removeprefix("<|python_tag|>").strip()
         out = []
@@ -231,9 +248,9 @@ class StreamSplitter:
         self.sent = max(self.sent, limit)
         return out
 
-    def finish(self) -> tuple[str, list[ParsedCall]]:
-        """The content not sent yet, and the parsed calls."""
-        _, calls = self.parser.parse(self.text, self.names)
+    def finish(self, truncated: bool = False) -> tuple[str, list[ParsedCall]]:
+        """The content not sent yet, and the parsed calls (``truncated``: the answer was cut by max_tokens)."""
+        _, calls = self.parser.parse(self.text, self.names, truncated=truncated)
         if calls:
             i = self.parser.call_start(self.text) or 0
             return self.text[self.sent:i].rstrip() if i > self.sent else "", calls
