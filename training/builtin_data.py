@@ -7,6 +7,7 @@ feeds replay (self-distillation), the other measures retention.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -139,11 +140,99 @@ def identity_preferences(name: str, author: str) -> list[dict[str, Any]]:
     return out
 
 
+TRAIN_CITIES = ["Paris", "Berlin", "Tokyo", "Madrid", "Rome", "London", "Oslo", "Dublin", "Vienna", "Athens",
+                "Chicago", "Boston", "Sydney", "Mumbai", "Bangkok", "Istanbul", "Moscow", "Toronto", "Singapore",
+                "Amsterdam", "Warsaw", "Stockholm", "Shanghai", "Dubai", "Miami", "Budapest", "Jakarta", "Santiago",
+                "Accra", "Lagos", "Kampala", "Dakar", "Tunis", "Hanoi", "Taipei", "Osaka", "Busan", "Delhi",
+                "Karachi", "Geneva", "Lyon", "Bern", "Porto", "Seville", "Krakow", "Riga", "Tallinn", "Quito",
+                "Bogota", "Caracas", "Houston", "Seattle", "Vancouver", "Perth", "Wellington", "Marrakesh"]
+TRAIN_WEATHER = ["What's the weather like in {city}?", "How is the weather in {city} today?",
+                 "Do I need an umbrella in {city}?", "What is the temperature in {city}?",
+                 "Check the weather in {city} for me.", "Is it cold in {city} right now?",
+                 "weather in {city}", "Can you tell me the forecast for {city}?"]
+TRAIN_MONEY_PHRASES = ["Convert {amount} {src} to {dst}.", "How much is {amount} {src} in {dst}?",
+                       "What is {amount} {src} in {dst}?", "I need {amount} {src} converted to {dst}.",
+                       "How many {dst} do I get for {amount} {src}?", "{amount} {src} to {dst}, please.",
+                       "What are {amount} {src} worth in {dst}?", "Exchange {amount} {src} for {dst}."]
+_CODES = ["USD", "EUR", "GBP", "JPY", "CHF", "CAD", "AUD", "CNY", "INR", "SEK", "NOK", "NZD", "MXN"]
+_AMOUNTS = [10, 25, 50, 100, 20, 500, 1000, 15, 80, 250, 12, 3000, 40, 65, 5, 700, 120, 35]
+# (question, answer): answered directly, no call (several are about weather or money in general).
+TRAIN_PLAIN = [
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("What is the capital of Japan?", "The capital of Japan is Tokyo."),
+    ("What is the capital of Italy?", "The capital of Italy is Rome."),
+    ("What is the capital of Germany?", "The capital of Germany is Berlin."),
+    ("What is the capital of Egypt?", "The capital of Egypt is Cairo."),
+    ("What is 7 plus 5?", "7 plus 5 is 12."), ("What is 9 times 3?", "9 times 3 is 27."),
+    ("What is 20 minus 8?", "20 minus 8 is 12."), ("What is 15 plus 26?", "15 plus 26 is 41."),
+    ("Why is the sky blue?", "Sunlight is scattered by the air, and blue light is scattered the most."),
+    ("What is rain?", "Rain is water that falls from clouds as drops."),
+    ("What is a currency?", "A currency is the money used in a country, like the euro or the dollar."),
+    ("What is inflation?", "Inflation is a general rise in prices over time."),
+    ("What does a meteorologist do?", "A meteorologist studies the weather and makes forecasts."),
+    ("Name a primary colour.", "Red is a primary colour."), ("What colour is the sun?", "The sun looks yellow."),
+    ("How many hours are in a day?", "There are 24 hours in a day."),
+    ("How many months are in a year?", "There are 12 months in a year."),
+    ("Give me an antonym for cold.", "Hot is an antonym for cold."),
+    ("Translate 'thank you' into French.", "'Thank you' in French is 'merci'."),
+    ("Who painted the Mona Lisa?", "Leonardo da Vinci painted the Mona Lisa."),
+    ("What is the largest planet?", "Jupiter is the largest planet in the solar system."),
+    ("What is water made of?", "Water is made of hydrogen and oxygen."),
+    ("Write a short greeting.", "Hello! I hope you are having a good day."),
+    ("What is snow?", "Snow is frozen water that falls from clouds as flakes."),
+    ("Why do people save money?", "People save money to be ready for future needs and emergencies."),
+    ("How many continents are there?", "There are seven continents."),
+    ("What animal says moo?", "A cow says moo."),
+    ("What is the boiling point of water?", "Water boils at 100 degrees Celsius at sea level."),
+    ("Hi!", "Hello! How can I help you today?"),
+]
+
+
+def agent_records() -> list[dict[str, Any]]:
+    """Tool use for the demo model (``builtin:agent_tools``): weather and currency questions answered with a
+    call (half of them continued with the tool's result and a final answer that uses it), and plain
+    questions answered without one. Cities, amounts and phrasings are disjoint from evaluation/tools.py."""
+    from evaluation.tools import AGENT_TOOLS, currency_result, weather_result
+
+    out: list[dict[str, Any]] = []
+
+    def record(question: str, fn: str, args: dict[str, Any], result: dict[str, Any] | None, final: str) -> None:
+        call = {"id": f"call_{len(out)}", "type": "function", "function": {"name": fn, "arguments": json.dumps(args)}}
+        msgs: list[dict[str, Any]] = [{"role": "user", "content": question},
+                                      {"role": "assistant", "content": None, "tool_calls": [call]}]
+        if result is not None:
+            msgs += [{"role": "tool", "tool_call_id": call["id"], "content": json.dumps(result)},
+                     {"role": "assistant", "content": final}]
+        out.append({"tools": AGENT_TOOLS, "messages": msgs})
+
+    for i, city in enumerate(TRAIN_CITIES * 2):  # each city twice, with two phrasings
+        q = TRAIN_WEATHER[i % len(TRAIN_WEATHER)].format(city=city)
+        w = weather_result(city, i + 3)
+        final = f"It is {w['temperature']}°C and {w['condition']} in {city}."
+        record(q, "get_weather", {"city": city}, w if i % 2 else None, final)
+    for i in range(64):
+        src, dst = _CODES[i % len(_CODES)], _CODES[(i * 5 + 3) % len(_CODES)]
+        if src == dst:
+            dst = _CODES[(i + 1) % len(_CODES)]
+        amount = _AMOUNTS[i % len(_AMOUNTS)]
+        q = TRAIN_MONEY_PHRASES[i % len(TRAIN_MONEY_PHRASES)].format(amount=amount, src=src, dst=dst)
+        r = currency_result(amount, src, dst, i + 5)
+        final = f"{amount} {src} is {r['result']:g} {dst}."
+        record(q, "convert_currency", {"amount": amount, "from_currency": src, "to_currency": dst},
+               r if i % 2 else None, final)
+    for q, a in TRAIN_PLAIN * 2:
+        out.append({"tools": AGENT_TOOLS, "messages": [{"role": "user", "content": q},
+                                                       {"role": "assistant", "content": a}]})
+    return out
+
+
 def builtin_dataset(name: str, variables: dict[str, str]) -> list[dict[str, Any]]:
+    if name == "agent_tools":
+        return agent_records()
     builders = {"self_cognition": identity_records, "identity_preferences": identity_preferences}
     if name in builders:
         missing = [k for k in ("name", "author") if k not in variables]
         if missing:
             raise ConfigError(f"builtin:{name} needs data.variables {missing} (e.g. name: Lumen)")
         return builders[name](variables["name"], variables["author"])
-    raise ConfigError(f"unknown builtin dataset '{name}' (known: {', '.join(sorted(builders))})")
+    raise ConfigError(f"unknown builtin dataset '{name}' (known: {', '.join(sorted([*builders, 'agent_tools']))})")

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
-from evaluation.generation import answer
+from evaluation.generation import answer_conversations
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,9 @@ class Samples(TrainerCallback):
     def __init__(self, *, model: Any, tokenizer: Any, template: str | None, inputs: list[str], every: int,
                  max_new_tokens: int, console: Console, runlog: RunLog, quantized: bool,
                  identity: dict[str, str] | None = None, base_general: list[str] | None = None,
-                 stop_when: dict[str, float] | None = None) -> None:
+                 stop_when: dict[str, float] | None = None, tools: list[dict[str, Any]] | None = None) -> None:
         self.model, self.tokenizer, self.template = model, tokenizer, template
+        self.tools = tools  # offered in the sample prompts (an agent's samples show its tool calls)
         self.inputs, self.every, self.max_new_tokens = inputs, every, max_new_tokens
         self.console, self.runlog = console, runlog
         self.quantized = quantized
@@ -112,8 +113,9 @@ class Samples(TrainerCallback):
     def sample(self, step: int) -> None:
         if not self.inputs:
             return
-        answers = answer(self.model, self.tokenizer, self.inputs, template=self.template,
-                         max_new_tokens=self.max_new_tokens)
+        answers = answer_conversations(self.model, self.tokenizer, [[{"role": "user", "content": q}]
+                                                                    for q in self.inputs],
+                                       template=self.template, max_new_tokens=self.max_new_tokens, tools=self.tools)
         for q, a in zip(self.inputs, answers):
             self.console.print(f"[dim]step {step}[/dim] [bold]{q}[/bold] → {a}")
         self.runlog.write({"step": step, "samples": dict(zip(self.inputs, answers))})

@@ -29,6 +29,10 @@ class ModelSection(_Strict):
     template: str | None = Field(
         None, description="Named chat template (adapterhub/templates.py) for bases without one; default: the tokenizer's."
     )
+    tool_parser: str | None = Field(
+        None, description="Tool-call format the model learns (hermes, llama3_json, mistral, internlm2), recorded with "
+                          "the version for serving; default: the named template's (hermes for template hermes).",
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on long sequences.")
     trust_remote_code: bool = Field(
         False, description="Allow a base that ships its own modeling code (e.g. InternLM2) to run it.",
@@ -134,6 +138,8 @@ class EvalSection(_Strict):
     identity: dict[str, str] | None = Field(
         None, description="Self-cognition check: {name: Lumen, author: Acme Lab}; enables identity/retention scores."
     )
+    tools: bool = Field(False, description="Tool-use scores on held-out prompts (tool_call, no_call, tool_result) "
+                        "for the built-in agent_tools tools.")
     stop_when: dict[str, float] = Field(
         default_factory=dict,
         description="Stop early once every metric reaches its value, e.g. {identity: 0.95, retention: 0.9}.",
@@ -158,6 +164,11 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TrainConfig:
+        if self.model.tool_parser is not None:
+            from adapterhub.tools import PARSERS
+
+            if self.model.tool_parser not in PARSERS:
+                raise ValueError(f"model.tool_parser '{self.model.tool_parser}' is not one of {', '.join(sorted(PARSERS))}")
         if self.method == "qlora" and self.train.deepspeed in ("zero3", "zero3_offload"):
             raise ValueError(
                 "method qlora cannot use DeepSpeed ZeRO-3: ZeRO-3 shards parameters, and bitsandbytes 4-bit "

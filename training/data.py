@@ -27,9 +27,18 @@ from adapterhub.errors import ConfigError
 from training.config import DataSection
 
 IGNORE = -100
-Conversation = list[dict[str, str]]
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                   "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
+                   "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
+                   "function_call": "assistant", "observation": "tool", "tool": "tool"}
+
+
+class Conversation(list):  # type: ignore[type-arg]
+    """Messages (dicts: role, content, and tool_calls / tool_call_id for tool use) and the ``tools`` the
+    record offers (OpenAI function definitions, rendered into the prompt by the chat template)."""
+
+    def __init__(self, messages: Any = (), tools: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(messages)
+        self.tools = tools or None
 
 
 @dataclass
@@ -122,14 +131,18 @@ def to_conversation(record: dict[str, Any], fmt: str, section: DataSection, inde
         if record.get("system"):
             msgs.insert(0, {"role": "system", "content": str(record["system"])})
     elif fmt == "messages":
-        msgs = [{"role": m["role"], "content": str(m.get("content") or "")} for m in record["messages"]]
+        msgs = [_message(m, where) for m in record["messages"]]
     elif fmt == "sharegpt":
         msgs = []
         for turn in record["conversations"]:
-            role = _SHAREGPT_ROLES.get(str(turn.get("from", "")).lower())
+            speaker = str(turn.get("from", "")).lower()
+            role = _SHAREGPT_ROLES.get(speaker)
             if role is None:
                 raise ConfigError(f"{where}: unknown sharegpt speaker {turn.get('from')!r}")
-            msgs.append({"role": role, "content": str(turn.get("value", ""))})
+            if speaker == "function_call":  # LLaMA-Factory's function-calling ShareGPT: the call as JSON
+                msgs.append({"role": "assistant", "content": "", "tool_calls": _sharegpt_calls(turn, where)})
+            else:
+                msgs.append({"role": role, "content": str(turn.get("value", ""))})
     elif fmt == "xtuner":
         msgs = []
         for turn in record["conversation"]:
@@ -143,24 +156,87 @@ def to_conversation(record: dict[str, Any], fmt: str, section: DataSection, inde
         msgs.insert(0, {"role": "system", "content": section.system})
     if not any(m["role"] == "assistant" for m in msgs):
         raise ConfigError(f"{where}: has no assistant turn to learn from")
-    return msgs
+    return Conversation(msgs, _tools(record.get("tools"), where))
+
+
+def _message(m: Any, where: str) -> dict[str, Any]:
+    if not isinstance(m, dict) or "role" not in m:
+        raise ConfigError(f"{where}: every message needs a 'role'")
+    out: dict[str, Any] = {"role": m["role"], "content": str(m.get("content") or "")}
+    if m.get("tool_calls"):
+        out["tool_calls"] = [_call(c, where) for c in m["tool_calls"]]
+    if m.get("tool_call_id"):
+        out["tool_call_id"] = str(m["tool_call_id"])
+    return out
+
+
+def _call(c: Any, where: str) -> dict[str, Any]:
+    """An OpenAI tool call with its arguments as an object (as chat templates render them)."""
+    fn = c.get("function", c) if isinstance(c, dict) else None
+    if not isinstance(fn, dict) or "name" not in fn:
+        raise ConfigError(f"{where}: a tool call needs function.name")
+    args = fn.get("arguments", fn.get("parameters", {}))
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except json.JSONDecodeError:
+            raise ConfigError(f"{where}: the arguments of tool call {fn['name']!r} are not valid JSON") from None
+    return {"type": "function", "id": str(c.get("id", "")) if isinstance(c, dict) else "",
+            "function": {"name": str(fn["name"]), "arguments": args}}
+
+
+def _sharegpt_calls(turn: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    try:
+        value = json.loads(turn.get("value", ""))
+    except json.JSONDecodeError:
+        raise ConfigError(f"{where}: a function_call turn must hold the call as JSON") from None
+    return [_call(c, where) for c in (value if isinstance(value, list) else [value])]
+
+
+def _tools(tools: Any, where: str) -> list[dict[str, Any]] | None:
+    """A record's tools: OpenAI function definitions (a list, or a JSON string of one, as ShareGPT has it)."""
+    if tools is None or tools == "":
+        return None
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError:
+            raise ConfigError(f"{where}: 'tools' is not valid JSON") from None
+    if not isinstance(tools, list):
+        raise ConfigError(f"{where}: 'tools' must be a list of function definitions")
+    out = []
+    for t in tools:
+        fn = t.get("function", t) if isinstance(t, dict) else None
+        if not isinstance(fn, dict) or "name" not in fn:
+            raise ConfigError(f"{where}: every tool needs a function name")
+        out.append({"type": "function", "function": fn})
+    return out
 
 
 # ---------------------------------------------------------------------------- tokenizing
-def render(tokenizer: Any, messages: Conversation, template: str | None, *, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                         add_generation_prompt=generation_prompt)
+def render(tokenizer: Any, messages: list[dict[str, Any]], template: str | None, *, generation_prompt: bool,
+           tools: list[dict[str, Any]] | None = None) -> str:
+    return tokenizer.apply_chat_template(list(messages), chat_template=template, tokenize=False,
+                                         add_generation_prompt=generation_prompt, tools=tools)
 
 
 def tokenize_conversation(tokenizer: Any, messages: Conversation, template: str | None, max_length: int) -> Sample:
-    """Token ids of the rendered conversation, labels only on assistant turns (content + end marker)."""
-    full = render(tokenizer, messages, template, generation_prompt=False)
+    """Token ids of the rendered conversation, labels only on assistant turns (content, tool calls and end
+    marker); tool results, prompts and the tool list are context only."""
+    tools = getattr(messages, "tools", None)
+    if tools:
+        from adapterhub.tools import supports_tools
+
+        if not supports_tools(template or tokenizer.chat_template):
+            raise ConfigError("the data has tools but the chat template does not render them: set model.template "
+                              "to a tool template (hermes)")
+    full = render(tokenizer, messages, template, generation_prompt=False, tools=tools)
     spans: list[tuple[int, int]] = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        prefix = render(tokenizer, messages[:i], template, generation_prompt=True) if i else ""
-        upto = render(tokenizer, messages[: i + 1], template, generation_prompt=False)
+        prefix = render(tokenizer, messages[:i], template, generation_prompt=True, tools=tools) if i else ""
+        upto = render(tokenizer, messages[: i + 1], template, generation_prompt=False, tools=tools)
         if not full.startswith(upto) or not upto.startswith(prefix):
             from adapterhub.templates import TEMPLATES
 

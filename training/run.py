@@ -26,6 +26,7 @@ from adapterhub.errors import ConfigError, MissingDependencyError
 from adapterhub.models import require_trust, resolve_model
 from adapterhub.registry import Registry, VersionRecord
 from adapterhub.settings import Settings
+from adapterhub.templates import TOOL_PARSERS
 from training.callbacks import RichProgress, RunLog, Samples, TokenCounter, plot_loss
 from training.config import TrainConfig
 from training.data import Collator, FlatCollator, TorchDataset, prepare, read_dataset
@@ -99,6 +100,7 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
     if ds_path:
         single_process_env()
     tokenizer, template = load_tokenizer(resolved.path, cfg)
+    tool_parser = cfg.model.tool_parser or TOOL_PARSERS.get(cfg.model.template or "")
     model = load_base(resolved.path, cfg)
     quantized = cfg.method == "qlora"
 
@@ -141,7 +143,7 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
     samples_cb = Samples(model=model, tokenizer=tokenizer, template=template, inputs=cfg.eval.inputs,
                          every=cfg.eval.every_steps, max_new_tokens=cfg.eval.max_new_tokens, console=console,
                          runlog=runlog, quantized=quantized, identity=cfg.eval.identity, base_general=base_general,
-                         stop_when=cfg.eval.stop_when)
+                         stop_when=cfg.eval.stop_when, tools=_eval_tools(cfg))
     args = TrainingArguments(
         output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.train.batch_size,
         gradient_accumulation_steps=cfg.train.grad_accum, learning_rate=cfg.train.lr,
@@ -178,6 +180,16 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
             runlog.write({"final_eval": scores})
             console.print(f"identity {scores['identity']:.2f} on {scores['identity_n']} held-out paraphrases · "
                           f"retention {scores['retention']:.2f} on {scores['retention_n']} general prompts")
+        if cfg.eval.tools:
+            from evaluation.tools import evaluate_tools
+
+            tscores = evaluate_tools(model, tokenizer, template, tool_parser or "hermes")
+            metrics.update(tool_call=tscores["tool_call"], no_call=tscores["no_call"],
+                           tool_result=tscores["tool_result"])
+            runlog.write({"final_tool_eval": tscores})
+            console.print(f"tool_call {tscores['tool_call']:.2f} on {tscores['tool_call_n']} held-out tool prompts · "
+                          f"no_call {tscores['no_call']:.2f} on {tscores['no_call_n']} plain questions · "
+                          f"tool_result {tscores['tool_result']:.2f} on {tscores['tool_result_n']}")
 
         final_loss = runlog.losses[-1][1] if runlog.losses else None
         plot_loss(runlog.losses, run_dir / "loss.png", f"{cfg.name} ({cfg.method})")
@@ -209,6 +221,8 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
         "wall_time_s": round(train_time, 1), "tokens": tokens, "tokens_per_s": round(tokens / max(train_time, 1e-9), 1),
         "trainable_params": trainable, **replay_info,
     }
+    if tool_parser:
+        lineage["tool_parser"] = tool_parser
     (run_dir / "result.json").write_text(json.dumps({"lineage": lineage, "metrics": metrics}, indent=2, default=str))
     record, created = None, True
     if register:
@@ -235,6 +249,14 @@ def _train_preference(cfg: TrainConfig, settings: Settings, run_dir: Path, regis
     return TrainResult(run_dir=run_dir, output_dir=r["out_dir"], record=r["record"], final_loss=r["final_loss"],
                        steps=r["steps"], wall_time_s=r["wall_time_s"], tokens=0, tokens_per_s=0.0,
                        metrics=r["metrics"], created=r["created"], base_id=cfg.model.base)
+
+
+def _eval_tools(cfg: TrainConfig) -> list[dict[str, Any]] | None:
+    if not cfg.eval.tools:
+        return None
+    from evaluation.tools import AGENT_TOOLS
+
+    return AGENT_TOOLS
 
 
 def _printer_class() -> Any:

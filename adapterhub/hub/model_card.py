@@ -43,7 +43,8 @@ def render_model_card(manifest: Manifest, repo_id: str, *, license: str | None =
                 ("target modules", ", ".join(lora.get("target_modules", [])) if lora else None),
                 ("dataset fingerprint", training.get("dataset_fingerprint")), ("samples", training.get("n_samples")),
                 ("steps", training.get("steps")), ("final loss", training.get("final_loss")),
-                ("wall time (s)", training.get("wall_time_s"))]
+                ("wall time (s)", training.get("wall_time_s")),
+                ("tool-call format", training.get("tool_parser"))]
         lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows if v is not None] + [""]
     else:
         lines += ["Imported into the registry (no training record).", ""]
@@ -56,7 +57,10 @@ def render_model_card(manifest: Manifest, repo_id: str, *, license: str | None =
                   f'base = AutoModelForCausalLM.from_pretrained("{front.get("base_model", base)}")',
                   f'model = PeftModel.from_pretrained(base, "{repo_id}", revision="v{manifest.version}")', "```", "",
                   "With vLLM:", "", "```bash",
-                  f"vllm serve {front.get('base_model', base)} --enable-lora --lora-modules {manifest.name}={repo_id}",
+                  f"vllm serve {front.get('base_model', base)} --enable-lora --lora-modules {manifest.name}={repo_id}"
+                  + (" --enable-auto-tool-choice --tool-call-parser "
+                     f"{ {'internlm2': 'internlm'}.get(training['tool_parser'], training['tool_parser'])}"
+                     if training.get("tool_parser") else ""),
                   "```", "", "With adapterhub (many adapters on one base, OpenAI API):", "", "```bash",
                   f"adapterhub pull hf:{repo_id}@v{manifest.version} --name {manifest.name}",
                   f"adapterhub serve --base {base} --adapters {manifest.name}", "```", ""]
