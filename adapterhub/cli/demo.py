@@ -167,8 +167,9 @@ def _agent_demo(retrain: bool, port: int, max_tokens: int) -> None:
                 continue
             msgs.append(message.model_dump(exclude_none=True))
             for call in message.tool_calls:
-                result_ = run_tool(call.function.name, json.loads(call.function.arguments))
-                con.print(f"[bold]assistant → tool_calls:[/bold] {call.function.name}({call.function.arguments})")
+                fn = call.function  # type: ignore[union-attr]  # this server only makes function calls
+                result_ = run_tool(fn.name, json.loads(fn.arguments))
+                con.print(f"[bold]assistant → tool_calls:[/bold] {fn.name}({fn.arguments})")
                 con.print(f"[bold]tool:[/bold] {json.dumps(result_)}")
                 msgs.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps(result_)})
             final = client.chat.completions.create(model=record.ref, messages=msgs, tools=AGENT_TOOLS,  # type: ignore[arg-type]
