@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from adapterhub.errors import AdapterHubError, ConflictError, UserInputError
+from adapterhub.models import require_trust
 from adapterhub.precision import DTYPE_NAMES, check_bits, quantization_config
 from adapterhub.registry import Registry, VersionRecord
 from adapterhub.registry.versions import open_version
@@ -49,15 +50,16 @@ class MergeResult:
     quantized_dir: Path | None = None
 
 
-def _load_base(path: Path, quantized: bool, dtype: torch.dtype) -> Any:
+def _load_base(path: Path, quantized: bool, dtype: torch.dtype, trust: bool = False) -> Any:
     from transformers import AutoModelForCausalLM
 
     if not quantized:
-        return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=trust)
     config = quantization_config(4, "merging a QLoRA adapter (dequantizing its base)")
     # On a GPU the 4-bit weights are placed there when loaded, as in training (training/model.py).
     placement = {"device_map": {"": 0}} if torch.cuda.is_available() else {}
-    return AutoModelForCausalLM.from_pretrained(str(path), quantization_config=config, **placement)
+    return AutoModelForCausalLM.from_pretrained(str(path), quantization_config=config, trust_remote_code=trust,
+                                                **placement)
 
 
 def dequantize_model(model: Any, dtype: torch.dtype) -> Any:
@@ -136,7 +138,7 @@ FALLBACK = {"bf16": ("bf16", "fp32"), "fp16": ("fp16", "fp32"), "fp32": ("fp32",
 
 def merge(registry: Registry, settings: Settings, ref: str, out: Path, *, dtype: str = "bf16",
           bits: int | None = None, threshold: float = 1.0, force: bool = False, register_as: str | None = None,
-          max_new_tokens: int = 24) -> MergeResult:
+          max_new_tokens: int = 24, trust_remote_code: bool = False) -> MergeResult:
     """Merge ``ref`` into its base in fp32 and write an HF model dir to ``out`` with a parity report.
 
     The merged weights are saved in ``dtype`` only if that dtype passes the parity check against adapter
@@ -160,7 +162,8 @@ def merge(registry: Registry, settings: Settings, ref: str, out: Path, *, dtype:
     adapter_dir = str(opened.path)
     quantized = manifest.base_model.quantization in ("nf4", "int8")
     fp32 = torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(str(base.path))
+    trust = require_trust(base.path, trust_remote_code, "--trust-remote-code")
+    tokenizer = AutoTokenizer.from_pretrained(str(base.path), trust_remote_code=trust)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     template = opened.template or tokenizer.chat_template
@@ -168,11 +171,11 @@ def merge(registry: Registry, settings: Settings, ref: str, out: Path, *, dtype:
     prompts = list(dict.fromkeys(eval_inputs + DEFAULT_PROMPTS))
 
     # Reference: the adapter applied the way it was trained (on the 4-bit base for QLoRA), in fp32.
-    reference_model = PeftModel.from_pretrained(_load_base(base.path, quantized, fp32), adapter_dir).eval()
+    reference_model = PeftModel.from_pretrained(_load_base(base.path, quantized, fp32, trust), adapter_dir).eval()
     reference = reference_outputs(reference_model, tokenizer, template, prompts, max_new_tokens)
     del reference_model
     # Merge in fp32 into the same base weights (dequantized for QLoRA), then try the requested dtype.
-    target = _load_base(base.path, quantized, fp32)
+    target = _load_base(base.path, quantized, fp32, trust)
     if quantized:
         target = dequantize_model(target, fp32)
     merged32 = PeftModel.from_pretrained(target, adapter_dir).merge_and_unload().eval()
@@ -205,7 +208,7 @@ def merge(registry: Registry, settings: Settings, ref: str, out: Path, *, dtype:
         (tmp / "parity.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
         quant_dir = None
         if bits:
-            quant_dir = _quantize(tmp, bits)
+            quant_dir = _quantize(tmp, bits, trust)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -238,11 +241,11 @@ def merge(registry: Registry, settings: Settings, ref: str, out: Path, *, dtype:
     return result
 
 
-def _quantize(merged_dir: Path, bits: int) -> Path:
+def _quantize(merged_dir: Path, bits: int, trust: bool = False) -> Path:
     from transformers import AutoModelForCausalLM
 
     cfg = quantization_config(bits, f"--bits {bits}")
-    model = AutoModelForCausalLM.from_pretrained(str(merged_dir), quantization_config=cfg)
+    model = AutoModelForCausalLM.from_pretrained(str(merged_dir), quantization_config=cfg, trust_remote_code=trust)
     qdir = merged_dir / f"quantized-{bits}bit"
     model.save_pretrained(str(qdir), safe_serialization=True)
     for f in merged_dir.iterdir():

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -195,6 +196,13 @@ def engine_problems(path: Path, engine: Engine) -> list[str]:
     """Every reason the adapter at ``path`` cannot run on ``engine`` besides its base (rank, modules)."""
     problems: list[str] = []
     caps = engine.capabilities
+    try:
+        targets = json.loads((path / "adapter_config.json").read_text()).get("target_parameters")
+    except (OSError, ValueError):
+        targets = None
+    if targets:  # checked first: the registry's shape checks do not know expert tensors
+        return [f"targets parameters {targets} (LoRA on MoE expert tensors), which this engine cannot apply per "
+                "request: merge it (adapterhub merge REF) and serve the merged model with --merged"]
     info = validate_adapter_dir(path)
     if info.config.get("use_dora"):
         problems.append("is a DoRA adapter (use_dora), which this engine cannot apply per request: merge it "

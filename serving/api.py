@@ -122,7 +122,8 @@ def serve(config: ServeConfig, settings: Settings | None = None,
 
 def chat(model: str, *, adapter: str | None = None, bits: int | None = None, system: str | None = None,
          template: str | None = None, max_tokens: int = 256, temperature: float = 0.0,
-         settings: Settings | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+         settings: Settings | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None,
+         trust_remote_code: bool = False) -> int:
     """Multi-turn terminal chat with a base or merged model, optionally with an adapter; returns turns."""
     from adapterhub.templates import get_template
     from serving.chat import run_chat
@@ -131,13 +132,15 @@ def chat(model: str, *, adapter: str | None = None, bits: int | None = None, sys
     registry = Registry.open(settings)
     try:
         resolve_model(model, settings)
-        config = ServeConfig(base=model, bits=bits, max_loaded=1, max_lora_rank=256)
+        config = ServeConfig(base=model, bits=bits, max_loaded=1, max_lora_rank=256,
+                             trust_remote_code=trust_remote_code)
     except AdapterHubError:
         try:
             registry.resolve(model)
         except (AdapterHubError, ValueError):
             raise ModelNotFoundError(f"'{model}' is neither a base model nor a model in the registry") from None
-        config = ServeConfig(merged=model, served_name=model, bits=bits, max_loaded=1, max_lora_rank=256)
+        config = ServeConfig(merged=model, served_name=model, bits=bits, max_loaded=1, max_lora_rank=256,
+                             trust_remote_code=trust_remote_code)
     stack = build_service(config, settings, registry=registry)
     chat_template = get_template(template) if template else None
     key, label = None, stack.base_name

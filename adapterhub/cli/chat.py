@@ -15,13 +15,15 @@ def chat_cmd(
     template: str = typer.Option(None, "--template", help="Named chat template (default: the adapter's, then the base's)."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Answer length limit."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Allow a base that ships its own modeling code to run it."),
 ) -> None:
     """Multi-turn terminal chat with streamed answers (/reset, /exit)."""
     with needs("serve", "adapterhub chat"):
         from serving.api import chat
 
     chat(model, adapter=adapter, bits=bits, system=system, template=template, max_tokens=max_tokens,
-         temperature=temperature)
+         temperature=temperature, trust_remote_code=trust_remote_code)
 
 
 def register(app: typer.Typer) -> None:

@@ -17,6 +17,8 @@ def merge_cmd(
     threshold: float = typer.Option(1.0, "--threshold", help="Greedy exact-match rate vs adapter mode a dtype must reach."),
     force: bool = typer.Option(False, "--force", help="Keep the merge even below the threshold."),
     register_as: str = typer.Option(None, "--register", help="Register the merged model under this name."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Allow a base that ships its own modeling code to run it."),
 ) -> None:
     """Merge an adapter into its base; prints and saves the parity report."""
     with needs("train", "adapterhub merge"):
@@ -26,7 +28,7 @@ def merge_cmd(
 
     settings = Settings()
     result = merge(Registry.open(settings), settings, ref, out, dtype=dtype, bits=bits, threshold=threshold,
-                   force=force, register_as=register_as)
+                   force=force, register_as=register_as, trust_remote_code=trust_remote_code)
     p = result.parity
     typer.echo(f"merged {p['adapter']} into {p['base']} ({p['dtype']}"
                f"{', dequantized from ' + p['dequantized_from'] if p['dequantized_from'] else ''}) → {result.out_dir}")

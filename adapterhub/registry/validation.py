@@ -108,6 +108,9 @@ def validate_adapter_dir(path: Path, *, allow_pickle: bool = False, base: str | 
             continue
         a, b = ab["A"], ab["B"]
         short = module.split(".")[-1]
+        if any(str(t).rsplit(".", 1)[0].endswith(short) or str(t).rsplit(".", 1)[0] == short
+               for t in cfg.get("target_parameters") or []):
+            continue  # LoRA on a parameter tensor (MoE experts): peft stores one rank per expert
         expected = next((v for k, v in rank_pattern.items() if module.endswith(k)), rank)
         if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
             problems.append(f"{module}: lora_A {a} and lora_B {b} do not share a rank")

@@ -63,11 +63,11 @@ def family(request, tmp_path_factory):
     return request.param, root / "base", root / "adapter", sorted(cfg["target_modules"])
 
 
-def _reference(base, adapter, ids, n):
+def _reference(base, adapter, ids, n, trust=False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, trust_remote_code=trust)
     if adapter is not None:
         from peft import PeftModel
 

@@ -103,6 +103,11 @@ class BatchedLoraLinear(nn.Module):
             self._gathered = (self.ctx.version, self.A.index_select(0, idx).transpose(1, 2).contiguous(),  # [b, in, r]
                               self.B.index_select(0, idx).transpose(1, 2).contiguous())  # [b, r, out]
         _, a, b = self._gathered
+        if x.dim() == 2:  # MoE blocks flatten (batch, seq, hidden) to (batch·seq, hidden), batch-major
+            rows = a.shape[0]
+            if x.shape[0] % rows:
+                raise RuntimeError(f"a LoRA layer got {x.shape[0]} tokens for a batch of {rows} rows")
+            return y.add_(torch.bmm(torch.bmm(x.view(rows, -1, x.shape[-1]).to(a.dtype), a), b).view_as(y))
         h = torch.bmm(x if x.dtype == a.dtype else x.to(a.dtype), a)
         # In place, summed in the LoRA dtype and rounded once to the base's (as peft does): no extra
         # conversion op and no new output tensor per layer.
