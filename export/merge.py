@@ -50,12 +50,13 @@ class MergeResult:
     quantized_dir: Path | None = None
 
 
-def _load_base(path: Path, quantized: bool, dtype: torch.dtype, trust: bool = False) -> Any:
+def _load_base(path: Path, quantized: str | None, dtype: torch.dtype, trust: bool = False) -> Any:
+    """The base as the adapter was trained on it: full precision, or ``nf4`` / ``int8`` quantized."""
     from transformers import AutoModelForCausalLM
 
     if not quantized:
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=trust)
-    config = quantization_config(4, "merging a QLoRA adapter (dequantizing its base)")
+    config = quantization_config(8 if quantized == "int8" else 4, f"merging an adapter trained on a {quantized} base")
     # On a GPU the 4-bit weights are placed there when loaded, as in training (training/model.py).
     placement = {"device_map": {"": 0}} if torch.cuda.is_available() else {}
     return AutoModelForCausalLM.from_pretrained(str(path), quantization_config=config, trust_remote_code=trust,
@@ -160,7 +161,7 @@ def merge(registry: Registry, settings: Settings, ref: str, out: Path, *, dtype:
     opened.require_compatible(opened.base.id)
     record, manifest, base = opened.record, opened.manifest, opened.base
     adapter_dir = str(opened.path)
-    quantized = manifest.base_model.quantization in ("nf4", "int8")
+    quantized = manifest.base_model.quantization if manifest.base_model.quantization in ("nf4", "int8") else None
     fp32 = torch.float32
     trust = require_trust(base.path, trust_remote_code, "--trust-remote-code")
     tokenizer = AutoTokenizer.from_pretrained(str(base.path), trust_remote_code=trust)

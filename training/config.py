@@ -33,6 +33,10 @@ class ModelSection(_Strict):
         None, description="Tool-call format the model learns (hermes, llama3_json, mistral, internlm2), recorded with "
                           "the version for serving; default: the named template's (hermes for template hermes).",
     )
+    bits: Literal[8] | None = Field(
+        None, description="8: LoRA on an 8-bit base (bitsandbytes LLM.int8, as the dolly/LaMini recipe; CUDA). For a "
+                          "4-bit base use method qlora.",
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on long sequences.")
     trust_remote_code: bool = Field(
         False, description="Allow a base that ships its own modeling code (e.g. InternLM2) to run it.",
@@ -73,7 +77,8 @@ class ReplaySection(_Strict):
 
 
 class DataSection(_Strict):
-    path: str = Field(..., description="Dataset file (.json/.jsonl/.csv/.xlsx/.txt) or 'builtin:<name>'.")
+    path: str = Field(..., description="Dataset file (.json/.jsonl/.csv/.xlsx/.txt), 'builtin:<name>' or "
+                                       "'hf:<hub dataset id>[@split]' (e.g. hf:MBZUAI/LaMini-instruction@train[:20000]).")
     format: Literal["auto", "alpaca", "messages", "sharegpt", "xtuner", "table", "text"] = Field(
         "auto", description="Record format; 'auto' detects it from the first record."
     )
@@ -164,6 +169,9 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TrainConfig:
+        if self.model.bits == 8 and self.method != "lora":
+            raise ValueError(f"model.bits 8 is LoRA on an 8-bit base: method must be lora, not {self.method} "
+                             "(qlora is the 4-bit form)")
         if self.model.tool_parser is not None:
             from adapterhub.tools import PARSERS
 

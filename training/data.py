@@ -323,6 +323,8 @@ def load_records(section: DataSection, *, detect: bool = True) -> tuple[list[dic
         from training.builtin_data import builtin_dataset
 
         records = builtin_dataset(section.path.removeprefix("builtin:"), section.variables)
+    elif section.path.startswith("hf:"):
+        records = _hub_records(section.path.removeprefix("hf:"))
     else:
         records = read_records(Path(section.path).expanduser(), section.format)
     if section.limit:
@@ -333,6 +335,21 @@ def load_records(section: DataSection, *, detect: bool = True) -> tuple[list[dic
     if fmt == "auto" and detect:
         fmt = "text" if section.mode == "pretrain" else detect_format(records[0])
     return records, fmt
+
+
+def _hub_records(spec: str) -> list[dict[str, Any]]:
+    """``hf:<dataset id>[@<split>]`` (default split ``train``; slices such as ``train[:10000]`` work)."""
+    name, _, split = spec.partition("@")
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError("data.path hf:… needs the datasets library: pip install datasets") from None
+    try:
+        ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:  # offline, unknown id, bad split: one line naming the dataset
+        raise ConfigError(f"data.path: cannot load hub dataset '{name}' (split {split or 'train'}): "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return [dict(r) for r in ds]
 
 
 @dataclass

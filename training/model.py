@@ -1,4 +1,4 @@
-"""Load the base for training: full precision, 4-bit NF4 (QLoRA) or trainable full weights, plus LoRA."""
+"""Load the base for training: full precision, 4-bit NF4 (QLoRA), 8-bit or trainable full weights, plus LoRA."""
 
 from __future__ import annotations
 
@@ -37,9 +37,10 @@ def load_base(path: Path, cfg: TrainConfig) -> Any:
 
     dtype = torch_dtype(cfg.model.dtype)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.model.trust_remote_code}
-    if cfg.method == "qlora":
-        kwargs["quantization_config"] = quantization_config(
-            4, "method qlora", compute_dtype=torch.bfloat16 if dtype != torch.float32 else torch.float32)
+    if cfg.method == "qlora" or cfg.model.bits == 8:
+        kwargs["quantization_config"] = (quantization_config(8, "model.bits 8") if cfg.model.bits == 8 else
+                                         quantization_config(4, "method qlora", compute_dtype=torch.bfloat16
+                                                             if dtype != torch.float32 else torch.float32))
         if torch.cuda.is_available():
             # 4-bit weights are placed when loaded (the Trainer does not move quantized models): this
             # process's GPU, LOCAL_RANK under a launcher.
@@ -50,7 +51,7 @@ def load_base(path: Path, cfg: TrainConfig) -> Any:
 def add_lora(model: Any, cfg: TrainConfig) -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if cfg.method == "qlora":
+    if cfg.method == "qlora" or cfg.model.bits == 8:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.model.gradient_checkpointing
         )

@@ -102,7 +102,7 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
     tokenizer, template = load_tokenizer(resolved.path, cfg)
     tool_parser = cfg.model.tool_parser or TOOL_PARSERS.get(cfg.model.template or "")
     model = load_base(resolved.path, cfg)
-    quantized = cfg.method == "qlora"
+    quantized = cfg.method == "qlora" or cfg.model.bits == 8
 
     replay: list[Any] = []
     replay_info: dict[str, Any] = {}
@@ -226,7 +226,8 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
     (run_dir / "result.json").write_text(json.dumps({"lineage": lineage, "metrics": metrics}, indent=2, default=str))
     record, created = None, True
     if register:
-        base_ident = dict(resolved.identity(), quantization="nf4" if quantized else None)
+        base_ident = dict(resolved.identity(),
+                          quantization="int8" if cfg.model.bits == 8 else "nf4" if quantized else None)
         record, created = Registry.open(settings).register(
             out_dir, cfg.name, kind="model" if cfg.method == "full" else "adapter", base_model=base_ident,
             chat_template=template, training=lineage, metrics=metrics,
