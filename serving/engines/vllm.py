@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from adapterhub.errors import MissingDependencyError, UserInputError
+from adapterhub.errors import IncompatibleAdapterError, MissingDependencyError, UserInputError
 from serving.engines.base import Delta, EngineCapabilities, GenerationRequest, TokenizerEngine, TokenLogprob
 from serving.engines.base import SamplingParams as Params
 from serving.engines.hf.lora import LINEAR_TARGETS
@@ -102,10 +102,19 @@ class VLLMEngine(TokenizerEngine):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def load_adapter(self, key: str, path: Path) -> None:
+        """Load into vLLM now (not at first use), so what vLLM cannot serve (an architecture without LoRA
+        support, a module it cannot adapt) is refused at load with vLLM's own reason."""
         from vllm.lora.request import LoRARequest
 
-        if key not in self._loras:  # vLLM loads the weights on first use; the id is new for every key
-            self._loras[key] = LoRARequest(key, next(_ids), str(path))
+        if key in self._loras:
+            return
+        req = LoRARequest(key, next(_ids), str(path))  # a new id for every key: a new version is never confused
+        try:
+            self._call(self.engine.add_lora(req), timeout=300)
+        except Exception as e:  # noqa: BLE001 - vLLM's reason, whatever its type, goes to the user
+            raise IncompatibleAdapterError(f"adapter {key} cannot be served by vLLM",
+                                           [f"{type(e).__name__}: {e}"]) from e
+        self._loras[key] = req
 
     def unload_adapter(self, key: str) -> None:
         req = self._loras.pop(key, None)
