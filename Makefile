@@ -7,7 +7,7 @@ EXTRAS ?= train,serve,hf,quant,scale,remote,dev
 # Where `make test` keeps the demo model for the slow end-to-end test (pulled once, as a set-up step).
 TEST_HOME ?= $(CURDIR)/.cache/test-home
 
-.PHONY: setup demo test lint bench clean demo-model test-vllm bench-vllm
+.PHONY: setup demo demo-agent test lint bench clean demo-model test-vllm bench-vllm
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(VENV)/bin/adapterhub demo
+
+demo-agent: setup
+	$(VENV)/bin/adapterhub demo --agent
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -12,7 +12,7 @@ Each benchmark measures its baseline in the same run and reports ratios against 
 shared 2-core VM whose speed varies between runs (the serving base-only batch measured 42.6 and
 30.4 tok/s in two benchmark runs the same hour; an isolated check of the same decode loop gave 83–101),
 so compare ratios within a table, not absolute numbers across tables.
-Commands: `python -m benchmarks.registry`, `python -m benchmarks.registry_shared`, `python -m benchmarks.serving`, `python -m benchmarks.structured`, `python -m benchmarks.training`
+Commands: `python -m benchmarks.registry`, `python -m benchmarks.registry_shared`, `python -m benchmarks.serving`, `python -m benchmarks.structured`, `python -m benchmarks.lora_ops`, `python -m benchmarks.training`
 (or `make bench`); then `python -m benchmarks.render_docs` rewrites this file.
 """
 
@@ -39,6 +39,14 @@ NOTES = {
                   "step on the CPU) against a free row, demo model on the hf engine, in one run (set-ups alternate, "
                   "best of 3). The schema {story: string, minLength 1000} keeps a constrained row decoding until "
                   "max_tokens, so both set-ups decode the same number of tokens. `python -m benchmarks.structured`.",
+    "lora_ops": "Issue 18: why the mixed batch stays near 0.7× base-only here. One decode step's cost per linear of "
+                "the demo model's layer, 8 rows each on a different r=16 adapter (µs, median of 200). The last row "
+                "is base / (base + LoRA) for one layer: the bound each LoRA form puts on mixed vs base-only. "
+                "`python -m benchmarks.lora_ops`.",
+    "serving_random_gpt_neox": "The serving benchmark on a GPT-NeoX of the demo model's size (hidden 576, 30 layers, "
+                               "9 heads, 1536 MLP; random bf16 weights, the demo tokenizer): LoRA r=16 on "
+                               "query_key_value, dense, dense_h_to_4h, dense_4h_to_h. `python -m benchmarks.serving "
+                               "--random-weights DIR`.",
     "serving_cuda_random": "The serving benchmark on one H100 (CUDA build of torch 2.11, bf16), run at the commit before the "
                            "gathered-A/B cache (not re-run after it: the session's GPU time was spent): the demo model's "
                            "architecture with random weights (that machine cannot fetch the demo model; "
@@ -63,7 +71,8 @@ NOTES = {
 
 def main() -> None:
     parts = [INTRO]
-    for name in ("registry", "registry_shared", "serving", "serving_sampler", "structured", "serving_cuda_random",
+    for name in ("registry", "registry_shared", "serving", "serving_sampler", "lora_ops", "serving_random_gpt_neox",
+                 "structured", "serving_cuda_random",
                  "serving_vllm_cpu", "training", "training_packing"):
         path = DOCS / f"bench_{name}.json"
         if not path.exists():

@@ -259,7 +259,13 @@ def main() -> None:
     weights = "random weights" if args.random_weights else "demo model"
     print(f"{DEVICE}, {weights}: {args.requests} requests × {args.tokens} tokens, greedy, bf16, "
           f"{args.adapters} adapters r=16 all-linear")
-    name = "serving" + ("" if DEVICE == "cpu" else f"_{DEVICE}") + ("_random" if args.random_weights else "")
+    arch = ""
+    if args.random_weights:  # the architecture in the name: e.g. serving_random_gpt_neox
+        import json
+
+        model_type = json.loads((args.random_weights / "config.json").read_text()).get("model_type", "")
+        arch = "" if model_type == "llama" else f"_{model_type}"
+    name = "serving" + ("" if DEVICE == "cpu" else f"_{DEVICE}") + ("_random" if args.random_weights else "") + arch
     report(name, rows, ["workload", "tok_per_s", "vs_naive", "vs_base_only"],
            chart=("workload", "tok_per_s", "generated tokens / s"),
            extra={"hot_load_p50_ms": round(p50, 1), "hot_load_max_ms": round(max(loads) * 1000, 1),
