@@ -33,6 +33,23 @@ def _us(fn, n: int = 200) -> float:
     return sorted(times)[n // 2] * 1e6
 
 
+def _costs(i: int, o: int, rows: int, r: int) -> dict[str, float]:
+    x = torch.randn(rows, 1, i, dtype=torch.bfloat16)
+    y = torch.randn(rows, 1, o, dtype=torch.bfloat16)
+    w = torch.randn(o, i, dtype=torch.bfloat16)
+    a, b = torch.randn(rows, i, r), torch.randn(rows, r, o)
+    ab, bb = a.bfloat16(), b.bfloat16()
+    a_all, b_all = torch.randn(i, rows * r), torch.randn(rows * r, o)
+    mask = torch.block_diag(*[torch.ones(1, r)] * rows)
+    return {
+        "base": _us(lambda: torch.nn.functional.linear(x, w)),
+        "bmm fp32": _us(lambda: y.add_(torch.bmm(torch.bmm(x.float(), a), b))),
+        "bmm bf16": _us(lambda: y.add_(torch.bmm(torch.bmm(x, ab), bb))),
+        "all-slots mm": _us(lambda: y.view(rows, o).add_((x.view(rows, i).float() @ a_all).mul_(mask) @ b_all)),
+        "mul-sum": _us(lambda: y.add_((x.view(rows, i, 1).float() * a).sum(1).view(rows, 1, r) @ b)),
+    }
+
+
 def main() -> None:
     torch.set_grad_enabled(False)
     torch.manual_seed(0)
@@ -40,20 +57,7 @@ def main() -> None:
     totals: dict[str, float] = {}
     out = []
     for name, (i, o) in SHAPES.items():
-        x = torch.randn(rows, 1, i, dtype=torch.bfloat16)
-        y = torch.randn(rows, 1, o, dtype=torch.bfloat16)
-        w = torch.randn(o, i, dtype=torch.bfloat16)
-        a, b = torch.randn(rows, i, r), torch.randn(rows, r, o)
-        ab, bb = a.bfloat16(), b.bfloat16()
-        a_all, b_all = torch.randn(i, rows * r), torch.randn(rows * r, o)
-        mask = torch.block_diag(*[torch.ones(1, r)] * rows)
-        cost = {
-            "base": _us(lambda: torch.nn.functional.linear(x, w)),
-            "bmm fp32": _us(lambda: y.add_(torch.bmm(torch.bmm(x.float(), a), b))),
-            "bmm bf16": _us(lambda: y.add_(torch.bmm(torch.bmm(x, ab), bb))),
-            "all-slots mm": _us(lambda: y.view(rows, o).add_((x.view(rows, i).float() @ a_all).mul_(mask) @ b_all)),
-            "mul-sum": _us(lambda: y.add_((x.view(rows, i, 1).float() * a).sum(1).view(rows, 1, r) @ b)),
-        }
+        cost = _costs(i, o, rows, r)
         out.append({"linear": f"{name} {i}->{o}", **{k: round(v, 1) for k, v in cost.items()}})
         for k, v in cost.items():
             totals[k] = totals.get(k, 0.0) + v
