@@ -73,9 +73,12 @@ class GrammarCompiler:
                 g = llg.grammar_from("grammar", c.spec)
             else:
                 g = m.grammar_from_lark(c.spec)
-        except ValueError as e:
+        except Exception as e:  # noqa: BLE001 - whatever the library raises on this input is the user's 400
             raise UserInputError(f"cannot compile the {_what(c)}: {e}", param=c.param) from None
-        is_error, messages = m.validate_grammar_with_warnings(g, self.lltokenizer)
+        try:
+            is_error, messages = m.validate_grammar_with_warnings(g, self.lltokenizer)
+        except Exception as e:  # noqa: BLE001
+            raise UserInputError(f"cannot compile the {_what(c)}: {e}", param=c.param) from None
         if is_error:
             raise UserInputError(f"cannot compile the {_what(c)}: {messages[0].strip()}", param=c.param)
         return str(g)
