@@ -28,6 +28,7 @@ from serving.adapters import AdapterManager
 from serving.app import make_app
 from serving.config import ServeConfig
 from serving.engines.base import Engine
+from serving.media import MediaPolicy
 from serving.metrics import Metrics
 from serving.service import CompletionService
 from serving.stack import ServingStack
@@ -92,7 +93,9 @@ def build_service(config: ServeConfig, settings: Settings | None = None, *, engi
     manager = AdapterManager(engine, registry, base_name=base_name, metrics=metrics)
     get_parser(config.tool_parser)  # an unknown parser fails at start, not at the first request
     service = CompletionService(engine, manager, metrics, default_max_tokens=config.default_max_tokens,
-                                tool_parser=config.tool_parser, tool_template=load_tool_template(config.tool_template))
+                                tool_parser=config.tool_parser, tool_template=load_tool_template(config.tool_template),
+                                media=MediaPolicy(tuple(config.allowed_media_domains), config.max_image_bytes,
+                                                  config.max_images, config.media_timeout_s))
     return ServingStack(config, engine, registry, manager, service, metrics)
 
 

@@ -34,6 +34,12 @@ class ServeConfig(BaseModel):
                              "llama3_json, mistral or internlm2.")
     tool_template: str | None = Field(None, description="Chat template for requests with tools when the model's "
                                       "own has no tool support: a named template (hermes) or a .jinja file.")
+    allowed_media_domains: list[str] = Field(default_factory=list, description="Hosts image_url may fetch from "
+                                             "over http(s) (subdomains included; never private addresses). Off: "
+                                             "images only as data: URLs.")
+    max_image_bytes: int = Field(10 * 2**20, ge=1, description="Largest image accepted, in bytes.")
+    max_images: int = Field(8, ge=1, description="Most images in one request.")
+    media_timeout_s: float = Field(5.0, gt=0, description="Time limit for fetching one image URL.")
     default_max_tokens: int = Field(512, ge=1, description="Completion budget when the request sets none.")
     allowed_origins: list[str] = Field(default_factory=list, description="Origins browsers may call the API from "
                                        "(CORS; '*' for any). Off by default.")

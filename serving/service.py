@@ -27,6 +27,7 @@ from adapterhub.tools import (
 )
 from serving.adapters import AdapterManager, Lease
 from serving.engines.base import Delta, Engine, GenerationRequest, SamplingParams, TokenLogprob
+from serving.media import MediaPolicy, load_image
 from serving.metrics import Metrics, current_target
 from serving.protocol import (
     ChatChoice,
@@ -57,7 +58,7 @@ from serving.protocol import (
 from serving.protocol import (
     TokenLogprob as TokenLogprobOut,
 )
-from serving.protocol.requests import _Sampling
+from serving.protocol.requests import ImagePart, _Sampling
 from serving.structured import Constraint
 from serving.structured import from_request as constraint_of
 
@@ -108,13 +109,15 @@ class _Job:
 
 class CompletionService:
     def __init__(self, engine: Engine, manager: AdapterManager, metrics: Metrics, *,
-                 default_max_tokens: int = 512, tool_parser: str = "hermes", tool_template: str | None = None) -> None:
+                 default_max_tokens: int = 512, tool_parser: str = "hermes", tool_template: str | None = None,
+                 media: MediaPolicy | None = None) -> None:
         self.engine = engine
         self.manager = manager
         self.metrics = metrics
         self.default_max_tokens = default_max_tokens
         self.tool_parser = tool_parser
         self.tool_template = tool_template
+        self.media = media or MediaPolicy()
 
     # ---------------------------------------------------------------- checks
     @staticmethod
@@ -163,7 +166,8 @@ class CompletionService:
         )
 
     async def _start(self, req: Any, encode: Callable[[Lease], list[list[int]]], n: int,
-                     caller: str | None, tools: Callable[[Lease], _Tools | None] | None = None) -> _Job:
+                     caller: str | None, tools: Callable[[Lease], _Tools | None] | None = None,
+                     inputs: dict[str, Any] | None = None) -> _Job:
         """Refuse unsupported fields, lease the model, encode the prompts, build the engine requests; the
         lease is released if any step fails. The caller releases it when the last choice ends."""
         self.refuse_unsupported(req)
@@ -198,7 +202,7 @@ class CompletionService:
             for p_i, prompt in enumerate(prompts):
                 for i in range(n):
                     params = self._params(req, len(prompt), p_i * n + i, logprobs, constraint, skip_special)
-                    gens.append(GenerationRequest(prompt, params, lease.key, f"{rid}-{p_i}-{i}"))
+                    gens.append(GenerationRequest(prompt, params, lease.key, f"{rid}-{p_i}-{i}", inputs=inputs))
                     prompt_of.append(p_i)
             return _Job(lease, prompts, gens, prompt_of, plan)
         except BaseException:
@@ -244,6 +248,9 @@ class CompletionService:
     # ---------------------------------------------------------------- tokens
     async def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
         self.refuse_unsupported(req)
+        for i, m in enumerate(req.messages or []):
+            if m.images():
+                raise UserInputError("/tokenize does not take images", param=f"messages[{i}].content")
         lease = await self.manager.acquire(req.model)
         try:
             if req.messages is not None:
@@ -278,12 +285,33 @@ class CompletionService:
                              "trained with a tool template, or start the server with --tool-template (e.g. hermes)",
                              param="tools")
 
-    def encode_messages(self, req: ChatCompletionRequest, lease: Lease) -> list[int]:
+    async def _images(self, req: ChatCompletionRequest) -> list[Any]:
+        """The request's images, fetched and decoded off the event loop (none: an empty list)."""
+        parts = [(f"messages[{i}].content", p) for i, m in enumerate(req.messages) for p in m.images()]
+        if not parts:
+            return []
+        if not self.engine.accepts_images:
+            raise UserInputError(f"model '{req.model}' does not take images (text only)", param=parts[0][0])
+        if len(parts) > self.media.max_images:
+            raise UserInputError(f"{len(parts)} images in one request; this server takes at most "
+                                 f"{self.media.max_images}", param=parts[0][0])
+        return list(await asyncio.gather(*(asyncio.to_thread(load_image, p.image_url.url, self.media, name)
+                                           for name, p in parts)))
+
+    def encode_messages(self, req: ChatCompletionRequest, lease: Lease, images: list[Any] | None = None,
+                        inputs: dict[str, Any] | None = None) -> list[int]:
+        """The prompt's ids; with ``images``, their model inputs (pixel values) are put into ``inputs``."""
         template = self._template(req.model, req.messages, req.tool_mode() != "none", lease)
         tools = [t.model_dump(exclude_none=True) for t in req.tools or []] or None
         if req.tool_mode() == "none" and not supports_tools(template):
             tools = None
-        return self.engine.encode_chat(template_messages(_messages(req.messages)), template, tools=tools)
+        messages = template_messages(_messages(req.messages))
+        if images:
+            ids, extra = self.engine.encode_chat_images(messages, lease.chat_template, images, tools=tools)
+            if inputs is not None:
+                inputs.update(extra)
+            return ids
+        return self.engine.encode_chat(messages, template, tools=tools)
 
     def _tools(self, req: ChatCompletionRequest) -> Callable[[Lease], _Tools | None]:
         def plan(lease: Lease) -> _Tools | None:
@@ -311,8 +339,10 @@ class CompletionService:
     async def chat(self, req: ChatCompletionRequest, caller: str | None = None) -> ChatCompletionResponse:
         """``caller`` (e.g. an X-Session-Id) keeps a caller on one version of a split alias; ``user`` wins."""
         t0 = time.perf_counter()
-        job = await self._start(req, lambda lease: [self.encode_messages(req, lease)], req.n, caller,
-                                self._tools(req))
+        images = await self._images(req)
+        inputs: dict[str, Any] = {}
+        job = await self._start(req, lambda lease: [self.encode_messages(req, lease, images, inputs)], req.n, caller,
+                                self._tools(req), inputs)
         try:
             results = await asyncio.gather(*(_collect(self.engine, g) for g in job.gens))
         finally:
@@ -331,8 +361,10 @@ class CompletionService:
     async def chat_stream(self, req: ChatCompletionRequest, caller: str | None = None
                           ) -> AsyncIterator[ChatCompletionChunk]:
         """Validate eagerly (errors before the first byte), then return the chunk iterator."""
-        job = await self._start(req, lambda lease: [self.encode_messages(req, lease)], req.n, caller,
-                                self._tools(req))
+        images = await self._images(req)
+        inputs: dict[str, Any] = {}
+        job = await self._start(req, lambda lease: [self.encode_messages(req, lease, images, inputs)], req.n, caller,
+                                self._tools(req), inputs)
         model = job.lease.answered_by
         plan = job.tools
         splitters = [StreamSplitter(plan.parser, plan.names, plan.forced) if plan else None for _ in job.gens]
@@ -492,7 +524,11 @@ def _timed(r: _Result, d: Delta) -> None:
 def _messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
     out = []
     for m in messages:
-        d: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        content: Any = m.text()
+        if m.images():  # parts in order, images as the {"type": "image"} placeholders processors read
+            content = [{"type": "image"} if isinstance(p, ImagePart) else {"type": "text", "text": p.text}
+                       for p in m.content or [] if not isinstance(p, dict)]
+        d: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": content}
         if m.name is not None:
             d["name"] = m.name
         if m.tool_calls:

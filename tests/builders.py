@@ -121,3 +121,45 @@ def pythonpath() -> str:
 
     root = str(Path(__file__).resolve().parents[1])
     return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+
+
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}{% if message['content'] is string %}"
+    "{{ message['content'] }}{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %}"
+    "{{ '<image>' }}{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_tiny_llava(out: Path, *, seed: int = 0) -> Path:
+    """A tiny LLaVA (CLIP vision tower 32x32 pixels, 8x8 patches → 16 image tokens; 2-layer Llama) with its
+    processor, saved as a normal HF directory."""
+    import torch
+    import transformers as t
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(out, extra_lines=["".join(chr(c) for c in range(32, 127))])
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    vision = t.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=32, patch_size=8, projection_dim=32)
+    text = t.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         tie_word_embeddings=False)
+    cfg = t.LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
+                        vision_feature_layer=-1, vision_feature_select_strategy="default")
+    torch.manual_seed(seed)
+    model = t.LlavaForConditionalGeneration(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.08)
+    images = t.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = t.LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=8,
+                                 vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                 chat_template=LLAVA_TEMPLATE)
+    tok.chat_template = LLAVA_TEMPLATE
+    model.save_pretrained(str(out))
+    processor.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out

@@ -54,6 +54,7 @@ class GenerationRequest:
     params: SamplingParams
     adapter_key: str | None = None  # None = the base model
     request_id: str = ""
+    inputs: dict[str, Any] | None = None  # extra model inputs for the prompt (a vision model's pixel values)
     cancelled: bool = False
     created_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None  # set by the engine at the request's first forward pass (queue time)
@@ -133,6 +134,16 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Stream the completion of one request. Setting ``request.cancelled`` stops it early."""
+
+    @property
+    def accepts_images(self) -> bool:
+        """Whether the base takes image inputs (a vision-language model)."""
+        return False
+
+    def encode_chat_images(self, messages: list[dict[str, Any]], chat_template: str | None, images: list[Any], *,
+                           tools: list[dict[str, Any]] | None = None) -> tuple[list[int], dict[str, Any]]:
+        """Token ids of messages with image parts (``{"type": "image"}``) and the model inputs of ``images``."""
+        raise UserInputError("this model does not take images (text only)", param="messages")
 
     def check_constraint(self, constraint: Constraint) -> None:
         """Raise UserInputError (with the grammar library's reason) if ``constraint`` cannot be enforced."""

@@ -79,6 +79,16 @@ class TextPart(_Strict):
         return _valid_text(v, "text")
 
 
+class ImageURL(_Strict):
+    url: str = Field(description="data:image/...;base64,... or an http(s) URL of an allowed domain.")
+    detail: Literal["auto"] | None = Field(None, description="Only 'auto': the model's processor sets the resolution.")
+
+
+class ImagePart(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
 class FunctionCallIn(_Strict):
     name: str
     arguments: str
@@ -92,7 +102,7 @@ class ToolCallIn(_Strict):
 
 class ChatMessage(_Request):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[TextPart | dict[str, Any]] | None = None
+    content: str | list[TextPart | ImagePart | dict[str, Any]] | None = None
     name: str | None = None
     tool_calls: list[ToolCallIn] | None = Field(None, description="An assistant turn's tool calls (sent back).")
     tool_call_id: str | None = Field(None, description="The call a tool message answers.")
@@ -105,8 +115,13 @@ class ChatMessage(_Request):
         for part in v or []:
             if isinstance(part, dict):
                 kind = part.get("type")
-                raise ValueError(f"content parts of type {kind!r} are not supported by this model (text only)")
+                if kind == "image_url":
+                    raise ValueError("an image_url part needs image_url.url (and detail, if any, 'auto')")
+                raise ValueError(f"content parts of type {kind!r} are not supported (text and image_url only)")
         return v
+
+    def images(self) -> list[ImagePart]:
+        return [p for p in self.content or [] if isinstance(p, ImagePart)] if isinstance(self.content, list) else []
 
     def text(self) -> str:
         if self.content is None:

@@ -63,7 +63,7 @@ def merge(a: Batch, b: Batch) -> Batch:
 
 
 def prefill(model: Any, lora: LoraSlots, rows: list[Any], prompts: Sequence[list[int]], slots: list[int],
-            pad_id: int, device: torch.device) -> tuple[Batch, torch.Tensor]:
+            pad_id: int, device: torch.device, extra: dict[str, Any] | None = None) -> tuple[Batch, torch.Tensor]:
     """Run the (left-padded) prompts; returns the new batch and each row's last-position logits (fp32)."""
     from transformers import DynamicCache
 
@@ -78,8 +78,11 @@ def prefill(model: Any, lora: LoraSlots, rows: list[Any], prompts: Sequence[list
     batch = Batch(rows, DynamicCache(), mask, torch.zeros(0, dtype=torch.long),
                   torch.tensor(slots, dtype=torch.long, device=device), any(s != 0 for s in slots))
     lora.ctx.indices = batch.slots if batch.uses_lora else None  # an all-base batch skips the LoRA math
+    inputs = {k: v.to(device) for k, v in (extra or {}).items()}  # e.g. a row's pixel values (images)
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                past_key_values=batch.cache, use_cache=True, logits_to_keep=1)
+                past_key_values=batch.cache, use_cache=True, logits_to_keep=1, **inputs)
     return batch, out.logits[:, -1, :].float()
 
 

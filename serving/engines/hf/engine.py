@@ -18,10 +18,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from adapterhub.errors import OverloadedError
+from adapterhub.errors import OverloadedError, UserInputError
 from serving.engines.base import Delta, EngineCapabilities, GenerationRequest, TokenizerEngine, TokenLogprob
 from serving.engines.hf import batch as batching
 from serving.engines.hf.detokenizer import IncrementalDetokenizer
@@ -83,6 +84,8 @@ class HFEngine(TokenizerEngine):
         self.slots = LoraSlots(self.model, max_loaded=max_loaded, max_rank=max_lora_rank, dtype=lora_dtype,
                                device=self.device)
         cfg = self.model.config
+        cfg = getattr(cfg, "text_config", None) or cfg  # a vision-language model: its language model's
+        self.processor = loaded.processor
         self._caps = EngineCapabilities(
             max_lora_rank=max_lora_rank, max_loaded=max_loaded,
             context_length=int(getattr(cfg, "max_position_embeddings", 2048)),
@@ -114,6 +117,23 @@ class HFEngine(TokenizerEngine):
 
     def check_constraint(self, constraint: Constraint) -> None:
         self.grammars.grammar(constraint)
+
+    @property
+    def accepts_images(self) -> bool:
+        return self.processor is not None
+
+    def encode_chat_images(self, messages: list[dict[str, Any]], chat_template: str | None, images: list[Any], *,
+                           tools: list[dict[str, Any]] | None = None) -> tuple[list[int], dict[str, Any]]:
+        """Token ids (each image placeholder expanded to its image tokens) and the pixel values."""
+        template = chat_template or self.processor.chat_template or self.tokenizer.chat_template
+        try:
+            text = self.processor.apply_chat_template(messages, chat_template=template, add_generation_prompt=True,
+                                                      tokenize=False, tools=tools)
+            enc = self.processor(images=images, text=[text], return_tensors="pt")
+        except Exception as e:  # noqa: BLE001 - the processor's reason (an image it cannot read) is a 400
+            raise UserInputError(f"cannot prepare the images for this model: {e}", param="messages") from e
+        extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+        return enc["input_ids"][0].tolist(), extra
 
     def load_adapter(self, key: str, path: Path) -> None:
         with self._lock:
@@ -264,8 +284,17 @@ class HFEngine(TokenizerEngine):
             slots = [self.slots.slot_of(r.req.adapter_key) for r in rows]
         except KeyError:
             raise RuntimeError("adapter unloaded while queued") from None
+        with_images = [i for i, r in enumerate(rows) if r.req.inputs]
+        if with_images and len(rows) > 1:  # rows with images are prefilled alone, then join the batch
+            joined: batching.Batch | None = None
+            for group in [[i] for i in with_images] + [[i for i in range(len(rows)) if i not in with_images]]:
+                if group:
+                    one = self._prefill([rows[i] for i in group])
+                    joined = one if joined is None else batching.merge(joined, one) if one else joined
+            return joined
+        extra = rows[0].req.inputs if with_images else None
         batch, logits = batching.prefill(self.model, self.slots, rows, [r.req.prompt_ids for r in rows], slots,
-                                         self.pad_id, self.device)
+                                         self.pad_id, self.device, extra)
         return self._after_forward(batch, logits)
 
     def _after_forward(self, batch: batching.Batch, logits: torch.Tensor) -> batching.Batch | None:

@@ -20,11 +20,14 @@ class LoadedModel:
     quantization: str | None  # "nf4" | "int8" | a pre-quantized model's method | None
     eos_ids: set[int]
     pad_id: int
+    processor: Any = None  # a vision-language model's processor (images → pixel values, image tokens)
 
 
 def load_model(model_path: Path, *, dtype: str = "auto", bits: int | None = None,
                device: str | None = None, trust_remote_code: bool = False) -> LoadedModel:
     """The model in eval mode with gradients off, on ``device`` (CUDA when available, else CPU)."""
+    import json
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_bits(bits)
@@ -35,9 +38,22 @@ def load_model(model_path: Path, *, dtype: str = "auto", bits: int | None = None
     if dev.type != "cpu":
         kwargs["device_map"] = {"": str(dev)}  # quantized weights are placed when loaded
     dt = torch_dtype(dtype, model_path=model_path, cuda=dev.type == "cuda")
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dt, trust_remote_code=trust_remote_code,
-                                                 **kwargs)
+    try:
+        multimodal = "vision_config" in json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        multimodal = False
+    processor = None
+    if multimodal:  # LLaVA-style: the processor expands image placeholders and makes pixel values
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+        tokenizer = processor.tokenizer
+        model = AutoModelForImageTextToText.from_pretrained(str(model_path), dtype=dt,
+                                                            trust_remote_code=trust_remote_code, **kwargs)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dt, trust_remote_code=trust_remote_code,
+                                                     **kwargs)
     quant = QUANT_LABELS[bits] if bits is not None else quant_label_of(model.config)  # e.g. `merge --bits 4`
     if quant is None:
         model.to(dev)
@@ -45,7 +61,7 @@ def load_model(model_path: Path, *, dtype: str = "auto", bits: int | None = None
     model.requires_grad_(False)
     eos = eos_ids(tokenizer, model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
-    return LoadedModel(model, tokenizer, dev, dt, quant, eos, pad)
+    return LoadedModel(model, tokenizer, dev, dt, quant, eos, pad, processor)
 
 
 def eos_ids(tokenizer: Any, model: Any) -> set[int]:

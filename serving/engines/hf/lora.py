@@ -22,6 +22,8 @@ from torch import nn
 
 # The modules vLLM's LoRA support covers for Llama-style models (the vLLM engine's list).
 LINEAR_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Module-name parts of a vision-language model's image encoder and projector (LLaVA and its kin).
+VISION_PARTS = ("vision_tower", "vision_model", "multi_modal_projector", "visual")
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 
 
@@ -138,6 +140,8 @@ class LoraSlots:
         get_head = getattr(model, "get_output_embeddings", None)
         head = get_head() if callable(get_head) else None
         for name, module in list(model.named_modules()):
+            if any(part in name for part in VISION_PARTS):
+                continue  # a vision-language model's image side runs on images, not on the batch's rows
             for child_name, child in list(module.named_children()):
                 shape = linear_shape(child)
                 if shape is None or child is head or (targets is not None and child_name not in targets):
