@@ -126,7 +126,7 @@ def serve(config: ServeConfig, settings: Settings | None = None,
 def chat(model: str, *, adapter: str | None = None, bits: int | None = None, system: str | None = None,
          template: str | None = None, max_tokens: int = 256, temperature: float = 0.0,
          settings: Settings | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None,
-         trust_remote_code: bool = False) -> int:
+         trust_remote_code: bool = False, image: str | None = None) -> int:
     """Multi-turn terminal chat with a base or merged model, optionally with an adapter; returns turns."""
     from adapterhub.templates import get_template
     from serving.chat import run_chat
@@ -151,9 +151,25 @@ def chat(model: str, *, adapter: str | None = None, bits: int | None = None, sys
         lease = asyncio.run(stack.manager.acquire(adapter))
         key, label = lease.key, f"{stack.base_name} + {lease.ref}"
         chat_template = chat_template or lease.chat_template
+    picture = None
+    if image is not None:
+        from pathlib import Path
+
+        from serving.media import MediaPolicy, load_image
+
+        if not stack.engine.accepts_images:
+            raise UserInputError(f"--image: '{model}' does not take images (text only)")
+        path = Path(image)
+        if not path.is_file():
+            raise UserInputError(f"--image: no such file: {image}")
+        import base64
+
+        picture = load_image("data:image/x;base64," + base64.b64encode(path.read_bytes()).decode(),
+                             MediaPolicy(max_bytes=64 * 2**20), "--image")
     stack.engine.start()
     try:
         return run_chat(stack.engine, adapter_key=key, template=chat_template, system=system, max_tokens=max_tokens,
-                        temperature=temperature, stdin=stdin or sys.stdin, stdout=stdout or sys.stdout, label=label)
+                        temperature=temperature, stdin=stdin or sys.stdin, stdout=stdout or sys.stdout, label=label,
+                        image=picture)
     finally:
         stack.engine.stop()

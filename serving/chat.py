@@ -6,7 +6,7 @@ Reads user turns line by line from ``stdin`` (so it can be driven by a pipe as w
 from __future__ import annotations
 
 import asyncio
-from typing import TextIO
+from typing import Any, TextIO
 
 from serving.engines.base import Engine, GenerationRequest, SamplingParams
 
@@ -14,9 +14,11 @@ HELP = "commands: /reset (forget the conversation), /exit"
 
 
 def run_chat(engine: Engine, *, adapter_key: str | None, template: str | None, system: str | None,
-             max_tokens: int, temperature: float, stdin: TextIO, stdout: TextIO, label: str) -> int:
-    """Run until ``/exit`` or end of input; returns the number of answered turns."""
-    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+             max_tokens: int, temperature: float, stdin: TextIO, stdout: TextIO, label: str,
+             image: Any = None) -> int:
+    """Run until ``/exit`` or end of input; returns the number of answered turns. ``image`` (a PIL image)
+    goes with the first user turn, as the source material's ``xtuner chat --image``."""
+    history: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     initial = list(history)
     turns = 0
     stdout.write(f"chatting with {label}. {HELP}\n")
@@ -39,10 +41,17 @@ def run_chat(engine: Engine, *, adapter_key: str | None, template: str | None, s
         if text.startswith("/"):
             stdout.write(f"unknown command {text}. {HELP}\n")
             continue
-        history.append({"role": "user", "content": text})
-        prompt = engine.encode_chat(history, template)
+        inputs = None
+        if image is not None and not any(m["role"] == "user" for m in history):
+            history.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]})
+        else:
+            history.append({"role": "user", "content": text})
+        if image is not None:
+            prompt, inputs = engine.encode_chat_images(history, template, [image])
+        else:
+            prompt = engine.encode_chat(history, template)
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
-        reply = asyncio.run(_stream(engine, GenerationRequest(prompt, params, adapter_key), stdout))
+        reply = asyncio.run(_stream(engine, GenerationRequest(prompt, params, adapter_key, inputs=inputs), stdout))
         history.append({"role": "assistant", "content": reply})
         turns += 1
     stdout.write("\n")

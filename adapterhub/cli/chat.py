@@ -17,13 +17,14 @@ def chat_cmd(
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
                                            help="Allow a base that ships its own modeling code to run it."),
+    image: str = typer.Option(None, "--image", help="An image file sent with the first question (vision models)."),
 ) -> None:
     """Multi-turn terminal chat with streamed answers (/reset, /exit)."""
     with needs("serve", "adapterhub chat"):
         from serving.api import chat
 
     chat(model, adapter=adapter, bits=bits, system=system, template=template, max_tokens=max_tokens,
-         temperature=temperature, trust_remote_code=trust_remote_code)
+         temperature=temperature, trust_remote_code=trust_remote_code, image=image)
 
 
 def register(app: typer.Typer) -> None:

@@ -164,3 +164,20 @@ def setup_text_only(tiny_model, tmp_path_factory):
     with running_server(app) as url:
         yield url
     engine.stop()
+
+
+def test_chat_with_an_image_file(server, tmp_path, tiny_model):
+    import io as _io
+
+    from adapterhub.errors import UserInputError
+    from serving.api import chat
+
+    _, _, base, _ = server
+    red = png((255, 0, 0))
+    path = tmp_path / "red.png"
+    path.write_bytes(base64.b64decode(red.split(",", 1)[1]))
+    out = _io.StringIO()
+    turns = chat(str(base), image=str(path), stdin=_io.StringIO("what is this\n/exit\n"), stdout=out, max_tokens=8)
+    assert turns == 1 and reference(base, red, "what is this", 8) in out.getvalue()
+    with pytest.raises(UserInputError, match="does not take images"):
+        chat(str(tiny_model), image=str(path), stdin=_io.StringIO("/exit\n"), stdout=_io.StringIO())
