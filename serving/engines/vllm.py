@@ -96,6 +96,7 @@ class VLLMEngine(TokenizerEngine):
         )
         self._identity = {"id": model_id, "fingerprint": fingerprint, "quantization": None}
         self._vocab = int(cfg.get("vocab_size") or len(self.tokenizer))
+        self._grammars: Any = None
 
     def _call(self, coro: Coroutine[Any, Any, Any], timeout: float | None = 60.0) -> Any:
         """Run ``coro`` on the engine's loop and wait for it (never called from that loop)."""
@@ -122,7 +123,14 @@ class VLLMEngine(TokenizerEngine):
             self._call(self.engine.remove_lora(req.lora_int_id))
 
     def check_constraint(self, constraint: Any) -> None:
-        """vLLM compiles the constraint itself when the request is added (its own errors then apply)."""
+        """Compiled with llguidance (vLLM's guidance backend) before the request reaches vLLM, so a schema or
+        grammar neither can use is a 400 with the library's reason, as on the hf engine."""
+        if self._grammars is None:
+            from serving.engines.hf.grammar import GrammarCompiler
+
+            eos = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else {0}
+            self._grammars = GrammarCompiler(self.tokenizer, self._vocab, eos)
+        self._grammars.grammar(constraint)
 
     def loaded_adapters(self) -> list[str]:
         return list(self._loras)
