@@ -80,3 +80,18 @@ def test_agent_training_records_parser_and_tool_scores(tiny_json_model, tmp_path
         assert 0.0 <= m.metrics[k] <= 1.0 and result.metrics[k] == m.metrics[k]
     with pytest.raises(Exception, match="tool_parser 'nope'"):
         config(tiny_json_model, "builtin:agent_tools", **{"model.tool_parser": "nope"})
+
+
+def test_model_card_names_the_tool_format_and_the_vllm_flags():
+    import time
+
+    from adapterhub.hub.model_card import render_model_card
+    from adapterhub.registry.manifest import FileEntry, Manifest
+
+    m = Manifest(name="agent", version=1, content_hash="0" * 64, files={"a": FileEntry(sha256="0" * 64, size=1)},
+                 base_model={"id": "smollm2-135m-instruct", "fingerprint": "f"}, lora={"r": 16, "alpha": 32},
+                 training={"method": "lora", "tool_parser": "internlm2"}, metrics={"tool_call": 0.9},
+                 created_at=time.time())
+    card = render_model_card(m, "acme/agent")
+    assert "| tool-call format | internlm2 |" in card and '"tool_call": 0.9' in card
+    assert "--enable-auto-tool-choice --tool-call-parser internlm\n" in card  # vLLM names it internlm
