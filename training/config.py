@@ -151,6 +151,15 @@ class EvalSection(_Strict):
     )
 
 
+class VisionSection(_Strict):
+    """Fine-tuning a LLaVA-style base on image conversations (LoRA on its language model)."""
+
+    image_folder: str | None = Field(None, description="Folder the records' 'image' paths are relative to "
+                                                       "(default: the data file's folder).")
+    train_projector: bool = Field(True, description="Also train the image projector (saved with the adapter, "
+                                                    "served per request).")
+
+
 class TrainConfig(_Strict):
     """A complete fine-tuning run."""
 
@@ -161,6 +170,9 @@ class TrainConfig(_Strict):
     data: DataSection = Field(..., description="The dataset.")
     train: TrainSection = Field(default_factory=TrainSection, description="Optimization.")
     eval: EvalSection = Field(default_factory=EvalSection, description="Sample answers and scores during training.")
+    vision: VisionSection | None = Field(
+        None, description="Image conversations on a LLaVA-style base (LLaVA JSON: 'image' + 'conversations').",
+    )
     preference: PreferenceSection | None = Field(
         None, description="Preference training on prompt/chosen/rejected pairs (TRL) instead of SFT.",
     )
@@ -169,6 +181,9 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TrainConfig:
+        if self.vision is not None and (self.method == "full" or self.data.packing or self.preference is not None
+                                        or self.data.mode != "sft"):
+            raise ValueError("vision fine-tuning is LoRA / QLoRA SFT without packing or preference training")
         if self.model.bits == 8 and self.method != "lora":
             raise ValueError(f"model.bits 8 is LoRA on an 8-bit base: method must be lora, not {self.method} "
                              "(qlora is the 4-bit form)")

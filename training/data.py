@@ -19,6 +19,7 @@ import csv
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,11 @@ class Conversation(list):  # type: ignore[type-arg]
     """Messages (dicts: role, content, and tool_calls / tool_call_id for tool use) and the ``tools`` the
     record offers (OpenAI function definitions, rendered into the prompt by the chat template)."""
 
-    def __init__(self, messages: Any = (), tools: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, messages: Any = (), tools: list[dict[str, Any]] | None = None,
+                 images: list[str] | None = None) -> None:
         super().__init__(messages)
         self.tools = tools or None
+        self.images = images or []  # LLaVA records: image paths, one per <image> placeholder
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Sample:
     input_ids: list[int]
     labels: list[int]
     lengths: list[int] | None = None  # a padding-free block: the lengths of the whole samples it holds
+    pixel_values: Any = None  # an image conversation: its image, as the model's processor prepares it
 
 
 # ---------------------------------------------------------------------------- reading
@@ -156,7 +160,9 @@ def to_conversation(record: dict[str, Any], fmt: str, section: DataSection, inde
         msgs.insert(0, {"role": "system", "content": section.system})
     if not any(m["role"] == "assistant" for m in msgs):
         raise ConfigError(f"{where}: has no assistant turn to learn from")
-    return Conversation(msgs, _tools(record.get("tools"), where))
+    image = record.get("image")
+    return Conversation(msgs, _tools(record.get("tools"), where),
+                        ([image] if isinstance(image, str) else list(image)) if image else None)
 
 
 def _message(m: Any, where: str) -> dict[str, Any]:
@@ -220,7 +226,8 @@ def render(tokenizer: Any, messages: list[dict[str, Any]], template: str | None,
                                          add_generation_prompt=generation_prompt, tools=tools)
 
 
-def tokenize_conversation(tokenizer: Any, messages: Conversation, template: str | None, max_length: int) -> Sample:
+def tokenize_conversation(tokenizer: Any, messages: Conversation, template: str | None, max_length: int,
+                          expand: Callable[[str], str] | None = None) -> Sample:
     """Token ids of the rendered conversation, labels only on assistant turns (content, tool calls and end
     marker); tool results, prompts and the tool list are context only."""
     tools = getattr(messages, "tools", None)
@@ -230,13 +237,14 @@ def tokenize_conversation(tokenizer: Any, messages: Conversation, template: str 
         if not supports_tools(template or tokenizer.chat_template):
             raise ConfigError("the data has tools but the chat template does not render them: set model.template "
                               "to a tool template (hermes)")
-    full = render(tokenizer, messages, template, generation_prompt=False, tools=tools)
+    grow = expand or (lambda t: t)  # image conversations: each <image> becomes the model's image tokens
+    full = grow(render(tokenizer, messages, template, generation_prompt=False, tools=tools))
     spans: list[tuple[int, int]] = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        prefix = render(tokenizer, messages[:i], template, generation_prompt=True, tools=tools) if i else ""
-        upto = render(tokenizer, messages[: i + 1], template, generation_prompt=False, tools=tools)
+        prefix = grow(render(tokenizer, messages[:i], template, generation_prompt=True, tools=tools)) if i else ""
+        upto = grow(render(tokenizer, messages[: i + 1], template, generation_prompt=False, tools=tools))
         if not full.startswith(upto) or not upto.startswith(prefix):
             from adapterhub.templates import TEMPLATES
 
@@ -352,6 +360,41 @@ def _hub_records(spec: str) -> list[dict[str, Any]]:
     return [dict(r) for r in ds]
 
 
+class ImageInputs:
+    """Image conversations for a LLaVA-style model: each ``<image>`` placeholder expanded to the model's image
+    tokens (as its processor does), the image read from ``folder`` and turned into pixel values."""
+
+    def __init__(self, processor: Any, folder: Path) -> None:
+        from PIL import Image
+
+        self.processor, self.folder = processor, folder
+        self.token = getattr(processor, "image_token", "<image>")
+        probe = processor(images=[Image.new("RGB", (32, 32))], text=[self.token], return_tensors="pt")
+        token_id = processor.tokenizer.convert_tokens_to_ids(self.token)
+        self.n_tokens = int((probe["input_ids"][0] == token_id).sum())
+
+    def sample(self, tokenizer: Any, conv: Conversation, template: str | None, max_length: int) -> Sample:
+        from PIL import Image
+
+        if len(conv.images) != 1:
+            raise ConfigError(f"a record has {len(conv.images)} images: one image per conversation is supported")
+        text = "".join(str(m.get("content", "")) for m in conv)
+        if text.count(self.token) != 1:
+            raise ConfigError(f"a record with an image needs exactly one {self.token} placeholder in its turns")
+        path = self.folder / conv.images[0]
+        try:
+            img = Image.open(path).convert("RGB")
+        except OSError as e:
+            raise ConfigError(f"cannot read image {path}: {e}") from None
+        s = tokenize_conversation(tokenizer, conv, template, max_length + 10**6,
+                                  expand=lambda t: t.replace(self.token, self.token * self.n_tokens))
+        if len(s.input_ids) > max_length:
+            raise ConfigError(f"an image conversation has {len(s.input_ids)} tokens ({self.n_tokens} for its image), "
+                              f"more than data.max_length {max_length}: raise it")
+        s.pixel_values = self.processor.image_processor(images=[img], return_tensors="pt")["pixel_values"][0]
+        return s
+
+
 @dataclass
 class RawData:
     """The dataset read and normalized, before tokenization (no model or tokenizer needed)."""
@@ -371,7 +414,8 @@ def read_dataset(section: DataSection) -> RawData:
 
 
 def prepare(section: DataSection, tokenizer: Any, template: str | None,
-            replay: list[Conversation] | None = None, seed: int = 42, raw: RawData | None = None) -> PreparedData:
+            replay: list[Conversation] | None = None, seed: int = 42, raw: RawData | None = None,
+            images: ImageInputs | None = None) -> PreparedData:
     """Tokenize (and optionally pack) the dataset (read now unless ``raw`` is given); mix in ``replay``."""
     raw = raw or read_dataset(section)
     records, fmt = raw.records, raw.format
@@ -384,7 +428,13 @@ def prepare(section: DataSection, tokenizer: Any, template: str | None,
                 samples.append(tokenize_text(tokenizer, str(text), section.max_length))
     else:
         for c in raw.conversations + list(replay or []):
-            s = tokenize_conversation(tokenizer, c, template, section.max_length)
+            if getattr(c, "images", None):
+                if images is None:
+                    raise ConfigError("the data has images ('image' records): the base must be a vision-language "
+                                      "model and the config needs a vision section")
+                s = images.sample(tokenizer, c, template, section.max_length)
+            else:
+                s = tokenize_conversation(tokenizer, c, template, section.max_length)
             if any(label != IGNORE for label in s.labels):
                 samples.append(s)
             else:
@@ -419,7 +469,11 @@ class Collator:
             ids[i, :n] = torch.tensor(b["input_ids"])
             labels[i, :n] = torch.tensor(b["labels"])
             mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        out = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        pixels = [b["pixel_values"] for b in batch if b.get("pixel_values") is not None]
+        if pixels:  # the images of the batch's image conversations, in order (LLaVA matches them to tokens)
+            out["pixel_values"] = torch.stack(pixels)
+        return out
 
 
 class FlatCollator:
@@ -461,4 +515,6 @@ class TorchDataset:
         item: dict[str, Any] = {"input_ids": s.input_ids, "labels": s.labels}
         if s.lengths is not None:
             item["lengths"] = s.lengths
+        if s.pixel_values is not None:
+            item["pixel_values"] = s.pixel_values
         return item

@@ -25,6 +25,8 @@ def load_tokenizer(path: Path, cfg: TrainConfig) -> tuple[Any, str | None]:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     template = get_template(cfg.model.template) if cfg.model.template else tok.chat_template
+    if template is None and cfg.vision is not None and is_vision_model(path):  # llava-hf: on the processor
+        template = getattr(load_processor(path, cfg), "chat_template", None)
     if template is None and cfg.data.mode == "sft":
         raise ConfigError("the base model has no chat template: set model.template (chatml, llama3, alpaca)")
     if template:
@@ -32,8 +34,27 @@ def load_tokenizer(path: Path, cfg: TrainConfig) -> tuple[Any, str | None]:
     return tok, template
 
 
+def is_vision_model(path: Path) -> bool:
+    """A LLaVA-style base: its config has a vision tower."""
+    import json
+
+    try:
+        return "vision_config" in json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def load_processor(path: Path, cfg: TrainConfig) -> Any:
+    from transformers import AutoProcessor
+
+    if not is_vision_model(path):
+        raise ConfigError("the config has a vision section but the base has no vision tower (a LLaVA-style model "
+                          "with vision_config)")
+    return AutoProcessor.from_pretrained(str(path), trust_remote_code=cfg.model.trust_remote_code)
+
+
 def load_base(path: Path, cfg: TrainConfig) -> Any:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     dtype = torch_dtype(cfg.model.dtype)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.model.trust_remote_code}
@@ -45,7 +66,8 @@ def load_base(path: Path, cfg: TrainConfig) -> Any:
             # 4-bit weights are placed when loaded (the Trainer does not move quantized models): this
             # process's GPU, LOCAL_RANK under a launcher.
             kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
-    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    auto = AutoModelForImageTextToText if cfg.vision is not None else AutoModelForCausalLM
+    return auto.from_pretrained(str(path), **kwargs)
 
 
 def add_lora(model: Any, cfg: TrainConfig) -> Any:
@@ -58,16 +80,23 @@ def add_lora(model: Any, cfg: TrainConfig) -> Any:
     elif cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    targets = cfg.lora.target_modules
-    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    targets: Any = cfg.lora.target_modules
+    vision_parts = ("vision_tower", "vision_model", "multi_modal_projector")
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+             and not (cfg.vision is not None and any(p in n for p in vision_parts))}
     if isinstance(targets, list):
         missing = sorted(set(targets) - names)
         if missing:
             raise ConfigError(f"lora.target_modules: the base has no module(s) {missing} (has {sorted(names)})")
+    save: list[str] | None = None
+    if cfg.vision is not None:  # LoRA on the language model only; the projector trained whole (modules_to_save)
+        chosen = sorted(names - {"lm_head"}) if targets == "all-linear" else sorted(targets)
+        targets = r".*language_model.*\.(" + "|".join(chosen) + ")"
+        save = ["multi_modal_projector"] if cfg.vision.train_projector else None
     init: bool | str = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}[cfg.lora.init]
     lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=targets, task_type="CAUSAL_LM", bias="none", use_dora=cfg.lora.use_dora,
-                      use_rslora=cfg.lora.use_rslora, init_lora_weights=init)
+                      use_rslora=cfg.lora.use_rslora, init_lora_weights=init, modules_to_save=save)
     return get_peft_model(model, lcfg)
 
 

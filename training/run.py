@@ -120,7 +120,14 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
         with console.status("retention reference: base answers to held-out prompts (cached)…"):
             base_general = retention_reference(model, tokenizer, template, settings.cache_dir, resolved.fingerprint)
 
-    data = prepare(cfg.data, tokenizer, template, replay, seed=cfg.train.seed, raw=raw)
+    images = None
+    if cfg.vision is not None:
+        from training.data import ImageInputs
+        from training.model import load_processor
+
+        folder = cfg.vision.image_folder or str(Path(cfg.data.path).expanduser().parent)
+        images = ImageInputs(load_processor(resolved.path, cfg), Path(folder).expanduser())
+    data = prepare(cfg.data, tokenizer, template, replay, seed=cfg.train.seed, raw=raw, images=images)
     if not data.samples:
         raise ConfigError("data: no usable samples after tokenization (answers truncated away? raise data.max_length)")
     if cfg.method != "full":

@@ -86,6 +86,7 @@ class HFEngine(TokenizerEngine):
         cfg = self.model.config
         cfg = getattr(cfg, "text_config", None) or cfg  # a vision-language model: its language model's
         self.processor = loaded.processor
+        self._projectors: dict[str, Any] = {}  # adapter key -> its own image projector (vision models)
         self._caps = EngineCapabilities(
             max_lora_rank=max_lora_rank, max_loaded=max_loaded,
             context_length=int(getattr(cfg, "max_position_embeddings", 2048)),
@@ -138,10 +139,40 @@ class HFEngine(TokenizerEngine):
     def load_adapter(self, key: str, path: Path) -> None:
         with self._lock:
             self.slots.load(key, path)
+            projector = self._adapter_projector(path)
+            if projector is not None:
+                self._projectors[key] = projector
 
     def unload_adapter(self, key: str) -> None:
         with self._lock:
             self.slots.unload(key)
+            self._projectors.pop(key, None)
+
+    def _projector_site(self) -> tuple[Any, str] | None:
+        """(parent module, attribute) of a vision-language model's image projector."""
+        for name, _ in self.model.named_modules():
+            if name.endswith("multi_modal_projector"):
+                parent = self.model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else self.model
+                return parent, name.rsplit(".", 1)[-1]
+        return None
+
+    def _adapter_projector(self, path: Path) -> Any:
+        """An adapter's own trained projector (peft modules_to_save), as a module beside the base's."""
+        import copy
+
+        from safetensors.torch import load_file
+
+        site = self._projector_site()
+        weights = path / "adapter_model.safetensors"
+        if site is None or not weights.exists():
+            return None
+        state = {k.split("multi_modal_projector.", 1)[1]: v for k, v in load_file(str(weights)).items()
+                 if "multi_modal_projector." in k}
+        if not state:
+            return None
+        projector = copy.deepcopy(getattr(*site))
+        projector.load_state_dict(state)
+        return projector.to(self.device)
 
     def loaded_adapters(self) -> list[str]:
         return list(self.slots.loaded)
@@ -293,8 +324,17 @@ class HFEngine(TokenizerEngine):
                     joined = one if joined is None else batching.merge(joined, one) if one else joined
             return joined
         extra = rows[0].req.inputs if with_images else None
-        batch, logits = batching.prefill(self.model, self.slots, rows, [r.req.prompt_ids for r in rows], slots,
-                                         self.pad_id, self.device, extra)
+        own = self._projectors.get(rows[0].req.adapter_key or "") if with_images else None
+        site = self._projector_site() if own is not None else None
+        base_projector = getattr(*site) if site is not None else None
+        if site is not None:  # this image row's adapter trained its own projector: use it for this prefill
+            setattr(site[0], site[1], own)
+        try:
+            batch, logits = batching.prefill(self.model, self.slots, rows, [r.req.prompt_ids for r in rows], slots,
+                                             self.pad_id, self.device, extra)
+        finally:
+            if site is not None:
+                setattr(site[0], site[1], base_projector)
         return self._after_forward(batch, logits)
 
     def _after_forward(self, batch: batching.Batch, logits: torch.Tensor) -> batching.Batch | None:

@@ -1,0 +1,127 @@
+"""Fine-tuning a LLaVA-style base on image conversations (LLaVA JSON: ``image`` + ``conversations`` with
+``<image>``): LoRA on the language model and the projector trained whole; the loss falls on the answers
+only; the version serves with its own projector, and two versions with different projectors in one batch
+each give their solo text, equal to peft's."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+
+import httpx
+import pytest
+import torch
+
+from adapterhub.registry import Registry
+from adapterhub.settings import Settings
+from tests.builders import build_tiny_llava
+
+COLOURS = {"red": (255, 0, 0), "green": (0, 200, 0), "blue": (0, 0, 255), "yellow": (255, 220, 0)}
+
+
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory):
+    return build_tiny_llava(tmp_path_factory.mktemp("llava-train") / "tiny-llava")
+
+
+def _data(folder) -> str:
+    from PIL import Image
+
+    records = []
+    for name, rgb in COLOURS.items():
+        Image.new("RGB", (40, 40), rgb).save(folder / f"{name}.png")
+        records += [{"image": f"{name}.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": name}]}] * 2
+    path = folder / "colours.json"
+    path.write_text(json.dumps(records))
+    return str(path)
+
+
+def _train(llava, data, name, seed, tmp_path):
+    from tests.training.test_run import config
+    from training.run import train
+
+    cfg = config(llava, data, **{"name": name, "vision": {}, "train.max_steps": 4, "train.seed": seed,
+                                 "data.max_length": 128, "eval.inputs": [], "lora.r": 4, "lora.alpha": 8})
+    return train(cfg, Settings(), output=tmp_path / name)
+
+
+def test_image_sft_supervises_answers_and_serves_each_versions_projector(llava, tmp_path):
+    from transformers import AutoTokenizer
+
+    from serving.api import create_app
+    from serving.config import ServeConfig
+    from serving.engines.hf import HFEngine
+    from tests.server import running_server
+    from training.config import DataSection
+    from training.data import IGNORE, ImageInputs, read_dataset
+    from training.model import load_processor
+    from tests.training.test_run import config
+
+    data = _data(tmp_path)
+    # the supervised tokens are the answer (and its end marker), not the 16 image tokens or the question
+    cfg = config(llava, data, **{"vision": {}})
+    images = ImageInputs(load_processor(llava, cfg), tmp_path)
+    tok = AutoTokenizer.from_pretrained(llava)
+    conv = read_dataset(DataSection(path=data)).conversations[0]
+    s = images.sample(tok, conv, tok.chat_template, 128)
+    assert s.input_ids.count(tok.convert_tokens_to_ids("<image>")) == 16 and s.pixel_values.shape == (3, 32, 32)
+    assert tok.decode([i for i, lab in zip(s.input_ids, s.labels) if lab != IGNORE]) == "red<|im_end|>\n"
+
+    a = _train(llava, data, "seer", 1, tmp_path)
+    b = _train(llava, data, "oracle", 2, tmp_path)
+    reg = Registry.open(Settings())
+    paths = [reg.path(a.record.ref), reg.path(b.record.ref)]
+    for p in paths:
+        assert json.loads((p / "adapter_config.json").read_text())["modules_to_save"] == ["multi_modal_projector"]
+
+    from safetensors.torch import load_file
+
+    pa, pb = (load_file(str(p / "adapter_model.safetensors")) for p in paths)
+    key = next(k for k in pa if "multi_modal_projector.linear_1.weight" in k)
+    assert not torch.equal(pa[key], pb[key])  # two versions, two projectors
+
+    red = "data:image/png;base64," + base64.b64encode((tmp_path / "red.png").read_bytes()).decode()
+    msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": red}},
+                                         {"type": "text", "text": "What colour is it?"}]}]
+    engine = HFEngine(llava, model_id="llava", dtype="fp32", max_lora_rank=8)
+    app = create_app(ServeConfig(base="llava", max_lora_rank=8), engine=engine, registry=reg, base_name="llava")
+    with running_server(app) as url:
+        def run(model):
+            r = httpx.post(url + "/v1/chat/completions", json={"model": model, "messages": msgs, "max_tokens": 4,
+                                                               "temperature": 0}, timeout=60)
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["message"]["content"]
+
+        solo = [run(m) for m in ("seer", "oracle", "llava")]
+        together: list[str | None] = [None] * 3
+        threads = [threading.Thread(target=lambda i=i, m=m: together.__setitem__(i, run(m)))
+                   for i, m in enumerate(("seer", "oracle", "llava"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    engine.stop()
+    assert together == solo
+    assert solo[0] == _reference(llava, paths[0], tmp_path / "red.png", 4)
+    assert solo[1] == _reference(llava, paths[1], tmp_path / "red.png", 4)
+
+
+def _reference(base, adapter, image_path, n) -> str:
+    from peft import PeftModel
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(base)
+    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32),
+                                      str(adapter))
+    prompt = proc.apply_chat_template([{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": "What colour is it?"}]}], add_generation_prompt=True, tokenize=False)
+    enc = proc(images=[Image.open(image_path).convert("RGB")], text=[prompt], return_tensors="pt")
+    out = model.generate(**enc, max_new_tokens=n, do_sample=False, eos_token_id=proc.tokenizer.eos_token_id,
+                         pad_token_id=proc.tokenizer.pad_token_id)
+    gen = out[0][enc["input_ids"].shape[1]:].tolist()
+    eos = proc.tokenizer.eos_token_id
+    return proc.tokenizer.decode(gen[: gen.index(eos)] if eos in gen else gen, skip_special_tokens=True)
