@@ -6,7 +6,6 @@ each give their solo text, equal to peft's."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 import threading
 
@@ -55,10 +54,10 @@ def test_image_sft_supervises_answers_and_serves_each_versions_projector(llava, 
     from serving.config import ServeConfig
     from serving.engines.hf import HFEngine
     from tests.server import running_server
+    from tests.training.test_run import config
     from training.config import DataSection
     from training.data import IGNORE, ImageInputs, read_dataset
     from training.model import load_processor
-    from tests.training.test_run import config
 
     data = _data(tmp_path)
     # the supervised tokens are the answer (and its end marker), not the 16 image tokens or the question
