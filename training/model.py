@@ -66,6 +66,12 @@ def load_base(path: Path, cfg: TrainConfig) -> Any:
             # 4-bit weights are placed when loaded (the Trainer does not move quantized models): this
             # process's GPU, LOCAL_RANK under a launcher.
             kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    if cfg.vision is None and is_vision_model(path):
+        raise ConfigError("the base is a vision-language model (LLaVA-style): add a vision section to the config "
+                          "(vision: {}) to fine-tune it")
+    if cfg.vision is not None and not is_vision_model(path):
+        raise ConfigError("the config has a vision section but the base has no vision tower (a LLaVA-style model "
+                          "with vision_config)")
     auto = AutoModelForImageTextToText if cfg.vision is not None else AutoModelForCausalLM
     return auto.from_pretrained(str(path), **kwargs)
 

@@ -124,3 +124,19 @@ def _reference(base, adapter, image_path, n) -> str:
     gen = out[0][enc["input_ids"].shape[1]:].tolist()
     eos = proc.tokenizer.eos_token_id
     return proc.tokenizer.decode(gen[: gen.index(eos)] if eos in gen else gen, skip_special_tokens=True)
+
+
+def test_image_data_and_vision_section_mismatches_are_config_errors(llava, tiny_model, tmp_path):
+    from adapterhub.errors import ConfigError
+    from tests.training.test_run import config
+    from training.run import train
+
+    data = _data(tmp_path)
+    with pytest.raises(ConfigError, match="base has no vision tower"):
+        train(config(tiny_model, data, **{"vision": {}}), Settings(), output=tmp_path / "a")
+    with pytest.raises(ConfigError, match="add a vision section"):
+        train(config(llava, data), Settings(), output=tmp_path / "b")
+    with pytest.raises(ConfigError, match="the config needs a vision section"):  # image records, text base
+        train(config(tiny_model, data), Settings(), output=tmp_path / "c")
+    with pytest.raises(ConfigError, match="vision fine-tuning is LoRA"):
+        config(llava, data, **{"vision": {}, "data.packing": "padding_free"})
