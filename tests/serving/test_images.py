@@ -181,3 +181,15 @@ def test_chat_with_an_image_file(server, tmp_path, tiny_model):
     assert turns == 1 and reference(base, red, "what is this", 8) in out.getvalue()
     with pytest.raises(UserInputError, match="does not take images"):
         chat(str(tiny_model), image=str(path), stdin=_io.StringIO("/exit\n"), stdout=_io.StringIO())
+
+
+def test_text_only_chat_works_when_only_the_processor_has_a_template(server):
+    """llava-hf models keep their chat template on the processor: text-only requests still render."""
+    _, engine, _, _ = server
+    msgs = [{"role": "user", "content": "what is this"}]
+    with_tokenizer_template = engine.encode_chat(msgs, None)
+    saved, engine.tokenizer.chat_template = engine.tokenizer.chat_template, None
+    try:
+        assert engine.encode_chat(msgs, None) == with_tokenizer_template
+    finally:
+        engine.tokenizer.chat_template = saved
