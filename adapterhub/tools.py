@@ -30,6 +30,11 @@ class ParsedCall:
     arguments: str  # JSON text
 
 
+def _all_or_none(calls: list[ParsedCall | None]) -> list[ParsedCall]:
+    """Every call, or none when one of them is not a valid call of a known function (then it is prose)."""
+    return [] if any(c is None for c in calls) else [c for c in calls if c is not None]
+
+
 def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
@@ -95,14 +100,8 @@ class ToolParser:
         return (content or None), calls
 
     def _calls(self, text: str, names: set[str]) -> list[ParsedCall]:
-        out = []
         pattern = re.escape(self.start) + r"\s*(.*?)\s*(?:" + re.escape(self.end) + r"|$)"
-        for m in re.finditer(pattern, text, flags=re.S):
-            call = self._one(m.group(1), names)
-            if call is None:
-                return []
-            out.append(call)
-        return out
+        return _all_or_none([self._one(m.group(1), names) for m in re.finditer(pattern, text, flags=re.S)])
 
     def _one(self, blob: str, names: set[str]) -> ParsedCall | None:
         try:
@@ -174,13 +173,7 @@ class Llama3JsonParser(ToolParser):
 
     def _calls(self, text: str, names: set[str]) -> list[ParsedCall]:
         text = text.strip().removeprefix("<|python_tag|>").strip()
-        out = []
-        for blob in text.split("; ") if "; " in text else [text]:
-            call = self._one(blob, names)
-            if call is None:
-                return []
-            out.append(call)
-        return out
+        return _all_or_none([self._one(blob, names) for blob in (text.split("; ") if "; " in text else [text])])
 
     def _start_rule(self, parallel: bool) -> str:
         return "start: fn (\"; \" fn)*" if parallel else "start: fn"
@@ -196,13 +189,7 @@ class MistralParser(ToolParser):
             objs = json.loads(text[len(self.start):].strip())
         except json.JSONDecodeError:
             return []
-        out = []
-        for obj in objs if isinstance(objs, list) else [objs]:
-            call = self._from_obj(obj, names)
-            if call is None:
-                return []
-            out.append(call)
-        return out
+        return _all_or_none([self._from_obj(obj, names) for obj in (objs if isinstance(objs, list) else [objs])])
 
     def _start_rule(self, parallel: bool) -> str:
         more = ' ("," fn)*' if parallel else ""
@@ -247,6 +234,10 @@ class StreamSplitter:
         out = self.text[self.sent:limit] if limit > self.sent else ""
         self.sent = max(self.sent, limit)
         return out
+
+    def unsent(self) -> str:
+        """Everything not sent as content yet (calls included)."""
+        return self.text[self.sent:]
 
     def finish(self, truncated: bool = False) -> tuple[str, list[ParsedCall]]:
         """The content not sent yet, and the parsed calls (``truncated``: the answer was cut by max_tokens)."""

@@ -23,6 +23,18 @@ def timeit(fn: Callable[[], Any], repeat: int = 5) -> float:
     return statistics.median(times)
 
 
+def median_time(fn: Callable[[], Any], n: int, warmup: int = 1) -> float:
+    """Median wall time of ``n`` calls of ``fn`` after ``warmup`` calls, in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def machine() -> str:
     import os
 

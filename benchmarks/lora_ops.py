@@ -12,25 +12,16 @@ Run: ``python -m benchmarks.lora_ops``. Median of 200 calls after 10 warm-up cal
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from benchmarks.common import report
+from benchmarks.common import median_time, report
 
 SHAPES = {"q_proj": (576, 576), "k_proj": (576, 192), "v_proj": (576, 192), "o_proj": (576, 576),
           "gate_proj": (576, 1536), "up_proj": (576, 1536), "down_proj": (1536, 576)}
 
 
-def _us(fn, n: int = 200) -> float:
-    for _ in range(10):
-        fn()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[n // 2] * 1e6
+def _us(fn) -> float:
+    return median_time(fn, 200, warmup=10) * 1e6
 
 
 def _costs(i: int, o: int, rows: int, r: int) -> dict[str, float]:

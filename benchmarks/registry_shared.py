@@ -23,18 +23,12 @@ from pathlib import Path
 from adapterhub.registry import Registry
 from adapterhub.registry.local import LocalStore
 from adapterhub.registry.remote import RemoteStore
-from benchmarks.common import report
+from benchmarks.common import median_time, report
 from benchmarks.registry import make_adapter
 
 
 def p50_ms(fn, n: int) -> float:
-    fn()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
+    return median_time(fn, n) * 1000
 
 
 def demo_size_adapter(out: Path) -> Path:

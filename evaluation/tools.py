@@ -12,6 +12,7 @@ the built-in ``agent_tools`` training data):
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 WEATHER_TOOL: dict[str, Any] = {"type": "function", "function": {
@@ -150,7 +151,8 @@ def score_tools(parser: Any, names: set[str], prompts: list[tuple[str, str, dict
             misses["no_call"].append((q, a))
     used = 0
     for (conv, want), a in zip(follow, final_answers):
-        ok = want in a and parser.call_start(a) is None
+        # the number itself, not a longer one containing it ("8" must not be found in "18" or "8.5")
+        ok = re.search(rf"(?<![\d.]){re.escape(want)}(?![\d]|\.\d)", a) is not None and parser.call_start(a) is None
         used += ok
         if not ok:
             misses["tool_result"].append((conv[0]["content"], a, f"wanted {want}"))

@@ -17,6 +17,7 @@ import binascii
 import io
 import ipaddress
 import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -54,9 +55,12 @@ def _data_url(url: str, policy: MediaPolicy, param: str) -> bytes:
     if len(payload) * 3 // 4 > policy.max_bytes:
         raise UserInputError(f"the image is larger than {policy.max_bytes} bytes", param=param)
     try:
-        return base64.b64decode(payload, validate=True)
+        data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise UserInputError("the data: URL is not valid base64", param=param) from None
+    if len(data) > policy.max_bytes:
+        raise UserInputError(f"the image is larger than {policy.max_bytes} bytes", param=param)
+    return data
 
 
 def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
@@ -82,19 +86,30 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def _fetch(url: str, policy: MediaPolicy, param: str) -> bytes:
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError as e:  # e.g. a port that is not a number
+        raise UserInputError(f"image_url is not a valid URL: {e}", param=param) from None
     if not policy.allowed_domains:
         raise UserInputError("image URLs are not allowed on this server (start it with --allowed-media-domains); "
                              "send the image as a data: URL", param=param)
     if not _host_allowed(host, policy.allowed_domains):
         raise UserInputError(f"image host {host} is not in --allowed-media-domains", param=param)
-    _check_addresses(host, parts.port or (443 if parts.scheme == "https" else 80), param)
+    _check_addresses(host, port or (443 if parts.scheme == "https" else 80), param)
     opener = urllib.request.build_opener(_NoRedirect)
+    deadline = time.monotonic() + policy.timeout_s  # for the whole fetch, not only each socket wait
     try:
         with opener.open(urllib.request.Request(url, headers={"User-Agent": "adapterhub"}),
                          timeout=policy.timeout_s) as resp:
-            data = resp.read(policy.max_bytes + 1)
+            data = b""
+            while len(data) <= policy.max_bytes:
+                chunk = resp.read(64 * 1024)
+                if not chunk:
+                    break
+                data += chunk
+                if time.monotonic() > deadline:
+                    raise UserInputError(f"fetching the image took longer than {policy.timeout_s} s", param=param)
     except urllib.error.HTTPError as e:
         raise UserInputError(f"fetching the image failed: HTTP {e.code}", param=param) from None
     except (urllib.error.URLError, OSError) as e:

@@ -11,6 +11,7 @@ choice ends — also when the client goes away.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -90,10 +91,30 @@ class _Tools:
     names: set[str]
     mode: str  # auto | required | a function name
     tools: list[dict[str, Any]]
+    parallel: bool = True
 
     @property
     def forced(self) -> bool:
         return self.mode != "auto"
+
+    def allowed(self, calls: list[Any]) -> list[Any]:
+        """The calls the client gets. ``parallel_tool_calls: false``: at most one (forced calls are one by
+        grammar; a model in ``auto`` may still write several: the first is kept). ``strict`` functions:
+        forced calls are generated under their schema; in ``auto`` a call whose arguments do not validate
+        is not returned as a call (the answer stays text), so every strict call a client gets validates."""
+        calls = calls if self.parallel else calls[:1]
+        schemas = {t["function"]["name"]: t["function"].get("parameters") or {"type": "object"}
+                   for t in self.tools if t["function"].get("strict")}
+        if schemas and not self.forced:
+            import jsonschema
+
+            for c in calls:
+                if c.name in schemas:
+                    try:
+                        jsonschema.validate(json.loads(c.arguments), schemas[c.name])
+                    except (ValueError, jsonschema.ValidationError, jsonschema.SchemaError):
+                        return []
+        return calls
 
 
 @dataclass
@@ -307,7 +328,7 @@ class CompletionService:
             tools = None
         messages = template_messages(_messages(req.messages))
         if images:
-            ids, extra = self.engine.encode_chat_images(messages, lease.chat_template, images, tools=tools)
+            ids, extra = self.engine.encode_chat_images(messages, template, images, tools=tools)
             if inputs is not None:
                 inputs.update(extra)
             return ids
@@ -320,7 +341,7 @@ class CompletionService:
                 return None
             tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
             return _Tools(get_parser(lease.tool_parser or self.tool_parser), {t["function"]["name"] for t in tools},
-                          mode, tools)
+                          mode, tools, req.parallel_tool_calls)
         return plan
 
     @staticmethod
@@ -330,6 +351,7 @@ class CompletionService:
         # Cut by max_tokens: the complete calls are returned (an unfinished last one is dropped), and
         # finish_reason stays "length".
         content, calls = plan.parser.parse(text, plan.names, truncated=reason == "length")
+        calls = plan.allowed(calls)
         if not calls:
             return ChatResponseMessage(content=text), reason
         return ChatResponseMessage(content=content, tool_calls=[
@@ -398,7 +420,10 @@ class CompletionService:
                             continue
                         reason = d.finish_reason
                         if split is not None:
-                            rest, calls = split.finish(truncated=reason == "length")
+                            rest, parsed = split.finish(truncated=reason == "length")
+                            calls = plan.allowed(parsed) if plan is not None else parsed
+                            if parsed and not calls:  # not returned as calls: the held-back text is content
+                                rest = split.unsent()
                             if rest:
                                 yield chunk(i, ChatDelta(content=rest), None, usage=usage)
                             if calls:

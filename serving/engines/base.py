@@ -176,6 +176,7 @@ class TokenizerEngine(Engine):
     """
 
     tokenizer: Any
+    processor: Any = None  # a vision-language model's processor: it renders chats (its templates want parts)
     _caps: EngineCapabilities
     _identity: dict[str, Any]
 
@@ -189,16 +190,18 @@ class TokenizerEngine(Engine):
 
     @property
     def default_chat_template(self) -> str | None:
-        return self.tokenizer.chat_template
+        # llava-hf models keep their chat template on the processor
+        return self.tokenizer.chat_template or getattr(self.processor, "chat_template", None)
 
     def encode_chat(self, messages: list[dict[str, Any]], chat_template: str | None, *,
                     add_generation_prompt: bool = True, tools: list[dict[str, Any]] | None = None) -> list[int]:
-        template = chat_template or self.tokenizer.chat_template
+        template = chat_template or self.default_chat_template
         if not template:
             raise UserInputError("this model has no chat template: use /v1/completions", param="messages")
         try:
-            text = self.tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                                      add_generation_prompt=add_generation_prompt, tools=tools)
+            renderer = self.processor or self.tokenizer  # a processor turns plain-string contents into parts
+            text = renderer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                add_generation_prompt=add_generation_prompt, tools=tools)
         except Exception as e:  # a template that raises on these messages (e.g. roles it does not allow)
             raise UserInputError(f"the chat template cannot render these messages: {e}", param="messages") from e
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

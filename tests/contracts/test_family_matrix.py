@@ -20,7 +20,7 @@ from adapterhub.settings import Settings
 from serving.engines.base import GenerationRequest, SamplingParams
 from tests.builders import build_tokenizer
 from tests.serving.test_model_families import FAMILIES, _config, _reference
-from tests.serving.test_remote_code import CONFIGURATION, MODELING
+from tests.serving.test_remote_code import make_remote
 
 MATRIX = [*FAMILIES, "qwen2_moe", "remote"]
 
@@ -45,13 +45,7 @@ def _build(family: str, out) -> None:
                 p.normal_(0, 0.08)
     model.save_pretrained(str(out))
     if family == "remote":
-        (out / "configuration_tiny_remote.py").write_text(CONFIGURATION)
-        (out / "modeling_tiny_remote.py").write_text(MODELING)
-        c = json.loads((out / "config.json").read_text())
-        c.update(model_type="tiny_remote", architectures=["TinyRemoteForCausalLM"],
-                 auto_map={"AutoConfig": "configuration_tiny_remote.TinyRemoteConfig",
-                           "AutoModelForCausalLM": "modeling_tiny_remote.TinyRemoteForCausalLM"})
-        (out / "config.json").write_text(json.dumps(c))
+        make_remote(out)
 
 
 @pytest.mark.parametrize("family", MATRIX)

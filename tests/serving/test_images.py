@@ -141,6 +141,7 @@ def test_image_rows_and_text_rows_share_a_batch(server):
     (["https://images.example.com/cat.png"], "not in --allowed-media-domains"),
     (["http://localhost:9/cat.png"], "non-public address"),
     (["file:///etc/passwd"], "data: URL or an http(s) URL"),
+    (["http://localhost:port/cat.png"], "not a valid URL"),
 ])
 def test_bad_images_get_400_with_the_reason(server, urls, reason):
     url = server[0]

@@ -32,10 +32,9 @@ class TinyRemoteForCausalLM(LlamaForCausalLM):
 '''
 
 
-@pytest.fixture(scope="module")
-def remote_model(tiny_model, tmp_path_factory):
-    d = tmp_path_factory.mktemp("remote") / "tiny-remote"
-    shutil.copytree(tiny_model, d)
+def make_remote(d):
+    """Turn the Llama model directory ``d`` into a remote-code model: its code files beside the weights,
+    loaded through ``auto_map``."""
     (d / "configuration_tiny_remote.py").write_text(CONFIGURATION)
     (d / "modeling_tiny_remote.py").write_text(MODELING)
     cfg = json.loads((d / "config.json").read_text())
@@ -44,6 +43,13 @@ def remote_model(tiny_model, tmp_path_factory):
                          "AutoModelForCausalLM": "modeling_tiny_remote.TinyRemoteForCausalLM"})
     (d / "config.json").write_text(json.dumps(cfg))
     return d
+
+
+@pytest.fixture(scope="module")
+def remote_model(tiny_model, tmp_path_factory):
+    d = tmp_path_factory.mktemp("remote") / "tiny-remote"
+    shutil.copytree(tiny_model, d)
+    return make_remote(d)
 
 
 def test_remote_code_needs_the_opt_in_then_trains_and_serves(remote_model, dataset, tmp_path):

@@ -123,32 +123,10 @@ class HFEngine(TokenizerEngine):
     def accepts_images(self) -> bool:
         return self.processor is not None
 
-    @property
-    def default_chat_template(self) -> str | None:
-        template = self.tokenizer.chat_template
-        return template or (getattr(self.processor, "chat_template", None) if self.processor is not None else None)
-
-    def encode_chat(self, messages: list[dict[str, Any]], chat_template: str | None, *,
-                    add_generation_prompt: bool = True, tools: list[dict[str, Any]] | None = None) -> list[int]:
-        if self.processor is None:
-            return super().encode_chat(messages, chat_template, add_generation_prompt=add_generation_prompt,
-                                       tools=tools)
-        # A vision-language model: its processor renders text-only conversations too (its templates expect
-        # content parts; the processor turns plain strings into them).
-        template = chat_template or self.default_chat_template
-        if not template:
-            raise UserInputError("this model has no chat template: use /v1/completions", param="messages")
-        try:
-            text = self.processor.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                                      add_generation_prompt=add_generation_prompt, tools=tools)
-        except Exception as e:  # noqa: BLE001 - a template that cannot render these messages
-            raise UserInputError(f"the chat template cannot render these messages: {e}", param="messages") from e
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def encode_chat_images(self, messages: list[dict[str, Any]], chat_template: str | None, images: list[Any], *,
                            tools: list[dict[str, Any]] | None = None) -> tuple[list[int], dict[str, Any]]:
         """Token ids (each image placeholder expanded to its image tokens) and the pixel values."""
-        template = chat_template or self.processor.chat_template or self.tokenizer.chat_template
+        template = chat_template or self.default_chat_template
         try:
             text = self.processor.apply_chat_template(messages, chat_template=template, add_generation_prompt=True,
                                                       tokenize=False, tools=tools)
