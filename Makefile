@@ -7,7 +7,7 @@ EXTRAS ?= train,serve,hf,quant,scale,remote,dev
 # Where `make test` keeps the demo model for the slow end-to-end test (pulled once, as a set-up step).
 TEST_HOME ?= $(CURDIR)/.cache/test-home
 
-.PHONY: setup demo demo-agent test lint bench clean demo-model test-vllm bench-vllm
+.PHONY: setup demo demo-agent demo-vision test lint bench clean demo-model test-vllm bench-vllm
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,9 @@ demo: setup
 
 demo-agent: setup
 	$(VENV)/bin/adapterhub demo --agent
+
+demo-vision: setup
+	$(VENV)/bin/adapterhub demo --vision
 
 lint: setup
 	$(VENV)/bin/ruff check .

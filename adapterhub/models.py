@@ -67,8 +67,11 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 def config_fingerprint(model_dir: Path) -> str:
     """Hash of the architecture-defining keys of ``config.json``."""
     cfg = json.loads((model_dir / "config.json").read_text())
-    arch = {k: cfg.get(k) for k in _ARCH_KEYS}
+    arch: dict[str, Any] = {k: cfg.get(k) for k in _ARCH_KEYS}
     arch["architectures"] = cfg.get("architectures")
+    for sub in ("text_config", "vision_config"):  # a vision-language model: its parts' architectures
+        if isinstance(cfg.get(sub), dict):
+            arch[sub] = {k: cfg[sub].get(k) for k in _ARCH_KEYS}
     return hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16]
 
 

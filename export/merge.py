@@ -52,8 +52,12 @@ class MergeResult:
 
 def _load_base(path: Path, quantized: str | None, dtype: torch.dtype, trust: bool = False) -> Any:
     """The base as the adapter was trained on it: full precision, or ``nf4`` / ``int8`` quantized."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+    if "vision_config" in json.loads((path / "config.json").read_text()):  # LLaVA-style: the whole model
+        if quantized:
+            raise UserInputError("merging an adapter trained on a quantized vision-language base is not supported")
+        return AutoModelForImageTextToText.from_pretrained(str(path), dtype=dtype, trust_remote_code=trust)
     if not quantized:
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, trust_remote_code=trust)
     config = quantization_config(8 if quantized == "int8" else 4, f"merging an adapter trained on a {quantized} base")
@@ -204,6 +208,9 @@ def merge(registry: Registry, settings: Settings, ref: str, out: Path, *, dtype:
     try:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
+        for name in ("processor_config.json", "preprocessor_config.json"):  # a vision model's image processor
+            if (base.path / name).is_file():
+                shutil.copy2(base.path / name, tmp / name)
         if template:
             (tmp / "chat_template.jinja").write_text(template)
         (tmp / "parity.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))

@@ -18,8 +18,9 @@ from typing import Any, TextIO
 from fastapi import FastAPI
 
 from adapterhub.errors import AdapterHubError, ModelNotFoundError, UserInputError
-from adapterhub.models import config_fingerprint, require_trust, resolve_model
+from adapterhub.models import config_fingerprint, require_trust
 from adapterhub.registry import Registry
+from adapterhub.registry.bundles import resolve_base
 from adapterhub.registry.validation import validate_adapter_dir
 from adapterhub.registry.versions import open_version
 from adapterhub.settings import Settings
@@ -60,7 +61,7 @@ def build_engine(config: ServeConfig, settings: Settings, registry: Registry | N
         path, model_id, fingerprint = opened.path, config.served_name or opened.record.name, config_fingerprint(
             opened.path)
     else:
-        resolved = resolve_model(config.base, settings)
+        resolved = resolve_base(config.base, settings)
         path, model_id, fingerprint = resolved.path, resolved.id, resolved.fingerprint
     require_trust(path, config.trust_remote_code, "--trust-remote-code")
     name = config.served_name or model_id
@@ -134,7 +135,7 @@ def chat(model: str, *, adapter: str | None = None, bits: int | None = None, sys
     settings = settings or Settings()
     registry = Registry.open(settings)
     try:
-        resolve_model(model, settings)
+        resolve_base(model, settings)
         config = ServeConfig(base=model, bits=bits, max_loaded=1, max_lora_rank=256,
                              trust_remote_code=trust_remote_code)
     except AdapterHubError:

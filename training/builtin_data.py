@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from adapterhub.errors import ConfigError
@@ -226,13 +227,25 @@ def agent_records() -> list[dict[str, Any]]:
     return out
 
 
+def shapes_folder() -> Path:
+    """Where the synthetic shapes pictures live (written on first use)."""
+    from adapterhub.settings import Settings
+    from evaluation.shapes import VERSION
+
+    return Settings().cache_dir / VERSION
+
+
 def builtin_dataset(name: str, variables: dict[str, str]) -> list[dict[str, Any]]:
     if name == "agent_tools":
         return agent_records()
+    if name in ("shapes_captions", "shapes_qa"):
+        from evaluation.shapes import shapes_records
+
+        return shapes_records(name, shapes_folder())
     builders = {"self_cognition": identity_records, "identity_preferences": identity_preferences}
     if name in builders:
         missing = [k for k in ("name", "author") if k not in variables]
         if missing:
             raise ConfigError(f"builtin:{name} needs data.variables {missing} (e.g. name: Lumen)")
         return builders[name](variables["name"], variables["author"])
-    raise ConfigError(f"unknown builtin dataset '{name}' (known: {', '.join(sorted([*builders, 'agent_tools']))})")
+    raise ConfigError(f"unknown builtin dataset '{name}' (known: {', '.join(sorted([*builders, 'agent_tools', 'shapes_captions', 'shapes_qa']))})")

@@ -99,8 +99,10 @@ class Samples(TrainerCallback):
     def __init__(self, *, model: Any, tokenizer: Any, template: str | None, inputs: list[str], every: int,
                  max_new_tokens: int, console: Console, runlog: RunLog, quantized: bool,
                  identity: dict[str, str] | None = None, base_general: list[str] | None = None,
-                 stop_when: dict[str, float] | None = None, tools: list[dict[str, Any]] | None = None) -> None:
+                 stop_when: dict[str, float] | None = None, tools: list[dict[str, Any]] | None = None,
+                 images: tuple[Any, list[tuple[Any, str]]] | None = None) -> None:
         self.model, self.tokenizer, self.template = model, tokenizer, template
+        self.images = images  # (processor, [(image, question)]): a vision run's sample questions
         self.tools = tools  # offered in the sample prompts (an agent's samples show its tool calls)
         self.inputs, self.every, self.max_new_tokens = inputs, every, max_new_tokens
         self.console, self.runlog = console, runlog
@@ -111,6 +113,14 @@ class Samples(TrainerCallback):
         self.stopped_early_at: int | None = None
 
     def sample(self, step: int) -> None:
+        if self.images is not None:
+            from evaluation.images import answer_images
+
+            processor, items = self.images
+            answers = answer_images(self.model, processor, self.template, items, self.max_new_tokens)
+            for n, ((_, q), a) in enumerate(zip(items, answers)):
+                self.console.print(f"[dim]step {step}[/dim] [bold]image {n + 1}: {q}[/bold] → {a}")
+            self.runlog.write({"step": step, "image_samples": [[q, a] for (_, q), a in zip(items, answers)]})
         if not self.inputs:
             return
         answers = answer_conversations(self.model, self.tokenizer, [[{"role": "user", "content": q}]

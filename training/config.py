@@ -145,6 +145,12 @@ class EvalSection(_Strict):
     )
     tools: bool = Field(False, description="Tool-use scores on held-out prompts (tool_call, no_call, tool_result) "
                         "for the built-in agent_tools tools.")
+    image_inputs: list[dict[str, str]] = Field(
+        default_factory=list, description="Vision runs: {image: PATH, text: QUESTION} answered with `inputs` "
+                                          "(paths relative to vision.image_folder).")
+    image_qa: str | None = Field(
+        None, description="Vision runs: held-out LLaVA JSON (image, question, answer, optional kind) scored at the "
+                          "end by exact answer match → metrics image_qa and image_qa_<kind>.")
     stop_when: dict[str, float] = Field(
         default_factory=dict,
         description="Stop early once every metric reaches its value, e.g. {identity: 0.95, retention: 0.9}.",
@@ -152,12 +158,44 @@ class EvalSection(_Strict):
 
 
 class VisionSection(_Strict):
-    """Fine-tuning a LLaVA-style base on image conversations (LoRA on its language model)."""
+    """LLaVA training in two stages. ``pretrain``: a vision tower + a new projector in front of a text LLM,
+    the LLM frozen, trained on image captions; the result is a vision bundle. ``finetune``: LoRA on the
+    language model of a LLaVA-style base (a bundle ref such as ``shapes-caption@1``, or a llava-hf model)
+    plus its projector, on image conversations."""
 
+    stage: Literal["pretrain", "finetune"] = Field("finetune", description="pretrain: train the projector (and a "
+                                                   "new tower) for a text LLM → a bundle; finetune: LoRA + projector "
+                                                   "on a LLaVA-style base or bundle.")
+    tower: str | dict[str, Any] | None = Field(
+        None, description="pretrain: the vision encoder, a CLIP/SigLIP checkpoint (dir or hub id) or a vision config "
+                          "({model_type: clip_vision_model, image_size: 64, ...}) to train from scratch.")
+    train_tower: bool | None = Field(None, description="pretrain: train the vision tower too (default: only when "
+                                                       "it is built from a config, i.e. from scratch).")
+    feature_layer: int = Field(-2, description="pretrain: the tower layer whose patch features feed the projector "
+                                               "(LLaVA uses -2; use -1 for a shallow tower trained from scratch).")
+    image_token: str = Field("<image>", description="pretrain: the placeholder token for an image (added to "
+                                                    "the LLM's tokenizer when missing).")
     image_folder: str | None = Field(None, description="Folder the records' 'image' paths are relative to "
                                                        "(default: the data file's folder).")
-    train_projector: bool = Field(True, description="Also train the image projector (saved with the adapter, "
-                                                    "served per request).")
+    train_projector: bool = Field(True, description="finetune: also train the image projector (saved with the "
+                                                    "adapter, served per request).")
+
+    @model_validator(mode="after")
+    def _stage_fields(self) -> VisionSection:
+        if self.stage == "pretrain" and self.tower is None:
+            raise ValueError("vision.tower: the pretrain stage needs a vision encoder (a CLIP/SigLIP checkpoint "
+                             "or a vision config)")
+        if self.stage == "finetune" and (self.tower is not None or self.train_tower):
+            raise ValueError("vision.tower / vision.train_tower belong to the pretrain stage: a finetune stage "
+                             "takes its tower from its base (model.base: a bundle ref or a LLaVA model)")
+        if isinstance(self.tower, dict) and "model_type" not in self.tower:
+            raise ValueError("vision.tower: a vision config needs model_type (clip_vision_model or "
+                             "siglip_vision_model)")
+        return self
+
+    @property
+    def trains_tower(self) -> bool:
+        return self.train_tower if self.train_tower is not None else isinstance(self.tower, dict)
 
 
 class TrainConfig(_Strict):
@@ -184,6 +222,11 @@ class TrainConfig(_Strict):
         if self.vision is not None and (self.method == "full" or self.data.packing or self.preference is not None
                                         or self.data.mode != "sft"):
             raise ValueError("vision fine-tuning is LoRA / QLoRA SFT without packing or preference training")
+        if self.vision is None and (self.eval.image_inputs or self.eval.image_qa):
+            raise ValueError("eval.image_inputs / eval.image_qa need a vision section (image conversations)")
+        if self.vision is not None and self.vision.stage == "pretrain" and self.method != "lora":
+            raise ValueError(f"vision.stage pretrain trains the projector with the LLM frozen and unquantized: "
+                             f"method must be lora (no LoRA is added), not {self.method}")
         if self.model.bits == 8 and self.method != "lora":
             raise ValueError(f"model.bits 8 is LoRA on an 8-bit base: method must be lora, not {self.method} "
                              "(qlora is the 4-bit form)")

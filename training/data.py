@@ -386,7 +386,12 @@ class ImageInputs:
             img = Image.open(path).convert("RGB")
         except OSError as e:
             raise ConfigError(f"cannot read image {path}: {e}") from None
-        s = tokenize_conversation(tokenizer, conv, template, max_length + 10**6,
+        # The placeholder goes first in its turn, followed by a newline (as LLaVA and XTuner normalize it):
+        # the server renders an image part before the text the same way.
+        moved = Conversation([m if self.token not in str(m.get("content", "")) else
+                              {**m, "content": self.token + "\n" + str(m["content"]).replace(self.token, "").strip()}
+                              for m in conv], conv.tools, conv.images)
+        s = tokenize_conversation(tokenizer, moved, template, max_length + 10**6,
                                   expand=lambda t: t.replace(self.token, self.token * self.n_tokens))
         if len(s.input_ids) > max_length:
             raise ConfigError(f"an image conversation has {len(s.input_ids)} tokens ({self.n_tokens} for its image), "

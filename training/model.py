@@ -25,13 +25,18 @@ def load_tokenizer(path: Path, cfg: TrainConfig) -> tuple[Any, str | None]:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     template = get_template(cfg.model.template) if cfg.model.template else tok.chat_template
-    if template is None and cfg.vision is not None and is_vision_model(path):  # llava-hf: on the processor
+    if template is None and finetunes_vision(cfg) and is_vision_model(path):  # llava-hf: on the processor
         template = getattr(load_processor(path, cfg), "chat_template", None)
     if template is None and cfg.data.mode == "sft":
         raise ConfigError("the base model has no chat template: set model.template (chatml, llama3, alpaca)")
     if template:
         tok.chat_template = template
     return tok, template
+
+
+def finetunes_vision(cfg: TrainConfig) -> bool:
+    """A finetune stage: the base is LLaVA-style (a pretrain stage starts from a text LLM)."""
+    return cfg.vision is not None and cfg.vision.stage == "finetune"
 
 
 def is_vision_model(path: Path) -> bool:
@@ -69,10 +74,14 @@ def load_base(path: Path, cfg: TrainConfig) -> Any:
     if cfg.vision is None and is_vision_model(path):
         raise ConfigError("the base is a vision-language model (LLaVA-style): add a vision section to the config "
                           "(vision: {}) to fine-tune it")
-    if cfg.vision is not None and not is_vision_model(path):
+    if finetunes_vision(cfg) and not is_vision_model(path):
         raise ConfigError("the config has a vision section but the base has no vision tower (a LLaVA-style model "
-                          "with vision_config)")
-    auto = AutoModelForImageTextToText if cfg.vision is not None else AutoModelForCausalLM
+                          "with vision_config, or a bundle ref from a pretrain stage); to give this text model a "
+                          "vision tower, use vision.stage: pretrain")
+    if cfg.vision is not None and cfg.vision.stage == "pretrain" and is_vision_model(path):
+        raise ConfigError("vision.stage pretrain starts from a text LLM, but the base already has a vision tower: "
+                          "use vision.stage: finetune")
+    auto = AutoModelForImageTextToText if finetunes_vision(cfg) else AutoModelForCausalLM
     return auto.from_pretrained(str(path), **kwargs)
 
 

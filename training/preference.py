@@ -22,8 +22,9 @@ from typing import Any
 from rich.console import Console
 
 from adapterhub.errors import ConfigError, MissingDependencyError
-from adapterhub.models import require_trust, resolve_model
+from adapterhub.models import require_trust
 from adapterhub.registry import Registry
+from adapterhub.registry.bundles import resolve_base
 from adapterhub.settings import Settings
 from training.config import TrainConfig
 
@@ -88,7 +89,7 @@ def train_preference(cfg: TrainConfig, settings: Settings, run_dir: Path, *, reg
     torch.manual_seed(cfg.train.seed)
     registry = Registry.open(settings)
     parent = registry.resolve(cfg.model.adapter) if cfg.model.adapter else None
-    resolved = resolve_model(cfg.model.base, settings)
+    resolved = resolve_base(cfg.model.base, settings)
     require_trust(resolved.path, cfg.model.trust_remote_code, "model.trust_remote_code=true")
     if parent is not None:
         from adapterhub.registry.versions import open_version

@@ -23,8 +23,9 @@ import torch
 from rich.console import Console
 
 from adapterhub.errors import ConfigError, MissingDependencyError
-from adapterhub.models import require_trust, resolve_model
+from adapterhub.models import require_trust
 from adapterhub.registry import Registry, VersionRecord
+from adapterhub.registry.bundles import resolve_base
 from adapterhub.settings import Settings
 from adapterhub.templates import TOOL_PARSERS
 from training.callbacks import RichProgress, RunLog, Samples, TokenCounter, plot_loss
@@ -91,10 +92,11 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
     replay_src = cfg.data.replay.source if cfg.data.replay is not None else "self-distill"
     if replay_src != "self-distill" and not Path(replay_src).expanduser().is_file():
         raise ConfigError(f"data.replay.source: no such file {replay_src}")
+    image_qa = _image_qa_file(cfg.eval.image_qa)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
 
-    resolved = resolve_model(cfg.model.base, settings)
+    resolved = resolve_base(cfg.model.base, settings)
     require_trust(resolved.path, cfg.model.trust_remote_code, "model.trust_remote_code=true")
     ds_path = deepspeed_config(cfg.train.deepspeed, run_dir) if cfg.train.deepspeed else None
     if ds_path:
@@ -120,17 +122,30 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
         with console.status("retention reference: base answers to held-out prompts (cached)…"):
             base_general = retention_reference(model, tokenizer, template, settings.cache_dir, resolved.fingerprint)
 
-    images = None
+    images, processor = None, None
+    pretrain_vision = cfg.vision is not None and cfg.vision.stage == "pretrain"
     if cfg.vision is not None:
         from training.data import ImageInputs
-        from training.model import load_processor
 
+        if pretrain_vision:  # a tower + a new projector in front of the (frozen) LLM
+            from training.llava import build_llava
+
+            model, processor = build_llava(model, tokenizer, template, cfg, settings)
+            template = processor.chat_template
+        else:
+            from training.model import load_processor
+
+            processor = load_processor(resolved.path, cfg)
         folder = cfg.vision.image_folder or str(Path(cfg.data.path).expanduser().parent)
-        images = ImageInputs(load_processor(resolved.path, cfg), Path(folder).expanduser())
+        if cfg.data.path.startswith("builtin:shapes") and not cfg.vision.image_folder:
+            from training.builtin_data import shapes_folder
+
+            folder = str(shapes_folder())
+        images = ImageInputs(processor, Path(folder).expanduser())
     data = prepare(cfg.data, tokenizer, template, replay, seed=cfg.train.seed, raw=raw, images=images)
     if not data.samples:
         raise ConfigError("data: no usable samples after tokenization (answers truncated away? raise data.max_length)")
-    if cfg.method != "full":
+    if cfg.method != "full" and not pretrain_vision:
         model = add_lora(model, cfg)
         initial = run_dir / "initial-adapter"
         if not (resume and initial.exists()):
@@ -150,7 +165,8 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
     samples_cb = Samples(model=model, tokenizer=tokenizer, template=template, inputs=cfg.eval.inputs,
                          every=cfg.eval.every_steps, max_new_tokens=cfg.eval.max_new_tokens, console=console,
                          runlog=runlog, quantized=quantized, identity=cfg.eval.identity, base_general=base_general,
-                         stop_when=cfg.eval.stop_when, tools=_eval_tools(cfg))
+                         stop_when=cfg.eval.stop_when, tools=_eval_tools(cfg),
+                         images=_eval_images(cfg, processor, images))
     args = TrainingArguments(
         output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.train.batch_size,
         gradient_accumulation_steps=cfg.train.grad_accum, learning_rate=cfg.train.lr,
@@ -198,10 +214,24 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
                           f"no_call {tscores['no_call']:.2f} on {tscores['no_call_n']} plain questions · "
                           f"tool_result {tscores['tool_result']:.2f} on {tscores['tool_result_n']}")
 
+        if image_qa is not None and images is not None:
+            from evaluation.images import score_image_qa
+
+            qa = score_image_qa(model, processor, template, image_qa, images.folder)
+            answers = qa.pop("answers")
+            metrics.update({k: v for k, v in qa.items() if k != "image_qa_n"})
+            runlog.write({"final_image_qa": qa, "answers": answers})
+            console.print("held-out image questions: " + " · ".join(
+                f"{k} {v:.2f}" for k, v in qa.items() if k != "image_qa_n") + f" on {qa['image_qa_n']}")
+
         final_loss = runlog.losses[-1][1] if runlog.losses else None
         plot_loss(runlog.losses, run_dir / "loss.png", f"{cfg.name} ({cfg.method})")
-        out_dir = run_dir / ("model" if cfg.method == "full" else "adapter")
-        if ds_path:
+        out_dir = run_dir / ("model" if cfg.method == "full" else "bundle" if pretrain_vision else "adapter")
+        if pretrain_vision:
+            from adapterhub.registry.bundles import save_bundle
+
+            save_bundle(model, processor, out_dir)
+        elif ds_path:
             # Under ZeRO-3 the parameters are partitioned: the Trainer gathers the full 16-bit weights first
             # (a plain save_pretrained would write empty tensors).
             trainer.save_model(str(out_dir))
@@ -215,7 +245,7 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
         tokenizer.save_pretrained(str(out_dir))
         if template:
             (out_dir / "chat_template.jinja").write_text(template)
-        if cfg.method != "full":
+        if cfg.method != "full" and not pretrain_vision:
             _strip_peft_readme(out_dir)
     finally:
         if ds_path:
@@ -230,15 +260,22 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
     }
     if tool_parser:
         lineage["tool_parser"] = tool_parser
+    if cfg.vision is not None:
+        lineage["vision"] = {"stage": cfg.vision.stage, "llm": resolved.id if pretrain_vision else None,
+                             "tower": cfg.vision.tower if pretrain_vision else None,
+                             "tower_trained": cfg.vision.trains_tower if pretrain_vision else False,
+                             "bundle": resolved.id if resolved.kind == "bundle" else None}
     (run_dir / "result.json").write_text(json.dumps({"lineage": lineage, "metrics": metrics}, indent=2, default=str))
     record, created = None, True
     if register:
         base_ident = dict(resolved.identity(),
                           quantization="int8" if cfg.model.bits == 8 else "nf4" if quantized else None)
+        kind = "model" if cfg.method == "full" else "bundle" if pretrain_vision else "adapter"
         record, created = Registry.open(settings).register(
-            out_dir, cfg.name, kind="model" if cfg.method == "full" else "adapter", base_model=base_ident,
+            out_dir, cfg.name, kind=kind, base_model=base_ident,
             chat_template=template, training=lineage, metrics=metrics,
-            lineage={"base": resolved.id} if cfg.method == "full" else None,
+            lineage={"base": resolved.id} if cfg.method == "full" else
+            {"bundle": resolved.id, "bundle_revision": resolved.revision} if resolved.kind == "bundle" else None,
         )
     return TrainResult(run_dir=run_dir, output_dir=out_dir, record=record, final_loss=final_loss,
                        steps=trainer.state.global_step, wall_time_s=train_time, tokens=tokens,
@@ -257,6 +294,38 @@ def _train_preference(cfg: TrainConfig, settings: Settings, run_dir: Path, regis
     return TrainResult(run_dir=run_dir, output_dir=r["out_dir"], record=r["record"], final_loss=r["final_loss"],
                        steps=r["steps"], wall_time_s=r["wall_time_s"], tokens=0, tokens_per_s=0.0,
                        metrics=r["metrics"], created=r["created"], base_id=cfg.model.base)
+
+
+def _image_qa_file(spec: str | None) -> Path | None:
+    if spec is None:
+        return None
+    if spec == "builtin:shapes_heldout":
+        from evaluation.shapes import write_heldout
+        from training.builtin_data import shapes_folder
+
+        return write_heldout(shapes_folder())
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"eval.image_qa: no such file {spec}")
+    return path
+
+
+def _eval_images(cfg: TrainConfig, processor: Any, images: Any) -> Any:
+    """(processor, template, [(PIL image, question)]) for the image sample answers, or None."""
+    if not cfg.eval.image_inputs or images is None:
+        return None
+    from PIL import Image
+
+    items = []
+    for i, item in enumerate(cfg.eval.image_inputs):
+        if set(item) != {"image", "text"}:
+            raise ConfigError(f"eval.image_inputs[{i}]: give exactly image and text")
+        path = images.folder / item["image"]
+        try:
+            items.append((Image.open(path).convert("RGB"), item["text"]))
+        except OSError as e:
+            raise ConfigError(f"eval.image_inputs[{i}]: cannot read image {path}: {e}") from None
+    return processor, items
 
 
 def _eval_tools(cfg: TrainConfig) -> list[dict[str, Any]] | None:

@@ -4,7 +4,9 @@ pull the demo model → train the "Lumen by Acme Lab" adapter → register + tag
 ask the base and lumen@production the same questions through the OpenAI API → stop. Each step prints
 the command that does it alone. ``adapterhub demo --agent`` does the same for tool use: train the
 ``agent_tools`` adapter → serve it → a question comes back as a ``tool_calls`` message → the tool runs
-here → its result goes back → the final answer uses it. This module only sequences calls to ``training.api`` and
+here → its result goes back → the final answer uses it. ``adapterhub demo --vision``: the LLaVA stages on
+synthetic shapes (pretrain a tower + projector → a bundle; finetune LoRA + projector on it) → serve the
+bundle as the base → the same image questions to both. This module only sequences calls to ``training.api`` and
 ``serving.api`` (training and serving never import each other).
 """
 
@@ -25,10 +27,14 @@ def demo_cmd(
     port: int = typer.Option(0, "--port", help="Server port (0: a free one)."),
     max_tokens: int = typer.Option(48, "--max-tokens", help="Answer length."),
     agent: bool = typer.Option(False, "--agent", help="The tool-calling flow instead (trains agent_tools)."),
+    vision: bool = typer.Option(False, "--vision", help="The LLaVA flow instead (pretrain + finetune on shapes)."),
 ) -> None:
     """Run the whole flow on SmolLM2-135M-Instruct in a few minutes on a CPU."""
     if agent:
         _agent_demo(retrain, port, max_tokens)
+        return
+    if vision:
+        _vision_demo(retrain, port)
         return
     import openai
 
@@ -136,6 +142,84 @@ def _agent_demo(retrain: bool, port: int, max_tokens: int) -> None:
                                                    max_tokens=max_tokens, temperature=0)
             con.print(f"[bold]assistant:[/bold] {final.choices[0].message.content}")
     step(5, "Server stopped", "Ctrl-C")
+
+
+VISION_QUESTIONS = ["Please describe this picture.", "What colour is the shape?", "How many shapes are there?"]
+
+
+def _vision_demo(retrain: bool, port: int) -> None:
+    """LLaVA on the synthetic shapes task: the pretrain stage captions whatever it is asked, the finetune
+    stage answers the question (the before/after of XTuner's LLaVA recipe), through the OpenAI API."""
+    import base64
+    import json
+
+    import openai
+
+    from adapterhub.registry import Registry
+    from adapterhub.settings import Settings
+    from evaluation.shapes import write_heldout
+    from serving.api import build_service
+    from serving.app import make_app
+    from serving.config import ServeConfig
+    from serving.server import BackgroundServer
+    from training.builtin_data import shapes_folder
+
+    con = Console()
+    settings = Settings()
+    step = _stepper(con)
+    registry = Registry.open(settings)
+    pre = _pull_and_train(con, step, settings, registry, "shapes-caption", "shapes_pretrain",
+                          "LLaVA pretrain: a vision tower + projector for the LLM, on captions",
+                          ("image_qa_colour", "image_qa"), retrain)
+    step(3, "LLaVA finetune: LoRA + projector on the bundle, on questions",
+         f"adapterhub train shapes_finetune model.base={pre.ref}")
+    fin = _reuse_or_train(con, registry, "shapes-qa", "shapes_finetune", [f"model.base={pre.ref}"], settings,
+                          retrain, pre.content_hash)
+    step(4, "Serve the bundle as the base, the finetuned version beside it", f"adapterhub serve --base {pre.ref}")
+    stack = build_service(ServeConfig(base=pre.ref, port=port), settings, registry=registry)
+    rows = json.loads(write_heldout(shapes_folder()).read_text())[:12:3]  # four pictures
+    with BackgroundServer(make_app(stack), port=port) as url:
+        con.print(f"serving on {url}/v1")
+        step(5, "Ask both about held-out pictures", "client.chat.completions.create(model=..., messages=[image_url, text])")
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="demo", max_retries=0, timeout=300)
+        table = Table("picture", "question", f"{pre.ref} (pretrain)", f"{fin.ref} (finetune)", show_lines=True)
+        for column in table.columns:
+            column.overflow = "fold"
+        for row in rows:
+            data = "data:image/png;base64," + base64.b64encode(open(row["image"], "rb").read()).decode()
+            for q in VISION_QUESTIONS:
+                answers = []
+                for model in (pre.ref, fin.ref):
+                    r = client.chat.completions.create(model=model, max_tokens=24, temperature=0, messages=[
+                        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data}},
+                                                     {"type": "text", "text": q}]}])
+                    answers.append(r.choices[0].message.content or "")
+                table.add_row(row["image"].rsplit("/", 1)[-1], q, *answers)
+        con.print(table)
+    scores = Table("held-out accuracy (300 questions, exact answer)", pre.ref, fin.ref)
+    for key in ("image_qa_colour", "image_qa_count", "image_qa_shape", "image_qa"):
+        scores.add_row(key, *(str(registry.manifest(r).metrics.get(key, "-")) for r in (pre, fin)))
+    con.print(scores)
+    step(6, "Server stopped", "Ctrl-C")
+
+
+def _reuse_or_train(con: Console, registry: Any, name: str, config: str, overrides: list[str], settings: Any,
+                    retrain: bool, bundle_hash: str) -> Any:
+    """The latest version of ``name`` trained on this bundle, or a new one."""
+    from adapterhub.errors import AdapterNotFoundError
+    from training.api import train_and_register
+
+    try:
+        existing = None if retrain else registry.resolve(name)
+    except AdapterNotFoundError:
+        existing = None
+    if existing is not None and registry.manifest(existing).lineage.get("bundle_revision") == bundle_hash:
+        con.print(f"{name} already has {existing.ref} on this bundle: reusing it (pass --retrain to train again)")
+        return existing
+    result = train_and_register(config, overrides, settings=settings, console=con)
+    con.print(f"trained in {result.wall_time_s:.0f} s, {result.steps} steps; "
+              + ", ".join(f"{k} {result.metrics.get(k)}" for k in ("image_qa_colour", "image_qa")))
+    return result.record
 
 
 def _stepper(con: Console) -> Callable[[int, str, str], None]:

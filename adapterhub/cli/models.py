@@ -6,7 +6,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from adapterhub.models import DEMO_MODEL, list_local_models, pull_demo, resolve_model
+from adapterhub.models import DEMO_MODEL, list_local_models, pull_demo
+from adapterhub.registry.bundles import resolve_base
 from adapterhub.settings import Settings
 
 models_app = typer.Typer(help="Base models: the built-in demo model, local dirs, GGUF files, hub ids.",
@@ -37,7 +38,7 @@ def list_cmd() -> None:
 @models_app.command("show")
 def show_cmd(model: str = typer.Argument(..., help="Demo name, local dir, .gguf file or hub id.")) -> None:
     """Resolve a model spec and print what adapters would pin."""
-    m = resolve_model(model, Settings())
+    m = resolve_base(model, Settings())
     typer.echo(f"id: {m.id}\nkind: {m.kind}\npath: {m.path}\nrevision: {m.revision}\nfingerprint: {m.fingerprint}")
 
 

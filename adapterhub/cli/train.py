@@ -32,8 +32,12 @@ def train_cmd(
     if result.record is not None:
         word = "registered" if result.created else "unchanged: identical to"
         base = result.base_id
-        typer.echo(f"{word} {result.record.ref}  → serve it: adapterhub serve --base {base} "
-                   f"--adapters {result.record.ref}")
+        if result.record.kind == "bundle":  # a vision bundle is a base: served, or fine-tuned further, as one
+            typer.echo(f"{word} {result.record.ref} (vision bundle on {base})  → serve it: adapterhub serve --base "
+                       f"{result.record.ref}; fine-tune it: model.base: {result.record.ref}, vision.stage: finetune")
+        else:
+            typer.echo(f"{word} {result.record.ref}  → serve it: adapterhub serve --base {base} "
+                       f"--adapters {result.record.ref}")
     else:
         typer.echo(f"wrote {result.output_dir}")
 

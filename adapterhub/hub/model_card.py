@@ -16,11 +16,14 @@ def render_model_card(manifest: Manifest, repo_id: str, *, license: str | None =
     base = manifest.base_model.id if manifest.base_model else "unknown"
     hub_base = base if "/" in base and not base.startswith(("/", ".")) else None
     is_adapter = manifest.kind == "adapter"
+    is_bundle = manifest.kind == "bundle"
+    vision = training.get("vision") or {}
     front: dict[str, Any] = {
         "library_name": "peft" if is_adapter else "transformers",
         "license": license or config.get("license") or "other",
-        "tags": ["adapterhub", "lora" if is_adapter else "merged", str(training.get("method", "lora"))],
-        "pipeline_tag": "text-generation",
+        "tags": ["adapterhub", "lora" if is_adapter else "vision-bundle" if is_bundle else "merged",
+                 str(training.get("method", "lora"))] + (["llava"] if vision else []),
+        "pipeline_tag": "image-text-to-text" if vision else "text-generation",
     }
     upstream = (manifest.base_model.model_extra or {}).get("upstream") if manifest.base_model else None
     if hub_base or upstream or base == "smollm2-135m-instruct":
@@ -33,9 +36,14 @@ def render_model_card(manifest: Manifest, repo_id: str, *, license: str | None =
     lines += [f"# {manifest.name} v{manifest.version}", ""]
     if config.get("description"):
         lines += [config["description"], ""]
-    lines += [f"A {'LoRA adapter' if is_adapter else 'merged model'} for **{base}**, published with "
+    what = ("LoRA adapter" if is_adapter else "vision bundle (a vision tower, an image projector and their "
+            "processor; no language-model weights) that gives eyes to" if is_bundle else "merged model")
+    lines += [f"A {what} for **{base}**, published with "
               f"[adapterhub](https://github.com/) from version `{manifest.name}@{manifest.version}` "
               f"(sha256 `{manifest.content_hash[:16]}…`).", ""]
+    if vision.get("bundle"):
+        lines += [f"Its base is the vision bundle `{vision['bundle']}` (LLaVA pretrain stage): pull that version "
+                  "too.", ""]
     lines += ["## Training", ""]
     if training:
         lora = manifest.lora or {}
@@ -44,14 +52,23 @@ def render_model_card(manifest: Manifest, repo_id: str, *, license: str | None =
                 ("dataset fingerprint", training.get("dataset_fingerprint")), ("samples", training.get("n_samples")),
                 ("steps", training.get("steps")), ("final loss", training.get("final_loss")),
                 ("wall time (s)", training.get("wall_time_s")),
-                ("tool-call format", training.get("tool_parser"))]
+                ("tool-call format", training.get("tool_parser")),
+                ("LLaVA stage", vision.get("stage")),
+                ("vision tower", json.dumps(vision["tower"]) if vision.get("tower") else None),
+                ("tower trained", vision.get("tower_trained") if is_bundle else None)]
         lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows if v is not None] + [""]
     else:
         lines += ["Imported into the registry (no training record).", ""]
     if manifest.metrics:
         lines += ["## Metrics", "", "```json", json.dumps(manifest.metrics, indent=2), "```", ""]
     lines += ["## Usage", ""]
-    if is_adapter:
+    if is_bundle:
+        lines += ["Serve it as the base (the OpenAI API with image inputs), or fine-tune on it:", "", "```bash",
+                  f"adapterhub pull hf:{repo_id}@v{manifest.version} --name {manifest.name}",
+                  f"adapterhub serve --base {manifest.name}@{manifest.version}",
+                  f"adapterhub train CONFIG model.base={manifest.name}@{manifest.version}  # with vision.stage: "
+                  "finetune", "```", ""]
+    elif is_adapter:
         lines += ["With peft:", "", "```python", "from peft import PeftModel",
                   "from transformers import AutoModelForCausalLM, AutoTokenizer",
                   f'base = AutoModelForCausalLM.from_pretrained("{front.get("base_model", base)}")',

@@ -42,7 +42,8 @@ class Manifest(BaseModel):
     schema_version: int = SCHEMA_VERSION
     name: str
     version: int
-    kind: str = Field("adapter", description="'adapter' (PEFT LoRA) or 'model' (full / merged weights).")
+    kind: str = Field("adapter", description="'adapter' (PEFT LoRA), 'model' (full / merged weights) or "
+                      "'bundle' (a vision tower + projector for a text LLM).")
     content_hash: str
     files: dict[str, FileEntry]
     base_model: BaseModelRef | None = None

@@ -37,6 +37,7 @@ from adapterhub.registry.validation import (
     PICKLE_WEIGHTS,
     convert_pickle_to_safetensors,
     validate_adapter_dir,
+    validate_bundle_dir,
     validate_model_dir,
 )
 from adapterhub.settings import Settings
@@ -120,12 +121,15 @@ class Registry:
                 **{k: True for k in ("use_dora", "use_rslora") if info.config.get(k)},
             }
             files = [f for f in _ADAPTER_FILES if (src / f).exists()]
-        elif kind == "model":
-            validate_model_dir(src)
+        elif kind in ("model", "bundle"):
+            if kind == "model":
+                validate_model_dir(src)
+            else:
+                validate_bundle_dir(src)
             files = [p.name for p in src.iterdir() if p.is_file() and p.name != MANIFEST
                      and not p.name.endswith((".bin", ".pt", ".pth"))]
         else:
-            raise UserInputError(f"unknown kind {kind!r}: 'adapter' or 'model'")
+            raise UserInputError(f"unknown kind {kind!r}: 'adapter', 'model' or 'bundle'")
         template = chat_template if chat_template is not None else _read_chat_template(src)
 
         staged = Path(tempfile.mkdtemp(prefix="adapterhub-register-"))

@@ -18,6 +18,11 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLE_WEIGHTS = "adapter_model.bin"
 MANIFEST = "adapterhub.json"
+# A vision bundle (adapterhub.registry.bundles): the LLaVA parts trained for a text LLM, without the LLM.
+LLAVA_CONFIG = "llava_config.json"
+VISION_WEIGHTS = "vision.safetensors"
+PROJECTOR_WEIGHTS = "projector.safetensors"
+BUNDLE_FILES = (LLAVA_CONFIG, VISION_WEIGHTS, PROJECTOR_WEIGHTS, "processor_config.json")
 _LORA_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 
 
@@ -158,3 +163,15 @@ def convert_pickle_to_safetensors(src: Path, dst: Path) -> None:
         raise MissingDependencyError("torch", "train", "converting pickle weights") from e
     state = torch.load(src, map_location="cpu", weights_only=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(dst))
+
+
+def validate_bundle_dir(path: Path) -> None:
+    missing = [f for f in BUNDLE_FILES if not (path / f).is_file()]
+    if missing:
+        raise AdapterValidationError(f"vision bundle at {path}", [f"missing {f}" for f in missing])
+    try:
+        cfg = json.loads((path / LLAVA_CONFIG).read_text())
+    except ValueError as e:
+        raise AdapterValidationError(f"vision bundle at {path}", [f"{LLAVA_CONFIG} is not valid JSON ({e})"]) from e
+    if "vision_config" not in cfg or "text_config" not in cfg:
+        raise AdapterValidationError(f"vision bundle at {path}", [f"{LLAVA_CONFIG} needs vision_config and text_config"])

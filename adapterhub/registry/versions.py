@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from adapterhub.errors import IncompatibleAdapterError, UserInputError
-from adapterhub.models import ResolvedModel, resolve_model
+from adapterhub.models import ResolvedModel
+from adapterhub.registry.bundles import resolve_base
 from adapterhub.registry.manifest import Manifest
 from adapterhub.registry.registry import Registry
 from adapterhub.registry.store import VersionRecord
@@ -83,16 +84,21 @@ def open_version(registry: Registry, ref: str | VersionRecord, *, kind: Literal[
     record = ref if isinstance(ref, VersionRecord) else registry.resolve(ref)
     manifest = registry.verify(record)
     path = registry.path(record, verify=False)
+    if kind == "adapter" and manifest.kind == "bundle":
+        raise IncompatibleAdapterError(record.ref, ["is a vision bundle, not an adapter: use it as the base "
+                                                    f"(--base {record.ref}, or model.base in a training config)"])
     if kind == "adapter" and manifest.kind != "adapter":
         raise IncompatibleAdapterError(record.ref, ["is a model artifact, not an adapter: serve it with --merged"])
     if kind == "model" and manifest.kind != "model":
-        raise UserInputError(f"{record.ref} is an adapter, not a merged model: serve it with --adapters")
+        raise UserInputError(f"{record.ref} is {'a vision bundle' if manifest.kind == 'bundle' else 'an adapter'}, "
+                             "not a merged model: serve it with "
+                             f"{'--base ' + record.ref if manifest.kind == 'bundle' else '--adapters'}")
     opened = OpenedVersion(record, manifest, path)
     if on_base is not None:
         opened.problems = base_problems(manifest, on_base)
     elif settings is not None:
         if manifest.base_model is None:
             raise UserInputError(f"{record.ref} records no base model")
-        opened.base = resolve_model(manifest.base_model.id, settings)
+        opened.base = resolve_base(manifest.base_model.id, settings)
         opened.problems = base_problems(manifest, opened.base.identity())
     return opened
