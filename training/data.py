@@ -115,6 +115,7 @@ def detect_format(record: dict[str, Any]) -> str:
 
 def to_conversation(record: dict[str, Any], fmt: str, section: DataSection, index: int) -> Conversation:
     """Normalize one record to a list of {role, content} messages."""
+    part_images: list[str] = []  # OpenAI-style image_url parts of messages records
     where = f"record {index}"
     if fmt == "table":
         cols = section.columns
@@ -135,7 +136,7 @@ def to_conversation(record: dict[str, Any], fmt: str, section: DataSection, inde
         if record.get("system"):
             msgs.insert(0, {"role": "system", "content": str(record["system"])})
     elif fmt == "messages":
-        msgs = [_message(m, where) for m in record["messages"]]
+        msgs = [_message(m, where, part_images) for m in record["messages"]]
     elif fmt == "sharegpt":
         msgs = []
         for turn in record["conversations"]:
@@ -162,13 +163,26 @@ def to_conversation(record: dict[str, Any], fmt: str, section: DataSection, inde
         raise ConfigError(f"{where}: has no assistant turn to learn from")
     image = record.get("image")
     return Conversation(msgs, _tools(record.get("tools"), where),
-                        ([image] if isinstance(image, str) else list(image)) if image else None)
+                        ([image] if isinstance(image, str) else list(image)) if image else part_images)
 
 
-def _message(m: Any, where: str) -> dict[str, Any]:
+def _message(m: Any, where: str, images: list[str]) -> dict[str, Any]:
     if not isinstance(m, dict) or "role" not in m:
         raise ConfigError(f"{where}: every message needs a 'role'")
-    out: dict[str, Any] = {"role": m["role"], "content": str(m.get("content") or "")}
+    content = m.get("content")
+    if isinstance(content, list):  # OpenAI content parts: text, and images as the <image> placeholder
+        texts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                texts.append(str(part.get("text", "")))
+            elif kind == "image_url" and isinstance(part.get("image_url"), dict) and part["image_url"].get("url"):
+                images.append(str(part["image_url"]["url"]))
+                texts.append(IMAGE_PLACEHOLDER)
+            else:
+                raise ConfigError(f"{where}: a content part must be text or image_url with a url, got {kind!r}")
+        content = "".join(texts)
+    out: dict[str, Any] = {"role": m["role"], "content": str(content or "")}
     if m.get("tool_calls"):
         out["tool_calls"] = [_call(c, where) for c in m["tool_calls"]]
     if m.get("tool_call_id"):
@@ -360,6 +374,9 @@ def _hub_records(spec: str) -> list[dict[str, Any]]:
     return [dict(r) for r in ds]
 
 
+IMAGE_PLACEHOLDER = "<image>"  # where an image part was, in records with OpenAI-style content parts
+
+
 class ImageInputs:
     """Image conversations for a LLaVA-style model: each ``<image>`` placeholder expanded to the model's image
     tokens (as its processor does), the image read from ``folder`` and turned into pixel values."""
@@ -378,19 +395,30 @@ class ImageInputs:
 
         if len(conv.images) != 1:
             raise ConfigError(f"a record has {len(conv.images)} images: one image per conversation is supported")
-        text = "".join(str(m.get("content", "")) for m in conv)
+        text = "".join(str(m.get("content", "")) for m in conv).replace(IMAGE_PLACEHOLDER, self.token)
         if text.count(self.token) != 1:
             raise ConfigError(f"a record with an image needs exactly one {self.token} placeholder in its turns")
-        path = self.folder / conv.images[0]
+        source = conv.images[0]
+        path: Any = self.folder / source
+        if source.startswith("data:"):  # an OpenAI-style data URL
+            import base64
+            import io
+
+            try:
+                path = io.BytesIO(base64.b64decode(source.split(",", 1)[1], validate=True))
+            except (IndexError, ValueError):
+                raise ConfigError("an image data URL is not base64 data") from None
         try:
             img = Image.open(path).convert("RGB")
         except OSError as e:
-            raise ConfigError(f"cannot read image {path}: {e}") from None
+            raise ConfigError(f"cannot read image {source[:80]}: {e}") from None
         # The placeholder goes first in its turn, followed by a newline (as LLaVA and XTuner normalize it):
         # the server renders an image part before the text the same way.
-        moved = Conversation([m if self.token not in str(m.get("content", "")) else
-                              {**m, "content": self.token + "\n" + str(m["content"]).replace(self.token, "").strip()}
-                              for m in conv], conv.tools, conv.images)
+        def first(m: dict[str, Any]) -> dict[str, Any]:
+            text = str(m.get("content", "")).replace(IMAGE_PLACEHOLDER, self.token)
+            return {**m, "content": self.token + "\n" + text.replace(self.token, "").strip()} if self.token in text else m
+
+        moved = Conversation([first(m) for m in conv], conv.tools, conv.images)
         s = tokenize_conversation(tokenizer, moved, template, max_length + 10**6,
                                   expand=lambda t: t.replace(self.token, self.token * self.n_tokens))
         if len(s.input_ids) > max_length:

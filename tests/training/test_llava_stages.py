@@ -35,8 +35,12 @@ def _data(folder) -> tuple[str, str]:
         captions.append({"image": f"{i}.png", "conversations": [
             {"from": "human", "value": "<image>\nPlease describe this picture."},
             {"from": "gpt", "value": caption(colour, shape, where)}]})
-        qa.append({"image": f"{i}.png", "conversations": [
-            {"from": "human", "value": "What colour is the shape?\n<image>"}, {"from": "gpt", "value": colour}]})
+        # OpenAI-style messages with image_url parts (a data URL, or a path beside the data file)
+        url = ("data:image/png;base64," + base64.b64encode((folder / f"{i}.png").read_bytes()).decode()
+               if i % 2 else f"{i}.png")
+        qa.append({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What colour is the shape?"}, {"type": "image_url", "image_url": {"url": url}}]},
+            {"role": "assistant", "content": colour}]})
     (folder / "captions.json").write_text(json.dumps(captions * 2))
     (folder / "qa.json").write_text(json.dumps(qa * 2))
     return str(folder / "captions.json"), str(folder / "qa.json")
@@ -114,6 +118,19 @@ def test_pretrain_bundle_then_finetune_serve_and_merge(tiny_model, tmp_path):
     assert torch.equal(llava.model.language_model.get_parameter(q), llm.model.get_parameter(q))
 
     # Stage 2: LoRA on the language model + the projector, on the bundle.
+    from training.config import DataSection
+    from training.data import IGNORE, ImageInputs, read_dataset
+
+    # messages records: the image part becomes the image's tokens before the question, the loss is on the answer
+    images = ImageInputs(__import__("transformers").AutoProcessor.from_pretrained(base.path), tmp_path)
+    for conv in read_dataset(DataSection(path=qa)).conversations[:2]:
+        s = images.sample(images.processor.tokenizer, conv, None, 96)
+        tok = images.processor.tokenizer
+        assert s.input_ids.count(tok.convert_tokens_to_ids("<image>")) == 16 and s.pixel_values.shape == (3, 32, 32)
+        prompt = tok.decode(s.input_ids).replace("<image>" * 16, "<image>")  # (the tiny vocabulary has no "W")
+        assert prompt.index("<image>\n") < prompt.index("colour is the shape?")  # moved first, as served
+        assert tok.decode([i for i, lab in zip(s.input_ids, s.labels) if lab != IGNORE]).startswith(
+            conv[-1]["content"])
     fin = train(_config("cap@1", qa, name="qa", vision={}), settings, output=tmp_path / "fin")
     assert fin.record is not None and fin.record.kind == "adapter"
     fm = reg.manifest(fin.record)
