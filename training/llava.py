@@ -79,8 +79,35 @@ def build_llava(llm: Any, tokenizer: Any, template: str | None, cfg: TrainConfig
                                vision_feature_select_strategy=strategy, num_additional_image_tokens=0 if siglip else 1,
                                chat_template=parts_template(template, token), image_token=token)
     tokenizer.chat_template = processor.chat_template
+    match_embedding_scale(model, strategy, cfg.train.seed)
     model.requires_grad_(False)
     model.model.multi_modal_projector.requires_grad_(True)
     if cfg.vision.trains_tower:
         model.model.vision_tower.requires_grad_(True)
     return model, processor
+
+
+def match_embedding_scale(model: Any, strategy: str, seed: int) -> float:
+    """Scale a new projector's output layer so that image tokens start at the norm of the LLM's token
+    embeddings. Default-initialised, it maps a vision tower's features (norms of 10-30) to vectors an
+    order of magnitude larger than text embeddings (about 3 for SmolLM2): such image tokens swamp the
+    residual stream, their keys and values barely depend on the picture, and a short pretraining run
+    learns a constant soft prompt instead of reading the image. Returns the factor applied."""
+    import torch
+
+    inner = model.model
+    cfg = model.config.vision_config
+    gen = torch.Generator().manual_seed(seed)
+    dtype = inner.multi_modal_projector.linear_2.weight.dtype
+    probe = torch.randn(4, cfg.num_channels, cfg.image_size, cfg.image_size, generator=gen).to(dtype)
+    with torch.no_grad():
+        hidden = inner.vision_tower(probe, output_hidden_states=True).hidden_states[model.config.vision_feature_layer]
+        if strategy == "default":
+            hidden = hidden[:, 1:]
+        norm = float(inner.multi_modal_projector(hidden).norm(dim=-1).mean())
+        target = float(model.get_input_embeddings().weight.norm(dim=-1).mean())
+        factor = target / max(norm, 1e-6)
+        inner.multi_modal_projector.linear_2.weight.mul_(factor)
+        if inner.multi_modal_projector.linear_2.bias is not None:
+            inner.multi_modal_projector.linear_2.bias.mul_(factor)
+    return factor

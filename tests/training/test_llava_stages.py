@@ -216,3 +216,29 @@ def test_bundle_push_pull_round_trip_with_its_card(tiny_model, tmp_path, hf_env)
     assert created and rec.kind == "bundle" and rec.content_hash == pre.record.content_hash
     # the pulled copy is the same base: adapters trained on one are accepted on the other
     assert resolve_base("cap-pulled@1", settings).fingerprint == resolve_base("cap@1", settings).fingerprint
+
+
+def test_a_new_projector_starts_at_the_scale_of_the_llms_token_embeddings(tiny_model, tmp_path):
+    """Default-initialised, the projector's image tokens are many times larger than text embeddings and a
+    short pretraining learns a constant soft prompt; build_llava scales them to the embeddings' norm."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.llava import build_llava
+
+    captions, _ = _data(tmp_path)
+    cfg = _config(tiny_model, captions, vision={"stage": "pretrain", "tower": TOWER, "feature_layer": -1})
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model, processor = build_llava(AutoModelForCausalLM.from_pretrained(tiny_model), tok, tok.chat_template, cfg,
+                                   Settings())
+    from PIL import Image
+
+    pv = processor.image_processor(images=[Image.open(tmp_path / f"{i}.png") for i in range(4)],
+                                   return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        hidden = model.model.vision_tower(pv, output_hidden_states=True).hidden_states[-1][:, 1:]
+        image_norm = float(model.model.multi_modal_projector(hidden).norm(dim=-1).mean())
+    text_norm = float(model.get_input_embeddings().weight.norm(dim=-1).mean())
+    assert 0.5 < image_norm / text_norm < 2.0
+    # only the tower (built from a config: trained from scratch) and the projector train; the LLM is frozen
+    trainable = {n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"vision_tower", "multi_modal_projector"}
