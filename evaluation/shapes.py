@@ -7,7 +7,7 @@ quadrant, with jittered sizes and offsets. Three splits, drawn with different se
 * ``shapes_qa`` (finetune): what colour / how many / what shape, answered in one word
 * ``shapes_heldout`` (evaluation): new pictures, the same three questions, ``kind`` colour / count / shape
 
-Images are written once under the cache (``<home>/cache/shapes-v1``); records name them by absolute path.
+Images are written once under the cache (``<home>/cache/shapes-v2``); records name them by absolute path.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ SPLITS = {"shapes_captions": (1, 1200), "shapes_qa": (2, 600), "shapes_heldout":
 COLOUR_QUESTIONS = ("What colour is the shape?", "What color are the shapes?", "Which colour do you see?")
 COUNT_QUESTIONS = ("How many shapes are there?", "How many shapes are in the picture?")
 SHAPE_QUESTIONS = ("What shape is it?", "What kind of shape is in the image?")
-VERSION = "shapes-v1"
+VERSION = "shapes-v2"
 
 
 def draw(colour: str, shape: str, where: list[str], rng: random.Random) -> Any:
@@ -36,8 +36,8 @@ def draw(colour: str, shape: str, where: list[str], rng: random.Random) -> Any:
     d = ImageDraw.Draw(img)
     for q in where:
         x0, y0 = QUADRANTS[q]
-        r = rng.randint(8, 12)
-        cx, cy = x0 + 16 + rng.randint(-3, 3), y0 + 16 + rng.randint(-3, 3)
+        r = rng.randint(11, 14)
+        cx, cy = x0 + 16 + rng.randint(-2, 2), y0 + 16 + rng.randint(-2, 2)
         fill = COLOURS[colour]
         if shape == "circle":
             d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
