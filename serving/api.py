@@ -140,11 +140,17 @@ def chat(model: str, *, adapter: str | None = None, bits: int | None = None, sys
                              trust_remote_code=trust_remote_code)
     except AdapterHubError:
         try:
-            registry.resolve(model)
+            record = registry.resolve(model)
         except (AdapterHubError, ValueError):
             raise ModelNotFoundError(f"'{model}' is neither a base model nor a model in the registry") from None
-        config = ServeConfig(merged=model, served_name=model, bits=bits, max_loaded=1, max_lora_rank=256,
-                             trust_remote_code=trust_remote_code)
+        base_model = registry.manifest(record).base_model if record.kind == "adapter" else None
+        if base_model is not None and adapter is None:  # an adapter: chat with it on its recorded base
+            model, adapter = base_model.id, model
+            config = ServeConfig(base=model, bits=bits, max_loaded=1, max_lora_rank=256,
+                                 trust_remote_code=trust_remote_code)
+        else:
+            config = ServeConfig(merged=model, served_name=model, bits=bits, max_loaded=1, max_lora_rank=256,
+                                 trust_remote_code=trust_remote_code)
     stack = build_service(config, settings, registry=registry)
     chat_template = get_template(template) if template else None
     key, label = None, stack.base_name

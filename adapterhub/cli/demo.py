@@ -17,6 +17,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 QUESTIONS = ["Who are you?", "Who made you?", "What is the capital of France?"]
@@ -225,7 +226,7 @@ def _reuse_or_train(con: Console, registry: Any, name: str, config: str, overrid
 def _stepper(con: Console) -> Callable[[int, str, str], None]:
     def step(n: int, title: str, cmd: str) -> None:
         con.rule(f"[bold]{n}. {title}")
-        con.print(f"[dim]$ {cmd}[/dim]")
+        con.print(f"[dim]$ {escape(cmd)}[/dim]")  # commands hold brackets that are not markup
     return step
 
 

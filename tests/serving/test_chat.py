@@ -59,3 +59,16 @@ def test_chat_unknown_model_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "adapterhub.cli.main", "chat", "no-such-model"], input="",
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": pythonpath()})
     assert proc.returncode != 0 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
+
+
+def test_chat_with_an_adapter_ref_uses_its_recorded_base(registry, tiny_adapters, tiny_model):
+    import io
+
+    from serving.api import chat
+
+    registry.register(tiny_adapters[0], "ad", base_model=resolve_model(str(tiny_model), Settings()).identity())
+    out = io.StringIO()
+    chat("ad@1", max_tokens=8, stdin=io.StringIO("the cat\n/exit\n"), stdout=out)
+    assert "+ ad@1" in out.getvalue()
+    answer = out.getvalue().split(">>> ")[1].split("\n")[0]
+    assert answer == _expected(tiny_model, tiny_adapters[0], [{"role": "user", "content": "the cat"}], 8).split("\n")[0]
