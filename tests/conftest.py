@@ -163,3 +163,20 @@ def dataset(tmp_path):
     p = tmp_path / "data.json"
     p.write_text(json.dumps(recs))
     return p
+
+
+@pytest.fixture()
+def hf_env(tmp_path, monkeypatch):
+    """A fake Hugging Face Hub over real HTTP on 127.0.0.1, with the client pointed at it."""
+    from tests.fake_hub import FakeHub
+
+    with FakeHub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+        # huggingface_hub reads HF_HUB_DISABLE_XET at import (transformers imported it already): patch the constant.
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_DISABLE_XET", True)
+        yield hub

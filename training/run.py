@@ -253,7 +253,7 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
 
     tokens = counter.tokens
     lineage = {
-        "method": cfg.method, "config": json.loads(cfg.model_dump_json()), "dataset_fingerprint": data.fingerprint,
+        "method": "llava_pretrain" if pretrain_vision else cfg.method, "config": json.loads(cfg.model_dump_json()), "dataset_fingerprint": data.fingerprint,
         "n_samples": len(data.samples), "final_loss": final_loss, "steps": trainer.state.global_step,
         "wall_time_s": round(train_time, 1), "tokens": tokens, "tokens_per_s": round(tokens / max(train_time, 1e-9), 1),
         "trainable_params": trainable, **replay_info,

@@ -36,7 +36,8 @@ def list_cmd() -> None:
 
 
 @models_app.command("show")
-def show_cmd(model: str = typer.Argument(..., help="Demo name, local dir, .gguf file or hub id.")) -> None:
+def show_cmd(model: str = typer.Argument(..., help="Demo name, local dir, .gguf file, hub id or a vision "
+                                                     "bundle ref (NAME@VER).")) -> None:
     """Resolve a model spec and print what adapters would pin."""
     m = resolve_base(model, Settings())
     typer.echo(f"id: {m.id}\nkind: {m.kind}\npath: {m.path}\nrevision: {m.revision}\nfingerprint: {m.fingerprint}")

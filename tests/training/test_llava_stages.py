@@ -17,7 +17,6 @@ import torch
 
 from adapterhub.registry import Registry
 from adapterhub.settings import Settings
-from tests.contracts.test_publisher import hf_env  # noqa: F401 - a fixture
 
 TOWER = {"model_type": "clip_vision_model", "image_size": 32, "patch_size": 8, "hidden_size": 32,
          "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
