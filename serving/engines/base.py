@@ -140,6 +140,11 @@ class Engine(abc.ABC):
         """Whether the base takes image inputs (a vision-language model)."""
         return False
 
+    @property
+    def adapter_projectors(self) -> bool:
+        """Whether an adapter's own image projector (peft ``modules_to_save``) is applied per request."""
+        return False
+
     def encode_chat_images(self, messages: list[dict[str, Any]], chat_template: str | None, images: list[Any], *,
                            tools: list[dict[str, Any]] | None = None) -> tuple[list[int], dict[str, Any]]:
         """Token ids of messages with image parts (``{"type": "image"}``) and the model inputs of ``images``."""
@@ -205,6 +210,18 @@ class TokenizerEngine(Engine):
         except Exception as e:  # a template that raises on these messages (e.g. roles it does not allow)
             raise UserInputError(f"the chat template cannot render these messages: {e}", param="messages") from e
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def process_images(self, messages: list[dict[str, Any]], chat_template: str | None, images: list[Any], *,
+                       tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The processor's encoding of a chat with images: ``input_ids`` with each image placeholder expanded
+        to the image's tokens, and the pixel values."""
+        template = chat_template or self.default_chat_template
+        try:
+            text = self.processor.apply_chat_template(messages, chat_template=template, add_generation_prompt=True,
+                                                      tokenize=False, tools=tools)
+            return dict(self.processor(images=images, text=[text], return_tensors="pt"))
+        except Exception as e:  # noqa: BLE001 - the processor's reason (an image it cannot read) is a 400
+            raise UserInputError(f"cannot prepare the images for this model: {e}", param="messages") from e
 
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])

@@ -88,6 +88,12 @@ class VLLMEngine(TokenizerEngine):
         self.engine = self._call(build(), timeout=None)
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path),
                                                        trust_remote_code=bool(args.get("trust_remote_code")))
+        if "vision_config" in cfg:  # LLaVA-style (e.g. an adapterhub merge of a LLaVA finetune): image inputs
+            from transformers import AutoProcessor
+
+            self.processor = AutoProcessor.from_pretrained(str(model_path),
+                                                           trust_remote_code=bool(args.get("trust_remote_code")))
+            self.tokenizer = self.processor.tokenizer
         self._loras: dict[str, Any] = {}
         self._caps = EngineCapabilities(
             max_lora_rank=max_lora_rank, max_loaded=max_loaded,
@@ -135,6 +141,17 @@ class VLLMEngine(TokenizerEngine):
     def loaded_adapters(self) -> list[str]:
         return list(self._loras)
 
+    @property
+    def accepts_images(self) -> bool:
+        return self.processor is not None
+
+    def encode_chat_images(self, messages: list[dict[str, Any]], chat_template: str | None, images: list[Any], *,
+                           tools: list[dict[str, Any]] | None = None) -> tuple[list[int], dict[str, Any]]:
+        """Token ids with the image placeholders already expanded (vLLM sees its prompt updates applied and
+        keeps them) and the images themselves, which vLLM's own processor turns into features."""
+        enc = self.process_images(messages, chat_template, images, tools=tools)
+        return enc["input_ids"][0].tolist(), {"images": list(images)}
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         caller = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -169,8 +186,10 @@ class VLLMEngine(TokenizerEngine):
         sent_lps = 0
         finished = False
         try:
-            async for out in self.engine.generate(TokensPrompt(prompt_token_ids=request.prompt_ids), sp, rid,
-                                                  lora_request=lora):
+            prompt = TokensPrompt(prompt_token_ids=request.prompt_ids)
+            if request.inputs and request.inputs.get("images"):
+                prompt["multi_modal_data"] = {"image": request.inputs["images"]}
+            async for out in self.engine.generate(prompt, sp, rid, lora_request=lora):
                 if request.cancelled:
                     break
                 comp = out.outputs[0]

@@ -194,3 +194,23 @@ def test_text_only_chat_works_when_only_the_processor_has_a_template(server):
         assert engine.encode_chat(msgs, None) == with_tokenizer_template
     finally:
         engine.tokenizer.chat_template = saved
+
+
+def test_an_adapter_with_its_own_projector_is_refused_where_the_engine_cannot_apply_it(tiny_model, tmp_path):
+    import json as _json
+
+    from serving.adapters import engine_problems
+    from serving.engines.hf import HFEngine
+    from tests.builders import build_lora_adapter
+
+    path = build_lora_adapter(tiny_model, tmp_path / "ad")
+    cfg = _json.loads((path / "adapter_config.json").read_text())
+    engine = HFEngine(tiny_model, model_id="tiny", dtype="fp32")  # a text model: no per-request projector
+    try:
+        for saved in (["multi_modal_projector"], ["lm_head"]):
+            (path / "adapter_config.json").write_text(_json.dumps({**cfg, "modules_to_save": saved}))
+            problems = engine_problems(path, engine)
+            assert any(f"modules_to_save {saved} are not supported by this engine" in p and "adapterhub merge" in p
+                       for p in problems), problems
+    finally:
+        engine.stop()

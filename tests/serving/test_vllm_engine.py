@@ -130,3 +130,41 @@ def test_structured_output_and_forced_tool_calls_map_to_vllm(engine):
     grammar = get_parser("hermes").grammar(tools, None, False)
     _, calls = get_parser("hermes").parse(asyncio.run(run(Constraint("lark", grammar, "tools"))), {"f"})
     assert [c.name for c in calls] == ["f"]
+
+
+def test_a_merged_llava_answers_an_image_as_transformers_does(tmp_path):
+    """A LLaVA directory (the form ``adapterhub merge`` writes for a LLaVA finetune) on the vLLM engine:
+    the image request's greedy answer equals transformers' generate on the same model and image."""
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from serving.engines.base import GenerationRequest, SamplingParams
+    from serving.engines.vllm import VLLMEngine
+    from tests.builders import build_tiny_llava
+
+    llava = build_tiny_llava(tmp_path / "llava")
+    image = Image.new("RGB", (40, 30), (200, 30, 30))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour"}]}]
+    proc = AutoProcessor.from_pretrained(llava)
+    enc = proc(images=[image], text=[proc.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)],
+               return_tensors="pt")
+    model = AutoModelForImageTextToText.from_pretrained(llava, dtype=torch.float32)
+    out = model.generate(**enc, max_new_tokens=6, do_sample=False)
+    expected = proc.tokenizer.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    eng = VLLMEngine(llava, model_id="llava", max_loaded=1, max_lora_rank=8, dtype="fp32",
+                     extra_args={"max_model_len": "256"})
+    try:
+        assert eng.accepts_images
+        ids, extra = eng.encode_chat_images(messages, None, [image])
+
+        async def go():
+            parts = []
+            async for d in eng.generate(GenerationRequest(ids, SamplingParams(max_tokens=6), None, "img",
+                                                          inputs=extra)):
+                parts.append(d.text)
+            return "".join(parts)
+
+        assert asyncio.run(go()) == expected
+    finally:
+        eng.stop()

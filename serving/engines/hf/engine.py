@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from adapterhub.errors import OverloadedError, UserInputError
+from adapterhub.errors import OverloadedError
 from serving.engines.base import Delta, EngineCapabilities, GenerationRequest, TokenizerEngine, TokenLogprob
 from serving.engines.hf import batch as batching
 from serving.engines.hf.detokenizer import IncrementalDetokenizer
@@ -123,16 +123,14 @@ class HFEngine(TokenizerEngine):
     def accepts_images(self) -> bool:
         return self.processor is not None
 
+    @property
+    def adapter_projectors(self) -> bool:
+        return self.processor is not None  # image rows are prefilled alone, each with its adapter's projector
+
     def encode_chat_images(self, messages: list[dict[str, Any]], chat_template: str | None, images: list[Any], *,
                            tools: list[dict[str, Any]] | None = None) -> tuple[list[int], dict[str, Any]]:
         """Token ids (each image placeholder expanded to its image tokens) and the pixel values."""
-        template = chat_template or self.default_chat_template
-        try:
-            text = self.processor.apply_chat_template(messages, chat_template=template, add_generation_prompt=True,
-                                                      tokenize=False, tools=tools)
-            enc = self.processor(images=images, text=[text], return_tensors="pt")
-        except Exception as e:  # noqa: BLE001 - the processor's reason (an image it cannot read) is a 400
-            raise UserInputError(f"cannot prepare the images for this model: {e}", param="messages") from e
+        enc = self.process_images(messages, chat_template, images, tools=tools)
         extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
         return enc["input_ids"][0].tolist(), extra
 
