@@ -207,6 +207,10 @@ def engine_problems(path: Path, engine: Engine) -> list[str]:
     if info.config.get("use_dora"):
         problems.append("is a DoRA adapter (use_dora), which this engine cannot apply per request: merge it "
                         "(adapterhub merge REF) and serve the merged model with --merged")
+    tower = sorted({m for m in info.modules if "vision_tower" in m or "vision_model" in m})
+    if tower:
+        problems.append(f"has LoRA on the vision tower ({len(tower)} modules), which this engine cannot apply per "
+                        "request: merge it (adapterhub merge REF) and serve the merged model with --merged")
     saved = list(info.config.get("modules_to_save") or [])
     if saved and not (engine.adapter_projectors and saved == ["multi_modal_projector"]):
         problems.append(f"modules_to_save {saved} are not supported by this engine "

@@ -179,12 +179,17 @@ class VisionSection(_Strict):
                                                        "(default: the data file's folder).")
     train_projector: bool = Field(True, description="finetune: also train the image projector (saved with the "
                                                     "adapter, served per request).")
+    tower_lora: bool = Field(False, description="finetune: LoRA on the vision tower's linear layers too (the "
+                                                "server cannot apply it per request: merge such a version).")
 
     @model_validator(mode="after")
     def _stage_fields(self) -> VisionSection:
         if self.stage == "pretrain" and self.tower is None:
             raise ValueError("vision.tower: the pretrain stage needs a vision encoder (a CLIP/SigLIP checkpoint "
                              "or a vision config)")
+        if self.stage == "pretrain" and self.tower_lora:
+            raise ValueError("vision.tower_lora belongs to the finetune stage (pretrain trains the tower whole with "
+                             "vision.train_tower)")
         if self.stage == "finetune" and (self.tower is not None or self.train_tower):
             raise ValueError("vision.tower / vision.train_tower belong to the pretrain stage: a finetune stage "
                              "takes its tower from its base (model.base: a bundle ref or a LLaVA model)")

@@ -104,9 +104,13 @@ def add_lora(model: Any, cfg: TrainConfig) -> Any:
         if missing:
             raise ConfigError(f"lora.target_modules: the base has no module(s) {missing} (has {sorted(names)})")
     save: list[str] | None = None
-    if cfg.vision is not None:  # LoRA on the language model only; the projector trained whole (modules_to_save)
+    if cfg.vision is not None:  # LoRA on the language model; the projector trained whole (modules_to_save)
         chosen = sorted(names - {"lm_head"}) if targets == "all-linear" else sorted(targets)
         targets = r".*language_model.*\.(" + "|".join(chosen) + ")"
+        if cfg.vision.tower_lora:  # and on every linear layer of the vision tower
+            tower = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                            if isinstance(m, torch.nn.Linear) and ("vision_tower" in n or "vision_model" in n)})
+            targets = f"(?:{targets})|(?:.*vision_tower.*\\.({'|'.join(tower)}))"
         save = ["multi_modal_projector"] if cfg.vision.train_projector else None
     init: bool | str = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}[cfg.lora.init]
     lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,

@@ -177,6 +177,8 @@ def test_stage_mistakes_are_config_errors(tiny_model, tmp_path):
         _config(tiny_model, captions, vision={"stage": "pretrain"})
     with pytest.raises(ConfigError, match="belong to the pretrain stage"):
         _config(tiny_model, captions, vision={"tower": TOWER})
+    with pytest.raises(ConfigError, match="tower_lora belongs to the finetune stage"):
+        _config(tiny_model, captions, vision={"stage": "pretrain", "tower": TOWER, "tower_lora": True})
     with pytest.raises(ConfigError, match="method must be lora"):
         _config(tiny_model, captions, method="qlora", vision={"stage": "pretrain", "tower": TOWER})
     with pytest.raises(ConfigError, match="eval.image_qa: no such file"):
@@ -241,3 +243,37 @@ def test_a_new_projector_starts_at_the_scale_of_the_llms_token_embeddings(tiny_m
     # only the tower (built from a config: trained from scratch) and the projector train; the LLM is frozen
     trainable = {n.split(".")[1] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"vision_tower", "multi_modal_projector"}
+
+
+def test_tower_lora_trains_is_refused_per_request_and_merges(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    from adapterhub.registry.bundles import resolve_base
+    from export.merge import merge
+    from serving.adapters import engine_problems
+    from serving.engines.hf import HFEngine
+    from training.run import train
+
+    settings, reg = Settings(), Registry.open(Settings())
+    captions, qa = _data(tmp_path)
+    train(_config(tiny_model, captions, name="cap", vision={"stage": "pretrain", "tower": TOWER}), settings,
+          output=tmp_path / "pre")
+    fin = train(_config("cap@1", qa, name="qa", vision={"tower_lora": True}, **{"train.lr": 1e-2}), settings,
+                output=tmp_path / "fin")
+    path = reg.path(fin.record)
+    keys = load_file(str(path / "adapter_model.safetensors"))
+    assert any("vision_tower" in k and "lora_A" in k for k in keys)
+    assert any("language_model" in k and "lora_A" in k for k in keys)
+    base = resolve_base("cap@1", settings)
+    engine = HFEngine(base.path, model_id="cap@1", fingerprint=base.fingerprint, dtype="fp32", max_lora_rank=8)
+    try:
+        assert any("LoRA on the vision tower" in p and "adapterhub merge" in p for p in engine_problems(path, engine))
+    finally:
+        engine.stop()
+    out = tmp_path / "merged"
+    assert merge(reg, settings, "qa@1", out, dtype="fp32").parity["passed"]
+    merged = AutoModelForImageTextToText.from_pretrained(out, dtype=torch.float32)
+    bundle = AutoModelForImageTextToText.from_pretrained(base.path, dtype=torch.float32)
+    name = "encoder.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged.model.vision_tower.get_parameter(name), bundle.model.vision_tower.get_parameter(name))
