@@ -220,8 +220,8 @@ def test_bundle_push_pull_round_trip_with_its_card(tiny_model, tmp_path, hf_env)
 
 
 def test_a_new_projector_starts_at_the_scale_of_the_llms_token_embeddings(tiny_model, tmp_path):
-    """Default-initialised, the projector's image tokens are many times larger than text embeddings and a
-    short pretraining learns a constant soft prompt; build_llava scales them to the embeddings' norm."""
+    """build_llava starts the projector's image tokens at the norm of the LLM's token embeddings (default
+    initialised they start larger: 1.7x on the demo model, more on this tiny one)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from training.llava import build_llava
