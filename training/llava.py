@@ -89,9 +89,9 @@ def build_llava(llm: Any, tokenizer: Any, template: str | None, cfg: TrainConfig
 
 def match_embedding_scale(model: Any, strategy: str, seed: int) -> float:
     """Scale a new projector's output layer so that image tokens start at the norm of the LLM's token
-    embeddings (default-initialised they start 1.7x larger on the demo model with its tower, more on the tiny
-    test model). This is only where they start: in training they grew to ~15-25x (norms 45-85 against 3.2)
-    on the demo runs either way. Returns the factor applied."""
+    embeddings (default-initialised they start 1.7x larger on the demo model with its tower, and outside
+    0.5-2x on the tiny test model). This is only where they start: in training they grew to ~15-25x (norms
+    45-85 against 3.2) on the demo runs either way. Returns the factor applied."""
     import torch
 
     inner = model.model

@@ -221,7 +221,7 @@ def test_bundle_push_pull_round_trip_with_its_card(tiny_model, tmp_path, hf_env)
 
 def test_a_new_projector_starts_at_the_scale_of_the_llms_token_embeddings(tiny_model, tmp_path):
     """build_llava starts the projector's image tokens at the norm of the LLM's token embeddings (default
-    initialised they start larger: 1.7x on the demo model, more on this tiny one)."""
+    initialised they start 1.7x larger on the demo model, and outside 0.5-2x on this tiny one)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from training.llava import build_llava
