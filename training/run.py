@@ -152,7 +152,8 @@ def train(cfg: TrainConfig, settings: Settings, *, output: Path | None = None, r
             save_initial_adapter(model, cfg, initial)
     trainable, total = trainable_summary(model)
     console.print(
-        f"[bold]{cfg.name}[/bold]: {cfg.method} on {resolved.id} · {len(data.samples)} samples "
+        f"[bold]{cfg.name}[/bold]: {'LLaVA pretrain (tower + projector)' if pretrain_vision else cfg.method} on "
+        f"{resolved.id} · {len(data.samples)} samples "
         f"({data.n_records} records + {data.n_replay} replay, format {data.format}) · "
         f"trainable {trainable / 1e6:.2f}M / {total / 1e6:.1f}M params · run dir {run_dir}"
     )
