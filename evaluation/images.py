@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from adapterhub.errors import ConfigError
+
 
 def answer_images(model: Any, processor: Any, template: str | None, items: list[tuple[Any, str]],
                   max_new_tokens: int = 32) -> list[str]:
@@ -45,15 +47,25 @@ def normalize(text: str) -> str:
 def read_qa(path: Path) -> list[dict[str, str]]:
     """Held-out records: ``image``, ``question`` and ``answer`` (LLaVA-style ``conversations`` also accepted),
     optionally ``kind`` (scores are also given per kind)."""
-    rows = json.loads(path.read_text()) if path.suffix == ".json" else [
-        json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        rows = json.loads(path.read_text()) if path.suffix == ".json" else [
+            json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except ValueError as e:
+        raise ConfigError(f"eval.image_qa: {path} is not valid JSON / JSON lines ({e})") from None
     out = []
-    for r in rows:
-        if "conversations" in r:
-            q = next(t["value"] for t in r["conversations"] if t["from"] in ("human", "user"))
-            a = next(t["value"] for t in r["conversations"] if t["from"] in ("gpt", "assistant"))
-            r = {**r, "question": q.replace("<image>", "").strip(), "answer": a}
-        out.append({"image": r["image"], "question": r["question"], "answer": r["answer"], "kind": r.get("kind", "")})
+    for i, r in enumerate(rows if isinstance(rows, list) else [rows]):
+        try:
+            if "conversations" in r:
+                q = next(t["value"] for t in r["conversations"] if t["from"] in ("human", "user"))
+                a = next(t["value"] for t in r["conversations"] if t["from"] in ("gpt", "assistant"))
+                r = {**r, "question": q.replace("<image>", "").strip(), "answer": a}
+            out.append({"image": r["image"], "question": r["question"], "answer": r["answer"],
+                        "kind": r.get("kind", "")})
+        except (KeyError, TypeError, StopIteration, AttributeError):
+            raise ConfigError(f"eval.image_qa: record {i} of {path} needs image, question and answer (or LLaVA "
+                              "conversations)") from None
+    if not out:
+        raise ConfigError(f"eval.image_qa: {path} holds no records")
     return out
 
 

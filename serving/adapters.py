@@ -213,11 +213,9 @@ def engine_problems(path: Path, engine: Engine) -> list[str]:
                         "request: merge it (adapterhub merge REF) and serve the merged model with --merged")
     saved = list(info.config.get("modules_to_save") or [])
     if saved and not (engine.adapter_projectors and saved == ["multi_modal_projector"]):
-        problems.append(f"modules_to_save {saved} are not supported by this engine "
-                        + ("(the hf engine applies a vision model's multi_modal_projector per request)"
-                           if saved == ["multi_modal_projector"] else "(only a vision model's multi_modal_projector, "
-                           "applied per request by the hf engine)") + ": or merge it (adapterhub merge REF) and serve "
-                        "the merged model with --merged")
+        problems.append(f"modules_to_save {saved} are not supported by this engine (only the hf engine applies a "
+                        "vision model's multi_modal_projector per request): merge it (adapterhub merge REF) and "
+                        "serve the merged model with --merged")
     if info.rank > caps.max_lora_rank:
         problems.append(f"rank {info.rank} exceeds this server's max LoRA rank {caps.max_lora_rank} "
                         f"(start it with --max-lora-rank {info.rank})")

@@ -163,3 +163,27 @@ def build_tiny_llava(out: Path, *, seed: int = 0) -> Path:
     processor.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out
+
+
+def llava_generate(model_dir, adapter, image_path, question: str, n: int) -> str:
+    """transformers' greedy answer of the LLaVA at ``model_dir`` (with the peft ``adapter`` when given) to one
+    image and question, cut at EOS: the reference the served answers are compared with."""
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    proc = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    prompt = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text",
+                                                                                         "text": question}]}],
+                                      add_generation_prompt=True, tokenize=False)
+    enc = proc(images=[Image.open(image_path).convert("RGB")], text=[prompt], return_tensors="pt")
+    out = model.generate(**enc, max_new_tokens=n, do_sample=False, eos_token_id=proc.tokenizer.eos_token_id,
+                         pad_token_id=proc.tokenizer.pad_token_id)
+    gen = out[0][enc["input_ids"].shape[1]:].tolist()
+    eos = proc.tokenizer.eos_token_id
+    return proc.tokenizer.decode(gen[: gen.index(eos)] if eos in gen else gen, skip_special_tokens=True)

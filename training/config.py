@@ -156,6 +156,13 @@ class EvalSection(_Strict):
         description="Stop early once every metric reaches its value, e.g. {identity: 0.95, retention: 0.9}.",
     )
 
+    @model_validator(mode="after")
+    def _image_inputs(self) -> EvalSection:
+        for i, item in enumerate(self.image_inputs):
+            if set(item) != {"image", "text"}:
+                raise ValueError(f"eval.image_inputs[{i}]: give exactly image and text, got {sorted(item)}")
+        return self
+
 
 class VisionSection(_Strict):
     """LLaVA training in two stages. ``pretrain``: a vision tower + a new projector in front of a text LLM,
@@ -190,9 +197,13 @@ class VisionSection(_Strict):
         if self.stage == "pretrain" and self.tower_lora:
             raise ValueError("vision.tower_lora belongs to the finetune stage (pretrain trains the tower whole with "
                              "vision.train_tower)")
-        if self.stage == "finetune" and (self.tower is not None or self.train_tower):
-            raise ValueError("vision.tower / vision.train_tower belong to the pretrain stage: a finetune stage "
-                             "takes its tower from its base (model.base: a bundle ref or a LLaVA model)")
+        set_here = self.model_fields_set
+        if self.stage == "finetune" and (set_here & {"tower", "train_tower", "feature_layer", "image_token"}):
+            raise ValueError("vision.tower / train_tower / feature_layer / image_token belong to the pretrain stage: "
+                             "a finetune stage takes them from its base (model.base: a bundle ref or a LLaVA model)")
+        if self.stage == "pretrain" and "train_projector" in set_here:
+            raise ValueError("vision.train_projector belongs to the finetune stage (pretrain always trains the "
+                             "projector)")
         if isinstance(self.tower, dict) and "model_type" not in self.tower:
             raise ValueError("vision.tower: a vision config needs model_type (clip_vision_model or "
                              "siglip_vision_model)")
@@ -229,9 +240,13 @@ class TrainConfig(_Strict):
             raise ValueError("vision fine-tuning is LoRA / QLoRA SFT without packing or preference training")
         if self.vision is None and (self.eval.image_inputs or self.eval.image_qa):
             raise ValueError("eval.image_inputs / eval.image_qa need a vision section (image conversations)")
-        if self.vision is not None and self.vision.stage == "pretrain" and self.method != "lora":
-            raise ValueError(f"vision.stage pretrain trains the projector with the LLM frozen and unquantized: "
-                             f"method must be lora (no LoRA is added), not {self.method}")
+        if self.vision is not None and self.vision.stage == "pretrain":
+            if self.method != "lora" or self.model.bits is not None:
+                raise ValueError(f"vision.stage pretrain trains the projector with the LLM frozen and unquantized: "
+                                 f"method must be lora (no LoRA is added) and model.bits unset, not {self.method}"
+                                 + (f" with bits {self.model.bits}" if self.model.bits is not None else ""))
+            if "lora" in self.model_fields_set:
+                raise ValueError("vision.stage pretrain adds no LoRA (the LLM is frozen): remove the lora section")
         if self.model.bits == 8 and self.method != "lora":
             raise ValueError(f"model.bits 8 is LoRA on an 8-bit base: method must be lora, not {self.method} "
                              "(qlora is the 4-bit form)")

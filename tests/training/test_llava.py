@@ -15,7 +15,7 @@ import torch
 
 from adapterhub.registry import Registry
 from adapterhub.settings import Settings
-from tests.builders import build_tiny_llava
+from tests.builders import build_tiny_llava, llava_generate
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 200, 0), "blue": (0, 0, 255), "yellow": (255, 220, 0)}
 
@@ -104,26 +104,8 @@ def test_image_sft_supervises_answers_and_serves_each_versions_projector(llava, 
             t.join()
     engine.stop()
     assert together == solo
-    assert solo[0] == _reference(llava, paths[0], tmp_path / "red.png", 4)
-    assert solo[1] == _reference(llava, paths[1], tmp_path / "red.png", 4)
-
-
-def _reference(base, adapter, image_path, n) -> str:
-    from peft import PeftModel
-    from PIL import Image
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    proc = AutoProcessor.from_pretrained(base)
-    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32),
-                                      str(adapter))
-    prompt = proc.apply_chat_template([{"role": "user", "content": [
-        {"type": "image"}, {"type": "text", "text": "What colour is it?"}]}], add_generation_prompt=True, tokenize=False)
-    enc = proc(images=[Image.open(image_path).convert("RGB")], text=[prompt], return_tensors="pt")
-    out = model.generate(**enc, max_new_tokens=n, do_sample=False, eos_token_id=proc.tokenizer.eos_token_id,
-                         pad_token_id=proc.tokenizer.pad_token_id)
-    gen = out[0][enc["input_ids"].shape[1]:].tolist()
-    eos = proc.tokenizer.eos_token_id
-    return proc.tokenizer.decode(gen[: gen.index(eos)] if eos in gen else gen, skip_special_tokens=True)
+    assert solo[0] == llava_generate(llava, paths[0], tmp_path / "red.png", "What colour is it?", 4)
+    assert solo[1] == llava_generate(llava, paths[1], tmp_path / "red.png", "What colour is it?", 4)
 
 
 def test_image_data_and_vision_section_mismatches_are_config_errors(llava, tiny_model, tmp_path):

@@ -17,6 +17,7 @@ import torch
 
 from adapterhub.registry import Registry
 from adapterhub.settings import Settings
+from tests.builders import llava_generate
 
 TOWER = {"model_type": "clip_vision_model", "image_size": 32, "patch_size": 8, "hidden_size": 32,
          "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
@@ -46,31 +47,11 @@ def _data(folder) -> tuple[str, str]:
 
 
 def _config(base, data, **over):
-    from tests.training.test_run import config
+    from tests.training.test_run import DROP, config
 
-    return config(base, data, **{"train.max_steps": 3, "data.max_length": 96, "eval.inputs": [],
-                                 "lora.r": 4, "lora.alpha": 8, **over})
-
-
-def _reference(model_dir, adapter, image_path, question, n) -> str:
-    from PIL import Image
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    proc = AutoProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter))
-    prompt = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text",
-                                                                                         "text": question}]}],
-                                      add_generation_prompt=True, tokenize=False)
-    enc = proc(images=[Image.open(image_path).convert("RGB")], text=[prompt], return_tensors="pt")
-    out = model.generate(**enc, max_new_tokens=n, do_sample=False, eos_token_id=proc.tokenizer.eos_token_id,
-                         pad_token_id=proc.tokenizer.pad_token_id)
-    gen = out[0][enc["input_ids"].shape[1]:].tolist()
-    eos = proc.tokenizer.eos_token_id
-    return proc.tokenizer.decode(gen[: gen.index(eos)] if eos in gen else gen, skip_special_tokens=True)
+    pretrain = isinstance(over.get("vision"), dict) and over["vision"].get("stage") == "pretrain"
+    lora = {"lora": DROP} if pretrain else {"lora.r": 4, "lora.alpha": 8}  # pretrain adds no LoRA
+    return config(base, data, **{"train.max_steps": 3, "data.max_length": 96, "eval.inputs": [], **lora, **over})
 
 
 def test_pretrain_bundle_then_finetune_serve_and_merge(tiny_model, tmp_path):
@@ -156,15 +137,15 @@ def test_pretrain_bundle_then_finetune_serve_and_merge(tiny_model, tmp_path):
         text = client.chat.completions.create(model="qa@1", max_tokens=4, temperature=0,
                                               messages=[{"role": "user", "content": "hello"}])
         assert text.choices[0].finish_reason in ("stop", "length")
-    assert served["qa@1"] == _reference(base.path, adapter, image, "What colour is the shape?", 6)
-    assert served["cap@1"] == _reference(base.path, None, image, "What colour is the shape?", 6)
+    assert served["qa@1"] == llava_generate(base.path, adapter, image, "What colour is the shape?", 6)
+    assert served["cap@1"] == llava_generate(base.path, None, image, "What colour is the shape?", 6)
 
     # Merge: a standalone LLaVA directory (LoRA folded in, the trained projector kept) with its processor.
     out = tmp_path / "merged"
     result = merge(reg, settings, "qa@1", out, dtype="fp32")
     assert result.parity["passed"]
     assert json.loads((out / "config.json").read_text())["model_type"] == "llava"
-    assert _reference(out, None, image, "What colour is the shape?", 6) == served["qa@1"]
+    assert llava_generate(out, None, image, "What colour is the shape?", 6) == served["qa@1"]
 
 
 def test_stage_mistakes_are_config_errors(tiny_model, tmp_path):
@@ -177,6 +158,23 @@ def test_stage_mistakes_are_config_errors(tiny_model, tmp_path):
         _config(tiny_model, captions, vision={"stage": "pretrain"})
     with pytest.raises(ConfigError, match="belong to the pretrain stage"):
         _config(tiny_model, captions, vision={"tower": TOWER})
+    # a setting the stage would ignore is refused, not accepted without effect
+    with pytest.raises(ConfigError, match="belong to the pretrain stage"):
+        _config(tiny_model, captions, vision={"feature_layer": -1})
+    with pytest.raises(ConfigError, match="train_projector belongs to the finetune stage"):
+        _config(tiny_model, captions, vision={"stage": "pretrain", "tower": TOWER, "train_projector": False})
+    with pytest.raises(ConfigError, match="adds no LoRA"):
+        _config(tiny_model, captions, vision={"stage": "pretrain", "tower": TOWER}, **{"lora.r": 4})
+    with pytest.raises(ConfigError, match="model.bits unset"):
+        _config(tiny_model, captions, vision={"stage": "pretrain", "tower": TOWER}, **{"model.bits": 8})
+    with pytest.raises(ConfigError, match=r"eval.image_inputs\[0\]: give exactly image and text"):
+        _config(tiny_model, captions, vision={"stage": "pretrain", "tower": TOWER},
+                **{"eval.image_inputs": [{"image": "0.png", "question": "what?"}]})
+    bad = tmp_path / "heldout.json"
+    bad.write_text(json.dumps([{"image": "0.png", "question": "what colour?"}]))  # no answer
+    with pytest.raises(ConfigError, match="record 0 of .* needs image, question and answer"):
+        train(_config(tiny_model, captions, vision={"stage": "pretrain", "tower": TOWER},
+                      **{"eval.image_qa": str(bad)}), Settings(), output=tmp_path / "w")
     with pytest.raises(ConfigError, match="tower_lora belongs to the finetune stage"):
         _config(tiny_model, captions, vision={"stage": "pretrain", "tower": TOWER, "tower_lora": True})
     with pytest.raises(ConfigError, match="method must be lora"):

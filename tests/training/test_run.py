@@ -17,6 +17,8 @@ from adapterhub.settings import Settings
 from tests.builders import pythonpath
 from training.config import validate_config
 
+DROP = object()  # an override value that removes the key
+
 
 def config(tiny_model, dataset, **over):
     data = {
@@ -33,7 +35,10 @@ def config(tiny_model, dataset, **over):
         *parts, last = k.split(".")
         for p in parts:
             node = node.setdefault(p, {})
-        node[last] = v
+        if v is DROP:
+            node.pop(last, None)
+        else:
+            node[last] = v
     return validate_config(data)
 
 
