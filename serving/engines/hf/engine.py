@@ -30,6 +30,7 @@ from serving.engines.hf.grammar import GrammarCompiler, GrammarMask
 from serving.engines.hf.loading import load_model
 from serving.engines.hf.lora import LoraSlots
 from serving.engines.hf.sampler import RowState, Sampler, default_pipeline
+from serving.engines.hf.threads import release_pool
 from serving.structured import Constraint
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class HFEngine(TokenizerEngine):
         self.cancelled = 0  # rows dropped because their client went away (observable in tests/metrics)
         self.peak_batch = 0  # most rows decoded together so far
         self.prefills = 0
+        release_pool()  # this thread loaded the model; only the worker's OpenMP pool should remain
 
     # ---------------------------------------------------------------- seam
     @property
@@ -131,6 +133,7 @@ class HFEngine(TokenizerEngine):
                            tools: list[dict[str, Any]] | None = None) -> tuple[list[int], dict[str, Any]]:
         """Token ids (each image placeholder expanded to its image tokens) and the pixel values."""
         enc = self.process_images(messages, chat_template, images, tools=tools)
+        release_pool()
         extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
         return enc["input_ids"][0].tolist(), extra
 
@@ -140,6 +143,7 @@ class HFEngine(TokenizerEngine):
             projector = self._adapter_projector(path)
             if projector is not None:
                 self._projectors[key] = projector
+            release_pool()
 
     def unload_adapter(self, key: str) -> None:
         with self._lock:

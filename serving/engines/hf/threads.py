@@ -1,0 +1,60 @@
+"""Keep the decode thread's CPU parallelism fast: one OpenMP thread pool in the process, the worker's.
+
+OpenMP (PyTorch's CPU intra-op backend on Linux) keeps a pool of helper threads for *each* application
+thread that ran a parallel op. The engine decodes on its own worker thread, but the model is loaded (and
+adapters copied) on the caller's thread, which leaves that thread's pool alive. Once the process holds
+more OpenMP threads than CPUs, libgomp stops spin-waiting between parallel regions and parks its threads
+on a futex instead, so every short op pays a sleep/wake round trip. On the 2-core CI machine a decode
+step of the demo model took 36 ms on the worker thread instead of 24 ms (60 ms instead of 32 ms with 8
+adapters) for as long as the loading thread's pool existed.
+
+:func:`release_pool` hands the calling thread's pool back (OpenMP 5.0 ``omp_pause_resource_all``); the
+engine calls it on every thread that did torch work for it other than the worker. The next parallel op on
+that thread simply builds a new pool. Best effort: a no-op where the runtime is not OpenMP or lacks the call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+_OMP_PAUSE_SOFT = 1
+_RUNTIMES = ("libgomp", "libiomp5", "libomp")
+
+
+@functools.lru_cache(maxsize=1)
+def _pause_fn() -> Any:
+    """``omp_pause_resource_all`` of the OpenMP runtime torch loaded, or None."""
+    import torch
+
+    if "OpenMP" not in torch.__config__.parallel_info():
+        return None
+    try:
+        mapped = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+                  if line.count("/") and any(r in line.rsplit("/", 1)[-1] for r in _RUNTIMES)}
+    except OSError:  # not Linux
+        return None
+    for path in sorted(mapped):
+        try:
+            fn = getattr(ctypes.CDLL(path), "omp_pause_resource_all", None)
+        except OSError:
+            continue
+        if fn is not None:
+            fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+            return fn
+    return None
+
+
+def release_pool() -> bool:
+    """Release the calling thread's OpenMP helper threads; True when the runtime did."""
+    fn = _pause_fn()
+    if fn is None:
+        return False
+    rc = fn(_OMP_PAUSE_SOFT)
+    if rc != 0:
+        log.debug("omp_pause_resource_all returned %s", rc)
+    return rc == 0
