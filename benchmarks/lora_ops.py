@@ -1,5 +1,7 @@
-"""Why the 8-adapter mixed batch stays near 0.7× base-only on a CPU: one decode step's cost per linear of
-the demo model's layer (8 rows, each on a different r=16 adapter), in one run, against the base linear:
+"""What the batched LoRA math costs on a CPU: one decode step's cost per linear of the demo model's layer
+(8 rows, each on a different r=16 adapter), in one run, against the base linear. Operands stay hot in
+cache, and a whole decode step also runs attention, norms, the output head and sampling, so the last
+row (base / (base + LoRA) over the linears alone) is a floor for the served ratio, not the ratio itself:
 
 * base: the bf16 linear itself (the baseline);
 * bmm fp32: the hf engine's LoRA (gathered per-row A/B in fp32, two bmm, added in place);

