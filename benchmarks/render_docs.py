@@ -69,7 +69,8 @@ NOTES = {
                         "step. wall_s is the whole run (model load, training, final save). grouped_padding_share: "
                         "the share of the grouped batches' tokens that are padding (HF's length-grouped sampler); "
                         "on a CPU, where a token costs about the same padded or not, that is what removing padding "
-                        "saves; the rest of the measured gain is per-step (fewer, same-shaped steps). An earlier "
+                        "saves; the rest of the measured gain has another source, not analysed (fewer steps of one "
+                        "shape are candidates). An earlier "
                         "run at 2 epochs gave 1.08×. `python -m benchmarks.training --packing`.",
     "training": "Goal: ≥ 3× real tokens/s with equal or lower loss than the plain HF Trainer recipe (pad to 256, "
                 "batch 1). Final loss = mean supervised loss over the whole dataset after training. Ours runs at "
