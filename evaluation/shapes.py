@@ -13,6 +13,7 @@ Images are written once under the cache (``<home>/cache/shapes-v2``); records na
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,8 @@ def shapes_records(split: str, folder: Path) -> list[dict[str, Any]]:
 def write_heldout(folder: Path) -> Path:
     """The held-out split as a JSON file (for ``eval.image_qa``)."""
     path = folder / "shapes_heldout.json"
-    if not path.exists():
-        path.write_text(json.dumps(shapes_records("shapes_heldout", folder), indent=1))
+    if not path.exists():  # written whole or not at all: a crash mid-write must not leave a file later runs trust
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(shapes_records("shapes_heldout", folder), indent=1))
+        tmp.replace(path)
     return path

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
 from fastapi import FastAPI
@@ -133,6 +134,8 @@ def chat(model: str, *, adapter: str | None = None, bits: int | None = None, sys
     from serving.chat import run_chat
 
     settings = settings or Settings()
+    if image is not None and not Path(image).is_file():  # before loading any model
+        raise UserInputError(f"--image: no such file: {image}")
     registry = Registry.open(settings)
     try:
         resolve_base(model, settings)
@@ -160,16 +163,13 @@ def chat(model: str, *, adapter: str | None = None, bits: int | None = None, sys
         chat_template = chat_template or lease.chat_template
     picture = None
     if image is not None:
-        from pathlib import Path
+        import base64
 
         from serving.media import MediaPolicy, load_image
 
         if not stack.engine.accepts_images:
             raise UserInputError(f"--image: '{model}' does not take images (text only)")
         path = Path(image)
-        if not path.is_file():
-            raise UserInputError(f"--image: no such file: {image}")
-        import base64
 
         picture = load_image("data:image/x;base64," + base64.b64encode(path.read_bytes()).decode(),
                              MediaPolicy(max_bytes=64 * 2**20), "--image")

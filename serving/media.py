@@ -12,8 +12,6 @@ Every failure is a :class:`UserInputError` (HTTP 400) saying why.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import ipaddress
 import socket
@@ -24,6 +22,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from adapterhub.dataurl import decode_data_url
 from adapterhub.errors import UserInputError
 
 MAX_PIXELS = 40_000_000
@@ -40,27 +39,12 @@ class MediaPolicy:
 def load_image(url: str, policy: MediaPolicy, param: str) -> Any:
     """The image at ``url`` as an RGB PIL image."""
     if url.startswith("data:"):
-        data = _data_url(url, policy, param)
+        data = decode_data_url(url, max_bytes=policy.max_bytes, param=param)
     elif url.startswith(("http://", "https://")):
         data = _fetch(url, policy, param)
     else:
         raise UserInputError("image_url must be a data: URL or an http(s) URL", param=param)
     return _decode(data, param)
-
-
-def _data_url(url: str, policy: MediaPolicy, param: str) -> bytes:
-    header, sep, payload = url.partition(",")
-    if not sep or not header.endswith(";base64"):
-        raise UserInputError("a data: URL image must be base64 (data:image/png;base64,...)", param=param)
-    if len(payload) * 3 // 4 > policy.max_bytes:
-        raise UserInputError(f"the image is larger than {policy.max_bytes} bytes", param=param)
-    try:
-        data = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise UserInputError("the data: URL is not valid base64", param=param) from None
-    if len(data) > policy.max_bytes:
-        raise UserInputError(f"the image is larger than {policy.max_bytes} bytes", param=param)
-    return data
 
 
 def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapterhub.errors import ConfigError
+from adapterhub.errors import ConfigError, UserInputError
 from training.config import DataSection
 
 IGNORE = -100
@@ -401,13 +401,14 @@ class ImageInputs:
         source = conv.images[0]
         path: Any = self.folder / source
         if source.startswith("data:"):  # an OpenAI-style data URL
-            import base64
             import io
 
+            from adapterhub.dataurl import decode_data_url
+
             try:
-                path = io.BytesIO(base64.b64decode(source.split(",", 1)[1], validate=True))
-            except (IndexError, ValueError):
-                raise ConfigError("an image data URL is not base64 data") from None
+                path = io.BytesIO(decode_data_url(source))
+            except UserInputError as e:
+                raise ConfigError(f"an image in the data: {e}") from None
         try:
             img = Image.open(path).convert("RGB")
         except OSError as e:

@@ -122,10 +122,7 @@ class Registry:
             }
             files = [f for f in _ADAPTER_FILES if (src / f).exists()]
         elif kind in ("model", "bundle"):
-            if kind == "model":
-                validate_model_dir(src)
-            else:
-                validate_bundle_dir(src)
+            (validate_model_dir if kind == "model" else validate_bundle_dir)(src)
             files = [p.name for p in src.iterdir() if p.is_file() and p.name != MANIFEST
                      and not p.name.endswith((".bin", ".pt", ".pth"))]
         else:

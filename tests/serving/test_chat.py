@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from adapterhub.models import resolve_model
 from adapterhub.settings import Settings
 from tests.builders import pythonpath
@@ -72,3 +74,12 @@ def test_chat_with_an_adapter_ref_uses_its_recorded_base(registry, tiny_adapters
     assert "+ ad@1" in out.getvalue()
     answer = out.getvalue().split(">>> ")[1].split("\n")[0]
     assert answer == _expected(tiny_model, tiny_adapters[0], [{"role": "user", "content": "the cat"}], 8).split("\n")[0]
+
+
+def test_chat_missing_image_is_reported_before_any_model_loads(tmp_path, monkeypatch):
+    from adapterhub.errors import UserInputError
+    from serving import api
+
+    monkeypatch.setattr(api, "build_service", lambda *a, **k: pytest.fail("loaded a model first"))
+    with pytest.raises(UserInputError, match="--image: no such file"):
+        api.chat("smollm2-135m-instruct", image=str(tmp_path / "missing.png"))

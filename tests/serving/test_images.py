@@ -136,6 +136,8 @@ def test_image_rows_and_text_rows_share_a_batch(server):
 
 @pytest.mark.parametrize("urls,reason", [
     (["data:image/png;base64,aGVsbG8gd29ybGQ="], "does not hold an image"),
+    (["data:image/png;base64,@@@"], "not valid base64"),
+    (["data:image/png,aGVsbG8="], "must be base64"),
     ([noise_png(100)], "larger than 20000 bytes"),
     ([png((1, 2, 3))] * 3, "3 images in one request; this server takes at most 2"),
     (["https://images.example.com/cat.png"], "not in --allowed-media-domains"),

@@ -122,3 +122,10 @@ def test_image_data_and_vision_section_mismatches_are_config_errors(llava, tiny_
         train(config(tiny_model, data), Settings(), output=tmp_path / "c")
     with pytest.raises(ConfigError, match="vision fine-tuning is LoRA"):
         config(llava, data, **{"vision": {}, "data.packing": "padding_free"})
+    bad = tmp_path / "bad-url.json"  # an image_url part whose data: URL holds no base64
+    bad.write_text(json.dumps([{"messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}},
+                                     {"type": "text", "text": "What colour?"}]},
+        {"role": "assistant", "content": "red"}]}]))
+    with pytest.raises(ConfigError, match="an image in the data: the data: URL is not valid base64"):
+        train(config(llava, str(bad), **{"vision": {}}), Settings(), output=tmp_path / "d")

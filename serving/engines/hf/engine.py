@@ -149,6 +149,7 @@ class HFEngine(TokenizerEngine):
         with self._lock:
             self.slots.unload(key)
             self._projectors.pop(key, None)
+            release_pool()
 
     def _projector_site(self) -> tuple[Any, str] | None:
         """(parent module, attribute) of a vision-language model's image projector."""

@@ -35,7 +35,7 @@ def _pause_fn() -> Any:
         return None
     try:
         mapped = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
-                  if line.count("/") and any(r in line.rsplit("/", 1)[-1] for r in _RUNTIMES)}
+                  if "/" in line and any(r in line.rsplit("/", 1)[-1] for r in _RUNTIMES)}
     except OSError:  # not Linux
         return None
     for path in sorted(mapped):
