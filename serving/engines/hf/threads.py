@@ -1,8 +1,9 @@
 """Keep the decode thread's CPU parallelism fast: one OpenMP thread pool in the process, the worker's.
 
 OpenMP (PyTorch's CPU intra-op backend on Linux) keeps a pool of helper threads for *each* application
-thread that ran a parallel op. The engine decodes on its own worker thread, but the model is loaded (and
-adapters copied) on the caller's thread, which leaves that thread's pool alive. Once the process holds
+thread that ran a parallel op. The engine decodes on its own worker thread, but adapters are copied (and
+the model loaded, images prepared) on the caller's thread: a parallel op there leaves that thread's pool
+alive (loading 8 adapters into the demo model's slots did; loading the demo model alone did not). Once the process holds
 more OpenMP threads than CPUs, libgomp stops spin-waiting between parallel regions and parks its threads
 on a futex instead, so every short op pays a sleep/wake round trip. On the 2-core CI machine a decode
 step of the demo model took 36 ms on the worker thread instead of 24 ms (60 ms instead of 32 ms with 8
