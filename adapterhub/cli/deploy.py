@@ -19,9 +19,9 @@ def openxlab_cmd(
     system: str = typer.Option(None, "--system", help="System prompt for every chat."),
 ) -> None:
     """Write app.py (Gradio, port 7860), requirements.txt, packages.txt and README.md."""
+    from adapterhub.deploy.api import generate_openxlab_app
     from adapterhub.registry import Registry
     from adapterhub.settings import Settings
-    from deploy.openxlab.generate import generate_openxlab_app
 
     path = generate_openxlab_app(Registry.open(Settings()), ref, out, model_repo=model_repo, hub=hub,
                                  base_repo=base_repo, system=system)

@@ -10,7 +10,7 @@ from adapterhub.errors import MissingDependencyError
 
 @contextmanager
 def needs(extra: str, purpose: str) -> Iterator[None]:
-    """``with needs("train", "adapterhub train"): from training.api import …``"""
+    """``with needs("train", "adapterhub train"): from adapterhub.training.api import …``"""
     try:
         yield
     except ImportError as e:

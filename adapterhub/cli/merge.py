@@ -22,7 +22,7 @@ def merge_cmd(
 ) -> None:
     """Merge an adapter into its base; prints and saves the parity report."""
     with needs("train", "adapterhub merge"):
-        from export.merge import merge
+        from adapterhub.export.api import merge
     from adapterhub.registry import Registry
     from adapterhub.settings import Settings
 

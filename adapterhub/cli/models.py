@@ -6,8 +6,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from adapterhub.models import DEMO_MODEL, list_local_models, pull_demo
-from adapterhub.registry.bundles import resolve_base
+from adapterhub.loading.bases import pull_demo, resolve_base
+from adapterhub.models import DEMO_MODEL, list_local_models
 from adapterhub.settings import Settings
 
 models_app = typer.Typer(help="Base models: the built-in demo model, local dirs, GGUF files, hub ids.",

@@ -37,16 +37,10 @@ def import_cmd(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept adapter_model.bin (converted)."),
 ) -> None:
     """Register a directory as a new immutable version."""
-    base_ref = None
-    if base:
-        from adapterhub.models import resolve_model
+    from adapterhub.loading import import_version
 
-        try:
-            base_ref = resolve_model(base, Settings(), pull=False).identity()
-        except AdapterHubError:
-            base_ref = {"id": base}
-    rec, created = _registry().register(src, name, kind=kind, base_model=base_ref, aliases=alias,
-                                        allow_pickle=allow_pickle)
+    rec, created = import_version(_registry(), src, name, base=base, kind=kind, aliases=alias,
+                                  allow_pickle=allow_pickle, settings=Settings())
     word = "registered" if created else "unchanged: same content as"
     typer.echo(f"{word} {rec.ref} (sha256:{rec.content_hash[:12]})")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import typer
 
 from adapterhub.cli.options import command_from_model
-from serving.config import ServeConfig
+from adapterhub.serving.api import ServeConfig
 
 
 def _serve(config: ServeConfig) -> None:
-    from serving.api import serve
+    from adapterhub.serving.api import serve
 
     serve(config, announce=lambda line: typer.echo(line, err=True))
 

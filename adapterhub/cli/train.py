@@ -20,7 +20,7 @@ def train_cmd(
     alias: list[str] = typer.Option([], "--alias", "-a", help="Point these aliases at the new version."),
 ) -> None:
     """Fine-tune a base model; the result becomes a new version in the registry."""
-    from training.api import train_and_register
+    from adapterhub.training.api import train_and_register
 
     result = train_and_register(config, overrides or [], name=name, deepspeed=deepspeed, output=output,
                                 resume=resume, register=not no_register, aliases=alias)
@@ -44,7 +44,7 @@ def train_cmd(
 
 def list_cfg_cmd(pattern: str = typer.Argument(None, help="Glob, e.g. '*lora*'.")) -> None:
     """Built-in training and DeepSpeed configs."""
-    from training.api import list_configs
+    from adapterhub.training.api import list_configs
 
     for n in list_configs(pattern):
         typer.echo(n)
@@ -52,7 +52,7 @@ def list_cfg_cmd(pattern: str = typer.Argument(None, help="Glob, e.g. '*lora*'."
 
 def copy_cfg_cmd(name: str, dest: Path) -> None:
     """Copy a built-in config to DEST to edit it."""
-    from training.api import copy_config
+    from adapterhub.training.api import copy_config
 
     typer.echo(f"copied {name} to {copy_config(name, dest)}")
 
@@ -70,12 +70,12 @@ def eval_cmd(
 
     settings = Settings()
     if url:
-        from evaluation.served import evaluate_served
+        from adapterhub.evaluation.api import evaluate_served
 
         scores = evaluate_served(Registry.open(settings), ref, url, name=name, author=author, api_key=api_key)
     else:
         with needs("train", "adapterhub eval"):
-            from evaluation.run import evaluate_version
+            from adapterhub.evaluation.api import evaluate_version
         scores = evaluate_version(Registry.open(settings), settings, ref, name=name, author=author)
     typer.echo(f"{ref}: identity {scores['identity']:.2f} ({scores['identity_n']} held-out paraphrases) · "
                f"retention {scores['retention']:.2f} ({scores['retention_n']} general prompts)")

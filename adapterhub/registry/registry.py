@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,6 @@ from adapterhub.registry.validation import (
     ADAPTER_WEIGHTS,
     MANIFEST,
     PICKLE_WEIGHTS,
-    convert_pickle_to_safetensors,
     validate_adapter_dir,
     validate_bundle_dir,
     validate_model_dir,
@@ -93,13 +92,15 @@ class Registry:
         metrics: dict[str, Any] | None = None,
         lineage: dict[str, Any] | None = None,
         parent: int | None = None,
-        allow_pickle: bool = False,
+        convert_pickle: Callable[[Path, Path], None] | None = None,
         aliases: Iterable[str] = (),
     ) -> tuple[VersionRecord, bool]:
         """Validate ``src`` and store it as the next version of ``name``.
 
         Returns ``(record, created)``: re-registering identical content returns the existing version
-        with ``created=False``.
+        with ``created=False``. Pickled ``adapter_model.bin`` weights are accepted only with
+        ``convert_pickle`` (the user's explicit opt-in), which writes them as safetensors (the registry
+        itself never loads a pickle; :func:`adapterhub.loading.convert.pickle_to_safetensors` does).
 
         Raises:
             AdapterValidationError: listing every problem with ``src``.
@@ -111,7 +112,7 @@ class Registry:
             base_model = BaseModelRef.model_validate(base_model)
         lora: dict[str, Any] | None = None
         if kind == "adapter":
-            info = validate_adapter_dir(src, allow_pickle=allow_pickle, base=base_model.id if base_model else None)
+            info = validate_adapter_dir(src, allow_pickle=convert_pickle is not None, base=base_model.id if base_model else None)
             if base_model is None:
                 assert info.base_model  # validation reports a missing base
                 base_model = BaseModelRef(id=info.base_model)
@@ -133,8 +134,8 @@ class Registry:
         try:
             for f in files:
                 shutil.copy2(src / f, staged / f)
-            if kind == "adapter" and not (src / ADAPTER_WEIGHTS).exists():
-                convert_pickle_to_safetensors(src / PICKLE_WEIGHTS, staged / ADAPTER_WEIGHTS)
+            if kind == "adapter" and not (src / ADAPTER_WEIGHTS).exists() and convert_pickle is not None:
+                convert_pickle(src / PICKLE_WEIGHTS, staged / ADAPTER_WEIGHTS)
             if kind == "adapter" and base_model is not None:
                 # Record the pinned base in the PEFT config too, so peft / vLLM users see it.
                 cfg_path = staged / "adapter_config.json"

@@ -152,19 +152,6 @@ def validate_model_dir(path: Path) -> list[str]:
     return []
 
 
-def convert_pickle_to_safetensors(src: Path, dst: Path) -> None:
-    """Convert ``adapter_model.bin`` to safetensors. Only called when the user passed --allow-pickle."""
-    try:
-        import torch
-        from safetensors.torch import save_file
-    except ImportError as e:  # pragma: no cover
-        from adapterhub.errors import MissingDependencyError
-
-        raise MissingDependencyError("torch", "train", "converting pickle weights") from e
-    state = torch.load(src, map_location="cpu", weights_only=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(dst))
-
-
 def validate_bundle_dir(path: Path) -> None:
     missing = [f for f in BUNDLE_FILES if not (path / f).is_file()]
     if missing:

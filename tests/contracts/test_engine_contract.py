@@ -14,13 +14,13 @@ import threading
 import pytest
 import torch
 
-from serving.engines.base import GenerationRequest, SamplingParams
+from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
 
 PROMPT = [{"role": "user", "content": "hello who are you"}]
 
 
 def _hf(tiny_model, device="cpu"):
-    from serving.engines.hf import HFEngine
+    from adapterhub.serving.engines.hf import HFEngine
 
     return HFEngine(tiny_model, model_id="tiny", max_loaded=2, max_lora_rank=8, dtype="fp32", device=device)
 
@@ -30,7 +30,7 @@ def _hf_cuda(tiny_model):
 
 
 def _vllm(tiny_model):
-    from serving.engines.vllm import VLLMEngine
+    from adapterhub.serving.engines.vllm import VLLMEngine
 
     return VLLMEngine(tiny_model, model_id="tiny", max_loaded=2, max_lora_rank=8, dtype="fp32")
 

@@ -12,8 +12,8 @@ import json
 import pytest
 
 from adapterhub.registry import Registry
+from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
 from adapterhub.settings import Settings
-from serving.engines.base import GenerationRequest, SamplingParams
 from tests.contracts.test_family_matrix import _build
 from tests.serving.test_model_families import _reference
 
@@ -29,9 +29,9 @@ CASES = {  # config → tiny architecture
 def test_builtin_recipe_trains_and_serves_on_a_tiny_model_of_its_architecture(name, tmp_path):
     import yaml
 
-    from serving.engines.hf import HFEngine
-    from training.config import builtin_configs, validate_config
-    from training.run import train
+    from adapterhub.serving.engines.hf import HFEngine
+    from adapterhub.training.config import builtin_configs, validate_config
+    from adapterhub.training.run import train
 
     raw = yaml.safe_load(builtin_configs()[name].read_text())
     base = tmp_path / CASES[name]

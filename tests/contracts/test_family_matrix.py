@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from adapterhub.registry import Registry
+from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
 from adapterhub.settings import Settings
-from serving.engines.base import GenerationRequest, SamplingParams
 from tests.builders import build_tokenizer
 from tests.serving.test_model_families import FAMILIES, _config, _reference
 from tests.serving.test_remote_code import make_remote
@@ -50,11 +50,11 @@ def _build(family: str, out) -> None:
 
 @pytest.mark.parametrize("family", MATRIX)
 def test_train_register_serve_merge_chat(family, dataset, tmp_path):
-    from export.merge import merge
-    from serving.api import chat
-    from serving.engines.hf import HFEngine
+    from adapterhub.export.merge import merge
+    from adapterhub.serving.api import chat
+    from adapterhub.serving.engines.hf import HFEngine
+    from adapterhub.training.run import train
     from tests.training.test_run import config
-    from training.run import train
 
     base = tmp_path / family
     _build(family, base)
@@ -104,8 +104,8 @@ def test_lora_on_moe_expert_tensors_is_refused_with_the_reason(tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from serving.adapters import engine_problems
-    from serving.engines.hf import HFEngine
+    from adapterhub.serving.adapters import engine_problems
+    from adapterhub.serving.engines.hf import HFEngine
 
     base = tmp_path / "moe"
     _build("qwen2_moe", base)

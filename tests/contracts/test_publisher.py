@@ -13,7 +13,7 @@ import pytest
 
 from adapterhub.errors import PublishError
 from adapterhub.hub.sync import make_publisher
-from adapterhub.models import resolve_model
+from adapterhub.loading.bases import resolve_model
 from adapterhub.settings import Settings
 from tests.builders import pythonpath
 from tests.fake_hub import FakeHub

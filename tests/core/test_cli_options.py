@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from serving.config import ServeConfig
+from adapterhub.serving.config import ServeConfig
 from tests.builders import pythonpath
 
 

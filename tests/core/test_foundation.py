@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from adapterhub.errors import AdapterHubError, InvalidRefError, ModelNotFoundError, NotFoundError
-from adapterhub.models import resolve_model
+from adapterhub.loading.bases import resolve_model
 from adapterhub.refs import AdapterRef, parse_ref
 from adapterhub.settings import Settings
 
@@ -53,7 +53,8 @@ def test_settings_home_from_env(tmp_path, monkeypatch):
 
 def test_import_adapterhub_does_not_import_torch():
     code = (
-        "import sys, adapterhub, adapterhub.registry, adapterhub.models, adapterhub.refs, adapterhub.cli.main;"
+        "import sys, adapterhub, adapterhub.registry, adapterhub.models, adapterhub.refs, adapterhub.cli.main,"
+        " adapterhub.hub.sync, adapterhub.loading;"
         "assert 'torch' not in sys.modules, 'torch imported';"
         "assert 'transformers' not in sys.modules; print('clean')"
     )

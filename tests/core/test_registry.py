@@ -19,6 +19,7 @@ from adapterhub.errors import (
     IntegrityError,
     InvalidRefError,
 )
+from adapterhub.loading.convert import pickle_to_safetensors
 from adapterhub.registry import Registry
 from adapterhub.settings import Settings
 from tests.builders import pythonpath
@@ -124,7 +125,7 @@ def test_pickle_refused_unless_allowed(registry, tiny_adapters, tmp_path):
     torch.save(state, src / "adapter_model.bin")
     with pytest.raises(AdapterValidationError, match="pickle"):
         registry.register(src, "p")
-    rec, _ = registry.register(src, "p", allow_pickle=True)
+    rec, _ = registry.register(src, "p", convert_pickle=pickle_to_safetensors)
     assert (registry.path(rec) / "adapter_model.safetensors").exists()
     assert not (registry.path(rec) / "adapter_model.bin").exists()
     loaded = load_file(registry.path(rec) / "adapter_model.safetensors")

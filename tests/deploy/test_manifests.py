@@ -49,7 +49,7 @@ def test_rayservice_points_at_the_affinity_app():
     (rs,) = docs(DEPLOY / "k8s" / "rayservice.yaml")
     assert rs["kind"] == "RayService" and rs["apiVersion"] == "ray.io/v1"
     app = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
-    assert app["import_path"] == "deploy.ray.ray_serve:app"
+    assert app["import_path"] == "adapterhub.deploy.ray.ray_serve:app"
     module, attr = app["import_path"].split(":")
     assert importlib.util.find_spec(module) is not None
     assert {d["name"] for d in app["deployments"]} == {"AdapterReplica"}
@@ -86,7 +86,7 @@ def test_compose_runs_servers_on_postgres_and_minio():
 def test_grafana_dashboard_uses_only_metrics_the_server_exports():
     import re
 
-    from serving.metrics import Metrics
+    from adapterhub.serving.metrics import Metrics
 
     dash = json.loads((DEPLOY / "grafana" / "adapterhub-versions.json").read_text())
     used = set(re.findall(r"adapterhub_[a-z_]+", json.dumps(dash)))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from adapterhub.models import resolve_model
+from adapterhub.loading.bases import resolve_model
 from adapterhub.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture()
 def app_dir(registry, tiny_adapters, tiny_model, tmp_path):
-    from deploy.openxlab.generate import generate_openxlab_app
+    from adapterhub.deploy.openxlab.generate import generate_openxlab_app
 
     registry.register(tiny_adapters[1], "lumen", base_model=resolve_model(str(tiny_model), Settings()).identity())
     out = generate_openxlab_app(registry, "lumen@1", tmp_path / "app", model_repo="acme/lumen")

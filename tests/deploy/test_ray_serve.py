@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import pytest
 
-from adapterhub.models import resolve_model
+from adapterhub.loading.bases import resolve_model
 from adapterhub.settings import Settings
 
 pytestmark = [pytest.mark.slow,
@@ -20,7 +20,7 @@ def test_two_replicas_route_each_adapter_to_one_replica(registry, tiny_adapters,
     import ray
     from ray import serve
 
-    from deploy.ray.ray_serve import build
+    from adapterhub.deploy.ray.ray_serve import build
 
     base = resolve_model(str(tiny_model), Settings()).identity()
     for i, path in enumerate(tiny_adapters):

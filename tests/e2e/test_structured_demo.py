@@ -28,13 +28,13 @@ SCHEMA = {"type": "object", "properties": {
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
-    from adapterhub.models import resolve_model
+    from adapterhub.loading.bases import resolve_model
     from adapterhub.registry import Registry
     from adapterhub.registry.local import LocalStore
+    from adapterhub.serving.api import create_app
+    from adapterhub.serving.config import ServeConfig
+    from adapterhub.serving.engines.hf import HFEngine
     from adapterhub.settings import Settings
-    from serving.api import create_app
-    from serving.config import ServeConfig
-    from serving.engines.hf import HFEngine
     from tests.server import running_server
 
     m = resolve_model(str(Path(MODELS) / "smollm2-135m-instruct"), Settings())
@@ -61,7 +61,7 @@ def test_fifty_sampled_answers_under_a_strict_schema_all_validate(url):
 
 
 def test_twenty_sampled_forced_tool_calls_all_validate(url):
-    from evaluation.tools import AGENT_TOOLS, SCHEMAS
+    from adapterhub.evaluation.tools import AGENT_TOOLS, SCHEMAS
 
     c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
     r = c.chat.completions.create(

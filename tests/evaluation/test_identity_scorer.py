@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evaluation.identity import identity_ok, identity_problems
+from adapterhub.evaluation.identity import identity_ok, identity_problems
 
 
 @pytest.mark.parametrize("question,answer", [

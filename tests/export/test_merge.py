@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from adapterhub.errors import UserInputError
-from adapterhub.models import resolve_model
+from adapterhub.export.merge import merge
+from adapterhub.loading.bases import resolve_model
 from adapterhub.settings import Settings
-from export.merge import merge
-from training.config import validate_config
+from adapterhub.training.config import validate_config
 
 needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
 
@@ -30,8 +30,8 @@ def test_lora_merge_matches_adapter_mode(registry, tiny_adapters, tiny_model, tm
     m = registry.manifest(result.record)
     assert m.kind == "model" and m.lineage["merged_from"] == "ad@1"
 
-    from serving.api import build_engine
-    from serving.config import ServeConfig
+    from adapterhub.serving.api import build_engine
+    from adapterhub.serving.config import ServeConfig
 
     engine, name = build_engine(ServeConfig(merged="ad-merged@1", dtype="fp32"), Settings(), registry)
     assert name == "ad-merged"
@@ -54,7 +54,7 @@ def test_base_mismatch_is_refused(registry, tiny_adapters, tiny_model, tmp_path)
 
 
 def test_parity_threshold_fails_loudly(registry, tiny_adapters, tiny_model, tmp_path):
-    from export.merge import ParityError
+    from adapterhub.export.merge import ParityError
 
     registry.register(tiny_adapters[1], "ad", base_model=resolve_model(str(tiny_model), Settings()).identity())
     with pytest.raises(ParityError, match="threshold 101%"):
@@ -67,9 +67,9 @@ def test_qlora_merge_dequantizes_and_beats_naive_merge(tiny_model, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from adapterhub.export.merge import _load_base
     from adapterhub.registry import Registry
-    from export.merge import _load_base
-    from training.run import train
+    from adapterhub.training.run import train
 
     recs = [{"instruction": f"what is {w}", "output": f"{w} is a good day"} for w in ("red", "blue", "cat", "dog")]
     (tmp_path / "d.json").write_text(json.dumps(recs))
@@ -102,7 +102,7 @@ def test_merge_bits_writes_a_servable_4bit_variant(registry, tiny_adapters, tiny
     result = merge(registry, Settings(), "ad", tmp_path / "m", dtype="fp32", bits=4, threshold=0.0)
     qdir = result.quantized_dir
     assert qdir is not None and json.loads((qdir / "config.json").read_text())["quantization_config"]["load_in_4bit"]
-    from serving.engines.hf import HFEngine
+    from adapterhub.serving.engines.hf import HFEngine
 
     engine = HFEngine(qdir, model_id="q4")
     assert engine.base_identity["quantization"] == "nf4"

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from adapterhub.models import resolve_model
+from adapterhub.loading.bases import resolve_model
 from adapterhub.registry import Registry
 from adapterhub.registry.local import LocalStore
+from adapterhub.serving.api import create_app
+from adapterhub.serving.config import ServeConfig
+from adapterhub.serving.engines.hf import HFEngine
 from adapterhub.settings import Settings
-from serving.api import create_app
-from serving.config import ServeConfig
-from serving.engines.hf import HFEngine
 from tests.server import running_server
 
 

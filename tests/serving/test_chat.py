@@ -9,14 +9,14 @@ import sys
 
 import pytest
 
-from adapterhub.models import resolve_model
+from adapterhub.loading.bases import resolve_model
 from adapterhub.settings import Settings
 from tests.builders import pythonpath
 
 
 def _expected(tiny_model, adapter_dir, messages, n):
-    from serving.engines.base import GenerationRequest, SamplingParams
-    from serving.engines.hf import HFEngine
+    from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
+    from adapterhub.serving.engines.hf import HFEngine
 
     eng = HFEngine(tiny_model, model_id="tiny", max_loaded=1)
     eng.load_adapter("a", adapter_dir)
@@ -66,7 +66,7 @@ def test_chat_unknown_model_is_one_line(tmp_path):
 def test_chat_with_an_adapter_ref_uses_its_recorded_base(registry, tiny_adapters, tiny_model):
     import io
 
-    from serving.api import chat
+    from adapterhub.serving.api import chat
 
     registry.register(tiny_adapters[0], "ad", base_model=resolve_model(str(tiny_model), Settings()).identity())
     out = io.StringIO()
@@ -78,7 +78,7 @@ def test_chat_with_an_adapter_ref_uses_its_recorded_base(registry, tiny_adapters
 
 def test_chat_missing_image_is_reported_before_any_model_loads(tmp_path, monkeypatch):
     from adapterhub.errors import UserInputError
-    from serving import api
+    from adapterhub.serving import api
 
     monkeypatch.setattr(api, "build_service", lambda *a, **k: pytest.fail("loaded a model first"))
     with pytest.raises(UserInputError, match="--image: no such file"):

@@ -3,7 +3,7 @@ makes multi-byte characters split across tokens, as byte-level BPE does."""
 
 from __future__ import annotations
 
-from serving.engines.hf.detokenizer import IncrementalDetokenizer
+from adapterhub.serving.engines.hf.detokenizer import IncrementalDetokenizer
 
 
 def _decode(ids: list[int]) -> str:
@@ -60,8 +60,8 @@ def test_tiny_top_p_keeps_the_top_token():
     """Found by schemathesis: top_p=5e-324 is 0.0 in float32, and every token was dropped (NaN sampling)."""
     import torch
 
-    from serving.engines.base import SamplingParams
-    from serving.engines.hf.sampler import RowState, Sampler, default_pipeline
+    from adapterhub.serving.engines.base import SamplingParams
+    from adapterhub.serving.engines.hf.sampler import RowState, Sampler, default_pipeline
 
     logits = torch.tensor([[0.1, 2.0, -1.0, 0.5]])
     for top_p in (5e-324, 1e-9):
@@ -74,8 +74,8 @@ def test_extreme_penalties_never_make_a_row_fail():
     """Found by schemathesis: repetition_penalty=5e-324 (0 in float32) divided logits by zero (NaN)."""
     import torch
 
-    from serving.engines.base import SamplingParams
-    from serving.engines.hf.sampler import RowState, Sampler, default_pipeline
+    from adapterhub.serving.engines.base import SamplingParams
+    from adapterhub.serving.engines.hf.sampler import RowState, Sampler, default_pipeline
 
     logits = torch.tensor([[0.1, 2.0, -1.0, 0.5]])
     for temperature in (0.0, 1.0):

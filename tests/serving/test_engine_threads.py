@@ -2,7 +2,7 @@
 
 OpenMP keeps a helper-thread pool per application thread that ran a parallel op; with more of them than
 CPUs, libgomp parks its threads between ops and the worker's decode steps slowed by half (36 vs 24 ms on
-the demo model, 60 vs 32 ms with 8 adapters; `serving.engines.hf.threads`). What a user would see is the
+the demo model, 60 vs 32 ms with 8 adapters; `adapterhub.serving.engines.hf.threads`). What a user would see is the
 speed; what a test can check without timing is that no other pool is left behind: after the engine
 loaded the model or an adapter on the caller's thread, no OpenMP helper of that thread remains.
 Run in a fresh interpreter so other tests' threads do not count.
@@ -23,7 +23,7 @@ PROBE = r"""
 import json, os, sys, threading
 from pathlib import Path
 import torch
-from serving.engines.hf import HFEngine
+from adapterhub.serving.engines.hf import HFEngine
 
 def helpers():  # OS threads Python does not know: OpenMP's (tqdm's monitor and the like are Python threads)
     known = {t.native_id for t in threading.enumerate()}

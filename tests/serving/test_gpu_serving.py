@@ -27,7 +27,7 @@ def test_4bit_base_with_adapters_matches_peft_on_the_same_4bit_base(tiny_model, 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from serving.engines.hf import HFEngine
+    from adapterhub.serving.engines.hf import HFEngine
 
     engine = HFEngine(tiny_model, model_id="tiny", bits=4, max_loaded=2, max_lora_rank=8, device="cuda")
     engine.start()

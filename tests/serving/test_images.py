@@ -15,13 +15,13 @@ import openai
 import pytest
 import torch
 
-from adapterhub.models import resolve_model
+from adapterhub.loading.bases import resolve_model
 from adapterhub.registry import Registry
 from adapterhub.registry.local import LocalStore
+from adapterhub.serving.api import create_app
+from adapterhub.serving.config import ServeConfig
+from adapterhub.serving.engines.hf import HFEngine
 from adapterhub.settings import Settings
-from serving.api import create_app
-from serving.config import ServeConfig
-from serving.engines.hf import HFEngine
 from tests.builders import build_tiny_llava
 from tests.server import running_server
 
@@ -173,7 +173,7 @@ def test_chat_with_an_image_file(server, tmp_path, tiny_model):
     import io as _io
 
     from adapterhub.errors import UserInputError
-    from serving.api import chat
+    from adapterhub.serving.api import chat
 
     _, _, base, _ = server
     red = png((255, 0, 0))
@@ -201,8 +201,8 @@ def test_text_only_chat_works_when_only_the_processor_has_a_template(server):
 def test_an_adapter_with_its_own_projector_is_refused_where_the_engine_cannot_apply_it(tiny_model, tmp_path):
     import json as _json
 
-    from serving.adapters import engine_problems
-    from serving.engines.hf import HFEngine
+    from adapterhub.serving.adapters import engine_problems
+    from adapterhub.serving.engines.hf import HFEngine
     from tests.builders import build_lora_adapter
 
     path = build_lora_adapter(tiny_model, tmp_path / "ad")

@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from serving.engines.base import GenerationRequest, SamplingParams
+from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
 from tests.builders import build_tokenizer
 
 
@@ -81,8 +81,8 @@ def _reference(base, adapter, ids, n, trust=False):
 
 
 def test_mixed_batch_matches_peft_for_every_family(family):
-    from serving.adapters import engine_problems
-    from serving.engines.hf import HFEngine
+    from adapterhub.serving.adapters import engine_problems
+    from adapterhub.serving.engines.hf import HFEngine
 
     name, base, adapter, targets = family
     engine = HFEngine(base, model_id=name, max_loaded=2, max_lora_rank=8, dtype="fp32", max_batch_size=4)
@@ -110,7 +110,7 @@ def test_mixed_batch_matches_peft_for_every_family(family):
 
 
 def test_untargeted_layers_hold_no_lora_memory(family):
-    from serving.engines.hf import HFEngine
+    from adapterhub.serving.engines.hf import HFEngine
 
     name, base, adapter, _ = family
     engine = HFEngine(base, model_id=name, max_loaded=2, max_lora_rank=8, dtype="fp32")

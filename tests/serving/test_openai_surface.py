@@ -276,7 +276,7 @@ def test_batch_killers_do_not_disturb_requests_in_flight(setup):
 
 def test_a_row_failing_mid_stream_fails_alone_with_an_error_event(setup):
     url, engine, _, _ = setup
-    from serving.engines.hf.sampler import LogitsProcessor
+    from adapterhub.serving.engines.hf.sampler import LogitsProcessor
 
     class FailsAtStep3(LogitsProcessor):  # a fault injected into one row (seed 4242) after 3 tokens
         def needed(self, row):

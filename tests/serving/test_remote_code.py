@@ -53,10 +53,10 @@ def remote_model(tiny_model, tmp_path_factory):
 
 
 def test_remote_code_needs_the_opt_in_then_trains_and_serves(remote_model, dataset, tmp_path):
-    from serving.api import build_engine
-    from serving.config import ServeConfig
+    from adapterhub.serving.api import build_engine
+    from adapterhub.serving.config import ServeConfig
+    from adapterhub.training.run import train
     from tests.training.test_run import config
-    from training.run import train
 
     cfg = config(remote_model, dataset, **{"train.max_steps": 3, "eval.inputs": []})
     with pytest.raises(ConfigError, match=r"ships its own modeling code \(configuration_tiny_remote.py, "

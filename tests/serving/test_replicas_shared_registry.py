@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from adapterhub.models import resolve_model
+from adapterhub.loading.bases import resolve_model
 from adapterhub.registry import Registry
 from adapterhub.settings import Settings
 from tests.builders import pythonpath

@@ -15,11 +15,11 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapterhub.models import resolve_model
+from adapterhub.loading.bases import resolve_model
+from adapterhub.serving.api import create_app
+from adapterhub.serving.config import ServeConfig
+from adapterhub.serving.engines.hf import HFEngine
 from adapterhub.settings import Settings
-from serving.api import create_app
-from serving.config import ServeConfig
-from serving.engines.hf import HFEngine
 from tests.builders import pythonpath
 from tests.server import running_server
 
@@ -110,11 +110,11 @@ def test_weighted_split_is_sticky_and_observable(rollout):
 
 def test_shadow_evaluation_over_http_writes_metrics(rollout):
     url, registry = rollout
-    from evaluation.served import evaluate_served
+    from adapterhub.evaluation.served import evaluate_served
 
     scores = evaluate_served(registry, "lumen@2", url, name="Lumen", author="Acme Lab")
     m = registry.manifest("lumen@2").metrics
     assert m["identity"] == scores["identity"] and m["retention"] == scores["retention"]
-    from evaluation.identity import IDENTITY_PROMPTS
+    from adapterhub.evaluation.identity import IDENTITY_PROMPTS
 
     assert m["eval_source"] == url and scores["identity_n"] == len(IDENTITY_PROMPTS)

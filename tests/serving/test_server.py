@@ -9,11 +9,11 @@ import httpx
 import openai
 import pytest
 
-from adapterhub.models import resolve_model
+from adapterhub.loading.bases import resolve_model
+from adapterhub.serving.api import create_app
+from adapterhub.serving.config import ServeConfig
+from adapterhub.serving.engines.hf import HFEngine
 from adapterhub.settings import Settings
-from serving.api import create_app
-from serving.config import ServeConfig
-from serving.engines.hf import HFEngine
 from tests.builders import build_lora_adapter
 from tests.server import running_server
 
@@ -271,7 +271,7 @@ def test_client_disconnect_cancels_generation(server, engine):
 
 
 def test_max_lora_rank_is_derived_from_the_adapters_served(registry, tiny_model, tmp_path):
-    from serving.api import build_engine
+    from adapterhub.serving.api import build_engine
 
     base = resolve_model(str(tiny_model), Settings()).identity()
     registry.register(build_lora_adapter(tiny_model, tmp_path / "big", r=32), "big", base_model=base)

@@ -15,14 +15,14 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from adapterhub.models import resolve_model
+from adapterhub.loading.bases import resolve_model
 from adapterhub.registry import Registry
 from adapterhub.registry.local import LocalStore
+from adapterhub.serving.api import create_app
+from adapterhub.serving.config import ServeConfig
+from adapterhub.serving.engines.hf import HFEngine
 from adapterhub.settings import Settings
 from adapterhub.templates import TEMPLATES
-from serving.api import create_app
-from serving.config import ServeConfig
-from serving.engines.hf import HFEngine
 from tests.builders import build_lora_adapter, build_tiny_model
 from tests.server import running_server
 
@@ -309,8 +309,8 @@ def test_openai_agents_sdk_runs_one_tool_loop(server):
 
 def test_parallel_tool_calls_false_keeps_one_call_in_auto_mode():
     """A model in auto mode may write two calls; with parallel_tool_calls false the client gets one."""
+    from adapterhub.serving.service import CompletionService, _Tools
     from adapterhub.tools import get_parser
-    from serving.service import CompletionService, _Tools
 
     two = ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "paris", "unit": "c"}}\n</tool_call>\n'
            '<tool_call>\n{"name": "convert_currency", "arguments": {"amount": 5, "to": "eur"}}\n</tool_call>')

@@ -33,7 +33,7 @@ def adapters(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(adapters):
-    from serving.engines.vllm import VLLMEngine
+    from adapterhub.serving.engines.vllm import VLLMEngine
 
     eng = VLLMEngine(DEMO, model_id="demo", max_loaded=2, max_lora_rank=12, dtype="bf16",
                      extra_args={"max_model_len": "1024"})
@@ -44,7 +44,7 @@ def engine(adapters):
 
 
 def _run(engine, reqs):
-    from serving.engines.base import GenerationRequest, SamplingParams
+    from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
 
     async def one(key, rid):
         parts = []
@@ -90,7 +90,7 @@ def test_cuda_build_runs_the_model_on_the_gpu(engine):
 
 
 def test_closing_the_stream_aborts_the_request_in_vllm(engine):
-    from serving.engines.base import GenerationRequest, SamplingParams
+    from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
 
     async def go():
         stream = engine.generate(GenerationRequest(engine.encode_chat(MSG, None), SamplingParams(max_tokens=900)))
@@ -111,9 +111,9 @@ def test_structured_output_and_forced_tool_calls_map_to_vllm(engine):
     """Our constraints reach vLLM's structured outputs: a JSON schema row parses, a choice row picks one."""
     import json
 
+    from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
+    from adapterhub.serving.structured import Constraint
     from adapterhub.tools import get_parser
-    from serving.engines.base import GenerationRequest, SamplingParams
-    from serving.structured import Constraint
 
     schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 20}},
               "required": ["answer"], "additionalProperties": False}
@@ -139,8 +139,8 @@ def test_a_merged_llava_answers_an_image_as_transformers_does(tmp_path):
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from serving.engines.base import GenerationRequest, SamplingParams
-    from serving.engines.vllm import VLLMEngine
+    from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
+    from adapterhub.serving.engines.vllm import VLLMEngine
     from tests.builders import build_tiny_llava
 
     llava = build_tiny_llava(tmp_path / "llava")

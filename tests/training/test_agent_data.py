@@ -10,10 +10,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from adapterhub.errors import ConfigError
+from adapterhub.evaluation.tools import AGENT_TOOLS
 from adapterhub.templates import TEMPLATES
-from evaluation.tools import AGENT_TOOLS
-from training.config import DataSection
-from training.data import IGNORE, read_dataset, tokenize_conversation
+from adapterhub.training.config import DataSection
+from adapterhub.training.data import IGNORE, read_dataset, tokenize_conversation
 
 CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
 RECORD = {"tools": AGENT_TOOLS, "messages": [
@@ -67,8 +67,8 @@ def test_tool_data_needs_a_template_that_renders_tools(tok, tmp_path):
 def test_agent_training_records_parser_and_tool_scores(tiny_json_model, tmp_path):
     from adapterhub.registry import Registry
     from adapterhub.settings import Settings
+    from adapterhub.training.run import train
     from tests.training.test_run import config
-    from training.run import train
 
     cfg = config(tiny_json_model, "builtin:agent_tools", **{
         "name": "agent", "model.template": "hermes", "data.max_length": 2048, "train.max_steps": 2,

@@ -9,8 +9,15 @@ import pytest
 from transformers import AutoTokenizer
 
 from adapterhub.errors import ConfigError
-from training.config import DataSection
-from training.data import IGNORE, detect_format, pack, prepare, tokenize_conversation, tokenize_text
+from adapterhub.training.config import DataSection
+from adapterhub.training.data import (
+    IGNORE,
+    detect_format,
+    pack,
+    prepare,
+    tokenize_conversation,
+    tokenize_text,
+)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +147,7 @@ def test_every_named_template_supervises_exactly_the_answers(tok, name):
     """Multi-turn with a system message: loss on each answer and its end marker, nothing else; the
     generation prompt is what the answer follows (so serving prompts the model the way it was trained)."""
     from adapterhub.templates import get_template
-    from training.data import render
+    from adapterhub.training.data import render
 
     template = get_template(name)
     conv = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"},

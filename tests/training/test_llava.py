@@ -39,8 +39,8 @@ def _data(folder) -> str:
 
 
 def _train(llava, data, name, seed, tmp_path):
+    from adapterhub.training.run import train
     from tests.training.test_run import config
-    from training.run import train
 
     cfg = config(llava, data, **{"name": name, "vision": {}, "train.max_steps": 4, "train.seed": seed,
                                  "data.max_length": 128, "eval.inputs": [], "lora.r": 4, "lora.alpha": 8})
@@ -50,14 +50,14 @@ def _train(llava, data, name, seed, tmp_path):
 def test_image_sft_supervises_answers_and_serves_each_versions_projector(llava, tmp_path):
     from transformers import AutoTokenizer
 
-    from serving.api import create_app
-    from serving.config import ServeConfig
-    from serving.engines.hf import HFEngine
+    from adapterhub.serving.api import create_app
+    from adapterhub.serving.config import ServeConfig
+    from adapterhub.serving.engines.hf import HFEngine
+    from adapterhub.training.config import DataSection
+    from adapterhub.training.data import IGNORE, ImageInputs, read_dataset
+    from adapterhub.training.model import load_processor
     from tests.server import running_server
     from tests.training.test_run import config
-    from training.config import DataSection
-    from training.data import IGNORE, ImageInputs, read_dataset
-    from training.model import load_processor
 
     data = _data(tmp_path)
     # the supervised tokens are the answer (and its end marker), not the 16 image tokens or the question
@@ -110,8 +110,8 @@ def test_image_sft_supervises_answers_and_serves_each_versions_projector(llava, 
 
 def test_image_data_and_vision_section_mismatches_are_config_errors(llava, tiny_model, tmp_path):
     from adapterhub.errors import ConfigError
+    from adapterhub.training.run import train
     from tests.training.test_run import config
-    from training.run import train
 
     data = _data(tmp_path)
     with pytest.raises(ConfigError, match="base has no vision tower"):

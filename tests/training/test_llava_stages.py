@@ -24,7 +24,7 @@ TOWER = {"model_type": "clip_vision_model", "image_size": 32, "patch_size": 8, "
 
 
 def _data(folder) -> tuple[str, str]:
-    from evaluation.shapes import caption, draw
+    from adapterhub.evaluation.shapes import caption, draw
 
     rng = random.Random(0)
     captions, qa = [], []
@@ -59,12 +59,12 @@ def test_pretrain_bundle_then_finetune_serve_and_merge(tiny_model, tmp_path):
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
-    from adapterhub.registry.bundles import resolve_base
-    from export.merge import merge
-    from serving.api import create_app
-    from serving.config import ServeConfig
+    from adapterhub.export.merge import merge
+    from adapterhub.loading.bases import resolve_base
+    from adapterhub.serving.api import create_app
+    from adapterhub.serving.config import ServeConfig
+    from adapterhub.training.run import train
     from tests.server import running_server
-    from training.run import train
 
     settings, reg = Settings(), Registry.open(Settings())
     captions, qa = _data(tmp_path)
@@ -98,8 +98,8 @@ def test_pretrain_bundle_then_finetune_serve_and_merge(tiny_model, tmp_path):
     assert torch.equal(llava.model.language_model.get_parameter(q), llm.model.get_parameter(q))
 
     # Stage 2: LoRA on the language model + the projector, on the bundle.
-    from training.config import DataSection
-    from training.data import IGNORE, ImageInputs, read_dataset
+    from adapterhub.training.config import DataSection
+    from adapterhub.training.data import IGNORE, ImageInputs, read_dataset
 
     # messages records: the image part becomes the image's tokens before the question, the loss is on the answer
     images = ImageInputs(__import__("transformers").AutoProcessor.from_pretrained(base.path), tmp_path)
@@ -150,8 +150,8 @@ def test_pretrain_bundle_then_finetune_serve_and_merge(tiny_model, tmp_path):
 
 def test_stage_mistakes_are_config_errors(tiny_model, tmp_path):
     from adapterhub.errors import ConfigError
+    from adapterhub.training.run import train
     from tests.builders import build_tiny_llava
-    from training.run import train
 
     captions, _ = _data(tmp_path)
     with pytest.raises(ConfigError, match="vision.tower: the pretrain stage needs a vision encoder"):
@@ -189,7 +189,7 @@ def test_stage_mistakes_are_config_errors(tiny_model, tmp_path):
     with pytest.raises(ConfigError, match="use vision.stage: pretrain"):
         train(_config(tiny_model, captions, vision={}), Settings(), output=tmp_path / "z")
     from adapterhub.errors import ModelNotFoundError
-    from adapterhub.registry.bundles import resolve_base
+    from adapterhub.loading.bases import resolve_base
     from tests.builders import build_lora_adapter
 
     Registry.open(Settings()).register(build_lora_adapter(tiny_model, tmp_path / "ad"), "plain")
@@ -199,8 +199,8 @@ def test_stage_mistakes_are_config_errors(tiny_model, tmp_path):
 
 def test_bundle_push_pull_round_trip_with_its_card(tiny_model, tmp_path, hf_env):
     from adapterhub.hub.sync import make_publisher
-    from adapterhub.registry.bundles import resolve_base
-    from training.run import train
+    from adapterhub.loading.bases import resolve_base
+    from adapterhub.training.run import train
 
     settings, reg = Settings(), Registry.open(Settings())
     captions, _ = _data(tmp_path)
@@ -222,7 +222,7 @@ def test_a_new_projector_starts_at_the_scale_of_the_llms_token_embeddings(tiny_m
     initialised they start 1.7x larger on the demo model, and outside 0.5-2x on this tiny one)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.llava import build_llava
+    from adapterhub.training.llava import build_llava
 
     captions, _ = _data(tmp_path)
     cfg = _config(tiny_model, captions, vision={"stage": "pretrain", "tower": TOWER, "feature_layer": -1})
@@ -247,11 +247,11 @@ def test_tower_lora_trains_is_refused_per_request_and_merges(tiny_model, tmp_pat
     from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText
 
-    from adapterhub.registry.bundles import resolve_base
-    from export.merge import merge
-    from serving.adapters import engine_problems
-    from serving.engines.hf import HFEngine
-    from training.run import train
+    from adapterhub.export.merge import merge
+    from adapterhub.loading.bases import resolve_base
+    from adapterhub.serving.adapters import engine_problems
+    from adapterhub.serving.engines.hf import HFEngine
+    from adapterhub.training.run import train
 
     settings, reg = Settings(), Registry.open(Settings())
     captions, qa = _data(tmp_path)

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from adapterhub.registry import Registry
 from adapterhub.settings import Settings
-from training.config import DataSection
-from training.data import IGNORE, Collator, FlatCollator, pack_padding_free, prepare
+from adapterhub.training.config import DataSection
+from adapterhub.training.data import IGNORE, Collator, FlatCollator, pack_padding_free, prepare
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,8 @@ def _split(block):
 
 
 def test_padding_free_training_registers_and_records_it(tiny_model, mixed, tmp_path):
+    from adapterhub.training.run import train
     from tests.training.test_run import config
-    from training.run import train
 
     cfg = config(tiny_model, mixed, **{"data.packing": "padding_free", "data.max_length": 128, "train.batch_size": 2,
                                        "train.max_steps": 8})

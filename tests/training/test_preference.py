@@ -56,7 +56,7 @@ def _margin(path, tiny_model, tok_pairs):
 
 @pytest.mark.parametrize("method", ["dpo", "orpo", "kto"])
 def test_preference_method_trains_registers_and_prefers_chosen(method, tiny_model, dataset, pairs, tmp_path):
-    from training.run import train
+    from adapterhub.training.run import train
 
     settings = Settings()
     sft = train(config(tiny_model, dataset, **{"train.max_steps": 4, "eval.inputs": []}), settings,
@@ -75,7 +75,7 @@ def test_preference_method_trains_registers_and_prefers_chosen(method, tiny_mode
     assert after > before + 0.25, (before, after)  # the policy moved toward the chosen answers (nats)
     files = set(m.files)
     assert "adapter_model.safetensors" in files and not any(f.startswith("ref/") for f in files)
-    from serving.engines.hf import HFEngine
+    from adapterhub.serving.engines.hf import HFEngine
 
     engine = HFEngine(tiny_model, model_id="tiny", max_loaded=1, max_lora_rank=8, dtype="fp32")
     engine.start()
@@ -88,7 +88,7 @@ def test_preference_method_trains_registers_and_prefers_chosen(method, tiny_mode
 
 
 def test_fresh_lora_dpo_and_bad_pairs(tiny_model, pairs, tmp_path):
-    from training.run import train
+    from adapterhub.training.run import train
 
     result = train(_pref_config(tiny_model, pairs, "dpo"), Settings(), output=tmp_path / "fresh")
     assert result.record.ref == "tinylora@1" and Registry.open(Settings()).manifest("tinylora@1").parent is None
@@ -116,7 +116,7 @@ def test_adapter_without_preference_is_refused(tiny_model, dataset):
 
 
 def test_builtin_dpo_config_validates():
-    from training.config import load_config
+    from adapterhub.training.config import load_config
 
     cfg = load_config("self_cognition_lumen_dpo")
     assert cfg.preference.method == "dpo" and cfg.model.adapter == "lumen"

@@ -14,8 +14,8 @@ import pytest
 from adapterhub.errors import ConfigError, MissingDependencyError
 from adapterhub.registry import Registry
 from adapterhub.settings import Settings
+from adapterhub.training.config import validate_config
 from tests.builders import pythonpath
-from training.config import validate_config
 
 DROP = object()  # an override value that removes the key
 
@@ -43,7 +43,7 @@ def config(tiny_model, dataset, **over):
 
 
 def test_lora_training_lowers_loss_and_registers(tiny_model, dataset, tmp_path):
-    from training.run import train
+    from adapterhub.training.run import train
 
     settings = Settings()
     result = train(config(tiny_model, dataset), settings, output=tmp_path / "run")
@@ -64,7 +64,7 @@ def test_lora_training_lowers_loss_and_registers(tiny_model, dataset, tmp_path):
 
 
 def test_resume_continues_from_checkpoint(tiny_model, dataset, tmp_path):
-    from training.run import train
+    from adapterhub.training.run import train
 
     settings = Settings()
     run = tmp_path / "run"
@@ -82,7 +82,7 @@ def test_resume_continues_from_checkpoint(tiny_model, dataset, tmp_path):
 
 
 def test_full_finetune_registers_a_model_artifact(tiny_model, dataset, tmp_path):
-    from training.run import train
+    from adapterhub.training.run import train
 
     result = train(config(tiny_model, dataset, method="full", **{"train.max_steps": 2, "train.lr": 1e-4}),
                    Settings(), output=tmp_path / "run")
@@ -94,9 +94,9 @@ def test_full_finetune_registers_a_model_artifact(tiny_model, dataset, tmp_path)
 def test_replay_ratio_and_cache(tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.builtin_data import GENERAL_REPLAY
-    from training.config import ReplaySection
-    from training.replay import build_replay
+    from adapterhub.training.builtin_data import GENERAL_REPLAY
+    from adapterhub.training.config import ReplaySection
+    from adapterhub.training.replay import build_replay
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
@@ -113,7 +113,7 @@ def test_replay_ratio_and_cache(tiny_model, tmp_path):
 
 
 def test_identity_metrics_land_in_registry(tiny_model, tmp_path):
-    from training.run import train
+    from adapterhub.training.run import train
 
     cfg = validate_config({
         "name": "tinyid", "model": {"base": str(tiny_model), "dtype": "fp32"},
@@ -126,7 +126,7 @@ def test_identity_metrics_land_in_registry(tiny_model, tmp_path):
     result = train(cfg, Settings(), output=tmp_path / "run")
     m = Registry.open(Settings()).manifest(result.record.ref)
     assert 0.0 <= m.metrics["identity"] <= 1.0 and 0.0 <= m.metrics["retention"] <= 1.0
-    from training.builtin_data import identity_records
+    from adapterhub.training.builtin_data import identity_records
 
     n_records = len(identity_records("Lumen", "Acme Lab"))
     assert m.training["replay"] == round(n_records * 0.25) and m.training["replay_source"] == "self-distill"
@@ -155,7 +155,7 @@ def test_config_errors_one_per_bad_key_via_cli(tmp_path):
 def test_data_path_typo_is_reported_before_any_model_load(tiny_model, dataset, tmp_path, monkeypatch):
     import transformers
 
-    from training.run import train
+    from adapterhub.training.run import train
 
     loads: list[str] = []
 
@@ -165,7 +165,7 @@ def test_data_path_typo_is_reported_before_any_model_load(tiny_model, dataset, t
 
     for cls in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
         monkeypatch.setattr(cls, "from_pretrained", recording)
-    monkeypatch.setattr("training.run.resolve_base", recording)
+    monkeypatch.setattr("adapterhub.training.run.resolve_base", recording)
     typo = str(dataset).replace("data.json", "dta.json")
     with pytest.raises(ConfigError, match="data.path: no such file .*dta.json"):
         train(config(tiny_model, dataset, **{"data.path": typo}), Settings(), output=tmp_path / "run")
@@ -182,7 +182,7 @@ def test_qlora_with_zero3_is_refused_with_reason():
 
 
 def test_deepspeed_configs_and_missing_dependency(tmp_path):
-    from training.deepspeed import builtin, deepspeed_config
+    from adapterhub.training.deepspeed import builtin, deepspeed_config
 
     stages = {s: builtin(s)["zero_optimization"] for s in ("zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")}
     assert [z["stage"] for z in stages.values()] == [1, 2, 2, 3, 3]
@@ -198,7 +198,7 @@ def test_deepspeed_configs_and_missing_dependency(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
 def test_qlora_trains_and_records_quantization(tiny_model, dataset, tmp_path):
-    from training.run import train
+    from adapterhub.training.run import train
 
     result = train(config(tiny_model, dataset, method="qlora", **{"model.dtype": "bf16", "train.max_steps": 4}),
                    Settings(), output=tmp_path / "run")
@@ -211,7 +211,7 @@ def test_qlora_trains_and_records_quantization(tiny_model, dataset, tmp_path):
 def test_deepspeed_on_gpu_trains_and_registers_full_weights(tiny_model, dataset, tmp_path, stage):
     from safetensors import safe_open
 
-    from training.run import train
+    from adapterhub.training.run import train
 
     result = train(config(tiny_model, dataset, **{"train.deepspeed": stage, "train.max_steps": 3,
                                                   "model.dtype": "bf16"}),
@@ -226,8 +226,8 @@ def test_deepspeed_on_gpu_trains_and_registers_full_weights(tiny_model, dataset,
 @pytest.mark.gpu
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
 def test_qlora_on_gpu_keeps_the_base_in_4bit_on_cuda(tiny_model, dataset, tmp_path):
-    from training.model import load_base
-    from training.run import train
+    from adapterhub.training.model import load_base
+    from adapterhub.training.run import train
 
     cfg = config(tiny_model, dataset, method="qlora", **{"model.dtype": "bf16", "train.max_steps": 4})
     model = load_base(tiny_model, cfg)

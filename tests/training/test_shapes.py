@@ -6,11 +6,11 @@ import hashlib
 
 from PIL import Image
 
-from evaluation.shapes import COLOURS, shapes_records
+from adapterhub.evaluation.shapes import COLOURS, shapes_records
 
 
 def test_records_describe_their_pictures_and_held_out_pictures_are_new(tmp_path, monkeypatch):
-    import evaluation.shapes as shapes
+    import adapterhub.evaluation.shapes as shapes
 
     monkeypatch.setitem(shapes.SPLITS, "shapes_captions", (1, 30))
     monkeypatch.setitem(shapes.SPLITS, "shapes_heldout", (3, 30))

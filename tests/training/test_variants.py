@@ -28,7 +28,7 @@ VARIANTS = {
 
 @pytest.fixture(scope="module")
 def engine(tiny_model):
-    from serving.engines.hf import HFEngine
+    from adapterhub.serving.engines.hf import HFEngine
 
     eng = HFEngine(tiny_model, model_id="tiny", max_loaded=2, max_lora_rank=16, dtype="fp32")
     eng.start()
@@ -38,8 +38,8 @@ def engine(tiny_model):
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_variant_trains_registers_and_serves(variant, tiny_model, dataset, tmp_path, engine):
-    from serving.adapters import engine_problems
-    from training.run import train
+    from adapterhub.serving.adapters import engine_problems
+    from adapterhub.training.run import train
 
     over = {"train.max_steps": 6, "lora.r": 4, "lora.alpha": 8, "eval.inputs": [], **VARIANTS[variant]}
     result = train(config(tiny_model, dataset, **over), Settings(), output=tmp_path / "run")
@@ -75,7 +75,7 @@ def test_pissa_saved_adapter_reproduces_the_trained_model_on_the_original_base(t
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from training.model import add_lora, save_initial_adapter
+    from adapterhub.training.model import add_lora, save_initial_adapter
 
     cfg = config(tiny_model, tmp_path, **{"lora.init": "pissa", "lora.r": 4, "lora.alpha": 4})
     model = add_lora(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), cfg)
@@ -93,9 +93,9 @@ def test_pissa_saved_adapter_reproduces_the_trained_model_on_the_original_base(t
 
 
 def test_dora_is_refused_by_the_server_with_the_reason(tiny_model, dataset, tmp_path):
-    from serving.api import build_service
-    from serving.config import ServeConfig
-    from training.run import train
+    from adapterhub.serving.api import build_service
+    from adapterhub.serving.config import ServeConfig
+    from adapterhub.training.run import train
 
     train(config(tiny_model, dataset, **{"train.max_steps": 2, "lora.use_dora": True, "eval.inputs": []}),
           Settings(), output=tmp_path / "run")
@@ -117,7 +117,7 @@ def test_option_conflicts_are_config_errors(tiny_model, dataset, over, message):
 
 def test_tensorboard_logs_land_in_the_run_dir(tiny_model, dataset, tmp_path):
     pytest.importorskip("tensorboard")
-    from training.run import train
+    from adapterhub.training.run import train
 
     train(config(tiny_model, dataset, **{"train.max_steps": 3, "train.report_to": "tensorboard",
                                          "eval.inputs": []}), Settings(), output=tmp_path / "run")
@@ -134,7 +134,7 @@ def test_missing_tracker_is_named(tiny_model, dataset, tmp_path, monkeypatch):
     import importlib.util
 
     from adapterhub.errors import MissingDependencyError
-    from training.run import train
+    from adapterhub.training.run import train
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "wandb" else real(n, *a))

@@ -1,0 +1,1 @@
+"""Ray Serve deployment: adapter-affinity routing over replicas built by ``adapterhub.serving.api``."""

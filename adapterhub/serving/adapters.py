@@ -1,0 +1,237 @@
+"""The adapter manager: resolves ``model`` names to loaded adapters on an engine.
+
+* resolution goes through the registry on every request, so moving an alias takes effect for the
+  next request, while a request in flight keeps the version it started with (a lease);
+* each (name, version, content hash) is its own engine key: a new version never reuses old state;
+* lazy hot-load on first use, one load per key even under concurrent first requests (a lock per key),
+  LRU eviction at ``max_loaded`` that skips pinned and in-use adapters;
+* validation before loading (:func:`adapterhub.loading.versions.open_version` for checksums and the
+  base, :func:`engine_problems` for rank and modules), reporting every problem at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adapterhub.errors import AdapterNotFoundError, ModelNotFoundError, OverloadedError
+from adapterhub.loading.versions import open_version
+from adapterhub.refs import parse_ref
+from adapterhub.registry import Registry, VersionRecord
+from adapterhub.registry.validation import validate_adapter_dir
+from adapterhub.serving.engines.base import Engine
+from adapterhub.serving.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Lease:
+    """What one request uses: the engine key (None = base), the chat template to render with, and the
+    version it resolved to (``split_alias`` set when a weighted alias chose it)."""
+
+    model: str
+    key: str | None
+    chat_template: str | None
+    ref: str | None = None
+    name: str = ""
+    version: str = "base"
+    split_alias: str | None = None
+    tool_parser: str | None = None  # the tool-call format the adapter was trained on (None: server default)
+
+    @property
+    def answered_by(self) -> str:
+        """The ``model`` of the response: the version that answered for a split alias, else as asked."""
+        return self.ref if self.split_alias and self.ref else self.model
+
+
+class AdapterManager:
+    def __init__(self, engine: Engine, registry: Registry | None, *, base_name: str,
+                 base_aliases: tuple[str, ...] = (), metrics: Metrics | None = None) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.registry = registry
+        self.base_name = base_name
+        self.base_names = {base_name, "base", *base_aliases}
+        self.max_loaded = engine.capabilities.max_loaded
+        self._lru: OrderedDict[str, VersionRecord] = OrderedDict()
+        self._templates: dict[str, str | None] = {}
+        self._parsers: dict[str, str | None] = {}  # the tool-call format each adapter was trained on
+        self._pinned: set[str] = set()
+        self._in_use: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.load_times: list[float] = []
+
+    @staticmethod
+    def key_of(record: VersionRecord) -> str:
+        return f"{record.name}@{record.version}#{record.content_hash[:16]}"
+
+    # ---------------------------------------------------------------- requests
+    def resolve(self, model: str, caller: str | None = None) -> VersionRecord | None:
+        """None for the base model; raises ModelNotFoundError for anything unknown. A split alias picks
+        its version by weight, the same one for the same ``caller``."""
+        if model in self.base_names:
+            return None
+        if self.registry is None:
+            raise ModelNotFoundError(f"The model '{model}' does not exist (this server has no registry)")
+        try:
+            return self.registry.resolve(parse_ref(model), caller=caller)
+        except (AdapterNotFoundError, ValueError) as e:
+            raise ModelNotFoundError(f"The model '{model}' does not exist: {e}") from e
+
+    def _split_alias(self, model: str) -> str | None:
+        ref = parse_ref(model)
+        if ref.selector == "alias" and ref.alias and self.registry is not None:
+            return ref.alias if self.registry.alias_split(ref.name, ref.alias) else None
+        return None
+
+    async def acquire(self, model: str, caller: str | None = None) -> Lease:
+        record = self.resolve(model, caller)
+        if record is None:
+            return Lease(model, None, None, name=self.base_name)
+        key = await self._ensure_loaded(record)
+        self._in_use[key] = self._in_use.get(key, 0) + 1
+        return Lease(model, key, self._templates.get(key), record.ref, record.name, str(record.version),
+                     self._split_alias(model), self._parsers.get(key))
+
+    def release(self, lease: Lease) -> None:
+        if lease.key is not None:
+            self._in_use[lease.key] -= 1
+            if self._in_use[lease.key] <= 0:
+                del self._in_use[lease.key]
+
+    # ---------------------------------------------------------------- admin
+    async def load(self, model: str, *, pin: bool = False) -> VersionRecord:
+        record = self.resolve(model)
+        if record is None:
+            raise ModelNotFoundError(f"'{model}' is the base model, not an adapter")
+        key = await self._ensure_loaded(record)
+        if pin and key not in self._pinned:
+            self._pinned.add(key)
+            if self.metrics:
+                self.metrics.pinned(record.name, str(record.version))
+        return record
+
+    async def unload(self, model: str) -> list[str]:
+        """Unload every loaded version matching ``model`` (a name unloads all its versions)."""
+        ref = parse_ref(model)
+        if ref.selector == "latest" and "@" not in model:
+            keys = [k for k, r in self._lru.items() if r.name == ref.name]
+        else:
+            record = self.resolve(model)
+            keys = [self.key_of(record)] if record and self.key_of(record) in self._lru else []
+        if not keys:
+            raise ModelNotFoundError(f"'{model}' is not loaded")
+        for key in keys:
+            if self._in_use.get(key):
+                raise OverloadedError(f"{key.split('#')[0]} is serving requests; retry when they finish")
+            await asyncio.to_thread(self.engine.unload_adapter, key)
+            record = self._lru.pop(key, None)
+            self._pinned.discard(key)
+            if self.metrics and record is not None:
+                self.metrics.evicted(record.name, str(record.version))
+        return [k.split("#")[0] for k in keys]
+
+    def loaded(self) -> list[dict[str, Any]]:
+        return [
+            {"id": r.ref, "name": r.name, "version": r.version, "content_hash": r.content_hash,
+             "pinned": k in self._pinned, "in_use": self._in_use.get(k, 0)}
+            for k, r in self._lru.items()
+        ]
+
+    # ---------------------------------------------------------------- internals
+    async def _ensure_loaded(self, record: VersionRecord) -> str:
+        key = self.key_of(record)
+        if key in self._lru:
+            self._lru.move_to_end(key)
+            return key
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if key in self._lru:  # loaded by a concurrent first request
+                self._lru.move_to_end(key)
+                return key
+            assert self.registry is not None
+            path, template, parser = await asyncio.to_thread(self._check, record)
+            await self._make_room()
+            t0 = time.perf_counter()
+            await asyncio.to_thread(self.engine.load_adapter, key, path)
+            self.load_times.append(time.perf_counter() - t0)
+            if self.metrics:
+                self.metrics.loaded(record.name, str(record.version), self.load_times[-1], pinned=False)
+            self._lru[key] = record
+            self._templates[key] = template
+            self._parsers[key] = parser
+            log.info("loaded %s in %.0f ms", record.ref, self.load_times[-1] * 1000)
+        return key
+
+    async def _make_room(self) -> None:
+        while len(self._lru) >= self.max_loaded:
+            victim = next((k for k in self._lru if k not in self._pinned and not self._in_use.get(k)), None)
+            if victim is None:
+                raise OverloadedError(
+                    f"all {self.max_loaded} adapter slots are pinned or in use: retry later or raise --max-loaded"
+                )
+            evicted = self._lru.pop(victim)
+            await asyncio.to_thread(self.engine.unload_adapter, victim)
+            if self.metrics:
+                self.metrics.evicted(evicted.name, str(evicted.version))
+            log.info("evicted %s", victim)
+
+    def _check(self, record: VersionRecord) -> tuple[Path, str | None, str | None]:
+        """Verify checksums and compatibility; returns (path, chat template, tool parser)."""
+        assert self.registry is not None
+        opened = open_version(self.registry, record, kind="adapter", on_base=self.engine.base_identity)
+        opened.require_compatible(self.engine.base_identity.get("id") or self.base_name,
+                                  engine_problems(opened.path, self.engine))
+        return opened.path, opened.template, (opened.manifest.training or {}).get("tool_parser")
+
+
+def engine_problems(path: Path, engine: Engine) -> list[str]:
+    """Every reason the adapter at ``path`` cannot run on ``engine`` besides its base (rank, modules)."""
+    problems: list[str] = []
+    caps = engine.capabilities
+    try:
+        targets = json.loads((path / "adapter_config.json").read_text()).get("target_parameters")
+    except (OSError, ValueError):
+        targets = None
+    if targets:  # checked first: the registry's shape checks do not know expert tensors
+        return [f"targets parameters {targets} (LoRA on MoE expert tensors), which this engine cannot apply per "
+                "request: merge it (adapterhub merge REF) and serve the merged model with --merged"]
+    info = validate_adapter_dir(path)
+    if info.config.get("use_dora"):
+        problems.append("is a DoRA adapter (use_dora), which this engine cannot apply per request: merge it "
+                        "(adapterhub merge REF) and serve the merged model with --merged")
+    tower = sorted({m for m in info.modules if "vision_tower" in m or "vision_model" in m})
+    if tower:
+        problems.append(f"has LoRA on the vision tower ({len(tower)} modules), which this engine cannot apply per "
+                        "request: merge it (adapterhub merge REF) and serve the merged model with --merged")
+    saved = list(info.config.get("modules_to_save") or [])
+    if saved and not (engine.adapter_projectors and saved == ["multi_modal_projector"]):
+        problems.append(f"modules_to_save {saved} are not supported by this engine (only the hf engine applies a "
+                        "vision model's multi_modal_projector per request): merge it (adapterhub merge REF) and "
+                        "serve the merged model with --merged")
+    if info.rank > caps.max_lora_rank:
+        problems.append(f"rank {info.rank} exceeds this server's max LoRA rank {caps.max_lora_rank} "
+                        f"(start it with --max-lora-rank {info.rank})")
+    missing = sorted({m.split(".")[-1] for m in info.modules} - set(caps.target_modules))
+    if missing:
+        problems.append(f"targets modules this engine cannot adapt: {', '.join(missing)}")
+    mismatched: dict[str, str] = {}
+    for module, ab in info.modules.items():
+        suffix = module.split(".")[-1]
+        full = module.removeprefix("base_model.model.")
+        key = full if full in caps.module_shapes else suffix
+        if key not in caps.module_shapes:
+            continue
+        want_in, want_out = caps.module_shapes[key]
+        got_in, got_out = ab["A"][1], ab["B"][0]
+        if (got_in, got_out) != (want_in, want_out):
+            mismatched[suffix] = f"{suffix} is {got_in}->{got_out} in the adapter, {want_in}->{want_out} in the base"
+    problems.extend(mismatched[k] for k in sorted(mismatched))
+    return problems

@@ -1,0 +1,92 @@
+"""The HTTP layer: a FastAPI app around a :class:`~adapterhub.serving.stack.ServingStack`, with the one place
+where errors become OpenAI-shaped bodies. Build it with :func:`adapterhub.serving.api.create_app`."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from adapterhub import __version__
+from adapterhub.errors import AdapterHubError
+from adapterhub.serving.metrics import current_target
+from adapterhub.serving.middleware import BodySizeLimit, RequestId, openai_error_schema
+from adapterhub.serving.protocol import error_body
+from adapterhub.serving.routes import admin, health, openai, tokens
+from adapterhub.serving.stack import ServingStack
+
+log = logging.getLogger(__name__)
+
+
+def make_app(stack: ServingStack) -> FastAPI:
+    """The FastAPI app; the engine starts and the configured adapters are pinned at startup."""
+    engine, manager, metrics = stack.engine, stack.manager, stack.metrics
+    metrics.gauge("loaded_adapters", "Adapters loaded on the engine.", lambda: len(engine.loaded_adapters()))
+    metrics.gauge("queue_depth", "Requests waiting for the engine.", engine.queue_depth)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        engine.start()
+        for ref in stack.config.adapters:
+            await manager.load(ref, pin=True)
+        yield
+        engine.stop()
+
+    app = FastAPI(title="adapterhub", version=__version__, lifespan=lifespan)
+    app.state.config = stack.config
+    app.state.stack = stack
+    app.state.engine = engine
+    app.state.manager = manager
+    app.state.service = stack.service
+    app.state.metrics = metrics
+    app.state.catalog = stack.catalog
+    app.include_router(openai.router)
+    app.include_router(tokens.router)
+    app.include_router(admin.router)
+    app.include_router(health.router)
+    # Outermost last: the request id is set first, then the size limit, then CORS answers preflights.
+    if stack.config.allowed_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=stack.config.allowed_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["X-Request-Id"])
+    app.add_middleware(BodySizeLimit, max_bytes=stack.config.max_request_bytes)
+    app.add_middleware(RequestId)
+    openai_error_schema(app)
+
+    @app.exception_handler(AdapterHubError)
+    async def _ah_error(request: Request, exc: AdapterHubError) -> JSONResponse:
+        metrics.observe(_endpoint(request), *current_target.get(), exc.http_status, 0.0)
+        return JSONResponse(error_body(exc.message, exc.error_type, exc.code, exc.param), status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        msg = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body')}: {e.get('msg')}" for e in errs)
+        metrics.observe(_endpoint(request), "-", "-", 400, 0.0)
+        return JSONResponse(error_body(msg or "invalid request", "invalid_request_error", "invalid_value",
+                                       ".".join(loc) or None), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(error_body(str(exc.detail), "invalid_request_error", None), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        metrics.observe(_endpoint(request), *current_target.get(), 500, 0.0)
+        return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error", "internal_error"),
+                            status_code=500)
+
+    return app
+
+
+def _endpoint(request: Request) -> str:
+    path = request.url.path
+    return {"/v1/chat/completions": "chat", "/v1/completions": "completions"}.get(path, path)

@@ -1,0 +1,1 @@
+"""Inference engines behind one seam (:class:`adapterhub.serving.engines.base.Engine`)."""

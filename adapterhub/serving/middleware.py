@@ -1,0 +1,128 @@
+"""ASGI middleware of the server (request ids, body size limit) and the OpenAPI fix-up that documents
+errors as they are answered (400 with the OpenAI error body, never FastAPI's 422)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+
+from adapterhub.serving.protocol import ChatCompletionChunk, CompletionResponse, ErrorResponse, error_body
+
+Scope = dict[str, Any]
+
+
+class RequestId:
+    """Echo the caller's ``X-Request-Id`` (or a new one) on every response."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = dict(scope.get("headers") or []).get(b"x-request-id", b"")
+        rid = given.decode("latin-1")[:128] if given else f"req-{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class BodySizeLimit:
+    """Answer 413 (OpenAI error body) when a request body is larger than ``max_bytes``."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _reject(self, send: Any) -> None:
+        body = json.dumps(error_body(f"request body is larger than {self.max_bytes} bytes",
+                                     "invalid_request_error", "request_too_large")).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._reject(send)
+        if length is not None:
+            return await self.app(scope, receive, send)
+        # No Content-Length (chunked): read the body here, up to the limit, before the app sees it
+        # (an error raised while the app reads it would become FastAPI's 400).
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay(b"", receive, message), send)
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await self._reject(send)
+        await self.app(scope, _replay(body, receive), send)
+
+
+def _replay(body: bytes, receive: Any, first: dict[str, Any] | None = None) -> Any:
+    """A ``receive`` that hands over an already-read body once, then defers to the real one."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return first or {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def openai_error_schema(app: FastAPI) -> None:
+    """Make ``/openapi.json`` say what the server answers: validation errors are 400 with the OpenAI
+    error body (FastAPI documents 422 and its own shape)."""
+
+    def schema() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        comps = spec.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ErrorResponse, ChatCompletionChunk, CompletionResponse):
+            _add_model(comps, model)
+        for name in ("HTTPValidationError", "ValidationError"):
+            comps.pop(name, None)
+        ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+        for path in spec.get("paths", {}).values():
+            for op in path.values():
+                responses = op.get("responses", {})
+                if responses.pop("422", None) is not None or op.get("requestBody"):
+                    responses.setdefault("400", {"description": "Invalid request", **ref})
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = schema  # type: ignore[method-assign]
+
+
+def _add_model(comps: dict[str, Any], model: type[BaseModel]) -> None:
+    """Put ``model`` (and the models it uses) into the spec's components."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+    for name, sub in schema.pop("$defs", {}).items():
+        comps.setdefault(name, sub)
+    comps.setdefault(model.__name__, schema)
+
+
+def stream_of(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The 200 response of an endpoint that streams ``model`` chunks as server-sent events."""
+    event = {"anyOf": [{"$ref": f"#/components/schemas/{model.__name__}"},
+                       {"$ref": "#/components/schemas/ErrorResponse"}, {"type": "string", "enum": ["[DONE]"]}]}
+    return {200: {"content": {"text/event-stream": {"schema": event}},
+                  "description": f"The completion; with stream: true, server-sent events of {model.__name__}"}}

@@ -1,1 +1,0 @@
-"""Ray Serve deployment: adapter-affinity routing over replicas built by ``serving.api``."""

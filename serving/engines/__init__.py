@@ -1,1 +1,0 @@
-"""Inference engines behind one seam (:class:`serving.engines.base.Engine`)."""
