@@ -3,11 +3,14 @@ passes ``--allow-pickle``) a pickled ``adapter_model.bin`` into safetensors."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +31,10 @@ def gguf_to_hf(gguf: Path, target: Path, model_id: str, kind: str, revision: str
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+        with _progress_bars_only_on_a_terminal():
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                              dtype=torch.bfloat16)
         # GGUF loading attaches a quantizer whose config is not serializable; the weights are dequantized.
         if getattr(model, "hf_quantizer", None) is not None:
             try:
@@ -55,6 +60,22 @@ def gguf_to_hf(gguf: Path, target: Path, model_id: str, kind: str, revision: str
             raise
         raise ModelNotFoundError(f"could not convert {gguf.name}: {e}") from e
     return local_model(target, model_id, kind, revision)
+
+
+@contextlib.contextmanager
+def _progress_bars_only_on_a_terminal() -> Iterator[None]:
+    """transformers draws a tqdm bar while it de-quantizes GGUF tensors: on a terminal that is progress,
+    in a log file (``make demo > log``) it is hundreds of carriage-return frames on one line."""
+    from transformers.utils import logging as hf_logging
+
+    if sys.stderr.isatty() or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def pickle_to_safetensors(src: Path, dst: Path) -> None:

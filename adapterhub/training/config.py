@@ -77,8 +77,9 @@ class ReplaySection(_Strict):
 
 
 class DataSection(_Strict):
-    path: str = Field(..., description="Dataset file (.json/.jsonl/.csv/.xlsx/.txt), 'builtin:<name>' or "
-                                       "'hf:<hub dataset id>[@split]' (e.g. hf:MBZUAI/LaMini-instruction@train[:20000]).")
+    path: str = Field(..., description="Dataset file (.json/.jsonl/.csv/.xlsx/.txt; a relative path is relative to "
+                                       "the config file), 'builtin:<name>' or 'hf:<hub dataset id>[@split]' "
+                                       "(e.g. hf:MBZUAI/LaMini-instruction@train[:20000]).")
     format: Literal["auto", "alpaca", "messages", "sharegpt", "xtuner", "table", "text"] = Field(
         "auto", description="Record format; 'auto' detects it from the first record."
     )
@@ -372,12 +373,42 @@ def load_config(spec: str, overrides: list[str] | None = None, **top: Any) -> Tr
         raise ConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must be a mapping of keys")
-    for o in overrides or []:
+    relative_to_config(data, path.resolve().parent)
+    for o in overrides or []:  # typed in a shell: relative to the current directory, as shells mean them
         apply_override(data, o)
     for k, v in top.items():
         if v is not None:
             apply_override(data, f"{k}={v}") if "." in k else data.__setitem__(k, v)
     return validate_config(data, str(path))
+
+
+# The file paths a config may hold, and the values that are not paths there.
+_PATH_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("data", "path"): ("builtin:", "hf:"),
+    ("data", "replay", "source"): ("self-distill", "builtin:"),
+    ("eval", "image_qa"): ("builtin:",),
+    ("vision", "image_folder"): (),
+}
+
+
+def relative_to_config(data: dict[str, Any], folder: Path) -> None:
+    """Make the file paths in a loaded config absolute against the config's own ``folder``, as a config
+    that sits next to its data means them (absolute paths, ``~``, ``builtin:`` and ``hf:`` are kept).
+    ``model.base`` and ``vision.tower`` are rewritten only when they start with ``./`` or ``../``: without
+    that they may be hub ids."""
+    for keys, special in _PATH_KEYS.items():
+        _rewrite(data, keys, lambda v, special=special: not v.startswith(special), folder)
+    for keys in (("model", "base"), ("vision", "tower")):
+        _rewrite(data, keys, lambda v: v.startswith(("./", "../")), folder)
+
+
+def _rewrite(data: dict[str, Any], keys: tuple[str, ...], is_path: Any, folder: Path) -> None:
+    node: Any = data
+    for k in keys[:-1]:
+        node = node.get(k) if isinstance(node, dict) else None
+    value = node.get(keys[-1]) if isinstance(node, dict) else None
+    if isinstance(value, str) and value.strip() and is_path(value) and not Path(value).expanduser().is_absolute():
+        node[keys[-1]] = str(folder / value)
 
 
 def validate_config(data: dict[str, Any], source: str = "config") -> TrainConfig:

@@ -63,3 +63,23 @@ def _columns(row_text: str) -> tuple[str, str]:
             base.append(cells[2].strip())
             lumen.append(cells[3].strip())
     return " ".join(base), " ".join(lumen)
+
+
+def test_pull_demo_piped_to_a_file_prints_no_progress_bar(tmp_path):
+    """`make demo > log`: the GGUF conversion's tqdm frames do not end up in the log (the GGUF file the
+    model was pulled from is reused, so no network)."""
+    import shutil
+
+    gguf = Path(MODELS).parent / "cache" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not gguf.is_file():
+        pytest.skip(f"{gguf} not kept by the pull")
+    home = tmp_path / "home"
+    (home / "cache").mkdir(parents=True)
+    shutil.copy(gguf, home / "cache" / gguf.name)
+    env = {**os.environ, "PYTHONPATH": pythonpath(), "ADAPTERHUB_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "adapterhub.cli.main", "models", "pull-demo"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (home / "models" / "smollm2-135m-instruct" / "config.json").is_file()
+    assert "ready at" in proc.stdout + proc.stderr
+    assert "Converting" not in proc.stderr and "\r" not in proc.stderr, proc.stderr[-1000:]

@@ -235,3 +235,37 @@ def test_qlora_on_gpu_keeps_the_base_in_4bit_on_cuda(tiny_model, dataset, tmp_pa
     assert type(linear).__name__ == "Linear4bit" and linear.weight.device.type == "cuda"
     result = train(cfg, Settings(), output=tmp_path / "run")
     assert result.steps == 4 and result.final_loss is not None
+
+
+def test_a_configs_relative_data_path_is_relative_to_the_config_file(tiny_model, dataset, tmp_path, monkeypatch):
+    """A project folder holding a config next to its data trains from any current directory; a path
+    typed on the command line stays relative to where it was typed."""
+    import shutil
+
+    import yaml
+
+    from adapterhub.training.api import train_and_register
+    from adapterhub.training.config import load_config
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    shutil.copy(dataset, project / "data" / "train.json")
+    (project / "cfg.yaml").write_text(yaml.safe_dump({
+        "name": "rel", "model": {"base": str(tiny_model), "dtype": "fp32"},
+        "lora": {"r": 4, "alpha": 8, "target_modules": "all-linear"},
+        "data": {"path": "data/train.json", "max_length": 64},
+        "train": {"max_steps": 1, "batch_size": 2},
+    }))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_config("../project/cfg.yaml").data.path == str(project.resolve() / "data" / "train.json")
+    result = train_and_register("../project/cfg.yaml", register=False, output=tmp_path / "run")
+    assert result.steps == 1 and result.record is None
+
+    (elsewhere / "mine.json").write_text((project / "data" / "train.json").read_text())
+    assert load_config(str(project / "cfg.yaml"), ["data.path=mine.json"]).data.path == "mine.json"
+    for kept in ("builtin:self_cognition", "hf:MBZUAI/LaMini-instruction@train", str(project / "x.json")):
+        other = project / "other.yaml"
+        other.write_text((project / "cfg.yaml").read_text().replace("path: data/train.json", f"path: {kept}"))
+        assert load_config(str(other)).data.path == kept
