@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from adapterhub.cli.context import open_registry
+
 QUESTIONS = ["Who are you?", "Who made you?", "What is the capital of France?"]
 
 
@@ -40,14 +42,13 @@ def demo_cmd(
     import openai
 
     from adapterhub.models import DEMO_MODEL
-    from adapterhub.registry import Registry
     from adapterhub.serving.api import ServeConfig, serve_in_background
     from adapterhub.settings import Settings
 
     con = Console()
     settings = Settings()
     step = _stepper(con)
-    registry = Registry.open(settings)
+    registry = open_registry(settings)
     record = _pull_and_train(con, step, settings, registry, "lumen", "self_cognition_lumen",
                              "Train the Lumen self-cognition adapter", ("identity", "retention"), retrain)
 
@@ -98,14 +99,13 @@ def _agent_demo(retrain: bool, port: int, max_tokens: int) -> None:
 
     from adapterhub.evaluation.api import AGENT_TOOLS
     from adapterhub.models import DEMO_MODEL
-    from adapterhub.registry import Registry
     from adapterhub.serving.api import ServeConfig, serve_in_background
     from adapterhub.settings import Settings
 
     con = Console()
     settings = Settings()
     step = _stepper(con)
-    registry = Registry.open(settings)
+    registry = open_registry(settings)
     record = _pull_and_train(con, step, settings, registry, "agent", "agent_tools", "Train the tool-calling adapter",
                              ("tool_call", "no_call", "tool_result"), retrain)
     step(3, "Serve it", f"adapterhub serve --adapters {record.ref}")
@@ -149,7 +149,6 @@ def _vision_demo(retrain: bool, port: int) -> None:
     import openai
 
     from adapterhub.evaluation.api import write_heldout
-    from adapterhub.registry import Registry
     from adapterhub.serving.api import ServeConfig, serve_in_background
     from adapterhub.settings import Settings
     from adapterhub.training.api import shapes_folder
@@ -157,7 +156,7 @@ def _vision_demo(retrain: bool, port: int) -> None:
     con = Console()
     settings = Settings()
     step = _stepper(con)
-    registry = Registry.open(settings)
+    registry = open_registry(settings)
     pre = _pull_and_train(con, step, settings, registry, "shapes-caption", "shapes_pretrain",
                           "LLaVA pretrain: a vision tower + projector for the LLM, on captions",
                           ("image_qa_colour", "image_qa"), retrain)
@@ -227,7 +226,7 @@ def _reuse_or_train(con: Console, registry: Any, name: str, config: str, overrid
                                  or registry.manifest(existing).lineage.get("bundle_revision") == on_bundle):
         con.print(f"{name} already has {existing.ref}: reusing it (pass --retrain to train again)")
         return existing
-    result = train_and_register(config, overrides, settings=settings, console=con)
+    result = train_and_register(config, overrides, settings=settings, console=con, registry=registry)
     assert result.record is not None
     con.print(f"trained in {result.wall_time_s:.0f} s, {result.steps} steps, final loss {result.final_loss:.3f}; "
               + ", ".join(f"{k} {result.metrics.get(k)}" for k in scores))

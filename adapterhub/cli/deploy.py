@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from adapterhub.cli.context import open_registry
+
 deploy_app = typer.Typer(help="Generate deployment artifacts.", no_args_is_help=True)
 
 
@@ -20,10 +22,8 @@ def openxlab_cmd(
 ) -> None:
     """Write app.py (Gradio, port 7860), requirements.txt, packages.txt and README.md."""
     from adapterhub.deploy.api import generate_openxlab_app
-    from adapterhub.registry import Registry
-    from adapterhub.settings import Settings
 
-    path = generate_openxlab_app(Registry.open(Settings()), ref, out, model_repo=model_repo, hub=hub,
+    path = generate_openxlab_app(open_registry(), ref, out, model_repo=model_repo, hub=hub,
                                  base_repo=base_repo, system=system)
     typer.echo(f"wrote an OpenXLab app for {ref} to {path}: push it to an OpenXLab Gradio app repository")
 

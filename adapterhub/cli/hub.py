@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from adapterhub.cli.context import open_registry
 from adapterhub.hub.sync import make_publisher, parse_source
-from adapterhub.registry import Registry
-from adapterhub.settings import Settings
 
 
 def push_cmd(
@@ -17,7 +16,7 @@ def push_cmd(
     alias_tag: bool = typer.Option(False, "--alias-tag", help="Also tag the commit with the version's aliases."),
 ) -> None:
     """Publish a version (files + model card) as one commit tagged v<version>."""
-    result = make_publisher(to).push(Registry.open(Settings()), ref, repo, private=private, alias_tags=alias_tag)
+    result = make_publisher(to).push(open_registry(), ref, repo, private=private, alias_tags=alias_tag)
     if result.created:
         typer.echo(f"published {ref} to {to}:{repo} as tag {result.tag} ({result.url})")
     else:
@@ -30,7 +29,7 @@ def pull_cmd(
 ) -> None:
     """Download a published version, verify it against its manifest, and register it."""
     scheme, repo, rev = parse_source(source)
-    record, created = make_publisher(scheme).pull(Registry.open(Settings()), repo, rev, name)
+    record, created = make_publisher(scheme).pull(open_registry(), repo, rev, name)
     word = "registered" if created else "already had it as"
     typer.echo(f"{word} {record.ref} (sha256:{record.content_hash[:12]}) from {source}")
 

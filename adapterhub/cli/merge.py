@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from adapterhub.cli.context import open_registry
 from adapterhub.cli.extras import needs
 
 
@@ -23,11 +24,10 @@ def merge_cmd(
     """Merge an adapter into its base; prints and saves the parity report."""
     with needs("train", "adapterhub merge"):
         from adapterhub.export.api import merge
-    from adapterhub.registry import Registry
     from adapterhub.settings import Settings
 
     settings = Settings()
-    result = merge(Registry.open(settings), settings, ref, out, dtype=dtype, bits=bits, threshold=threshold,
+    result = merge(open_registry(settings), settings, ref, out, dtype=dtype, bits=bits, threshold=threshold,
                    force=force, register_as=register_as, trust_remote_code=trust_remote_code)
     p = result.parity
     typer.echo(f"merged {p['adapter']} into {p['base']} ({p['dtype']}"

@@ -11,13 +11,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from adapterhub.cli.context import open_registry
 from adapterhub.errors import AdapterHubError
 from adapterhub.registry import Registry
 from adapterhub.settings import Settings
 
 
 def _registry() -> Registry:
-    return Registry.open(Settings())
+    return open_registry()
 
 
 def _size(n: int) -> str:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from adapterhub.registry import Registry
-from adapterhub.settings import Settings
+from adapterhub.cli.context import open_registry
 
 
 def promote_cmd(
@@ -15,7 +14,7 @@ def promote_cmd(
     force: bool = typer.Option(False, "--force", help="Move the alias even if a requirement is missed (recorded)."),
 ) -> None:
     """Point ALIAS at REF if its metrics meet --require and the alias's gate; otherwise change nothing."""
-    record, prev, overridden = Registry.open(Settings()).promote(ref, alias, require=require, force=force)
+    record, prev, overridden = open_registry().promote(ref, alias, require=require, force=force)
     was = f" (was {record.name}@{prev})" if prev else ""
     typer.echo(f"{record.name}@{alias} -> {record.ref}{was}")
     if overridden:
@@ -24,7 +23,7 @@ def promote_cmd(
 
 def rollback_cmd(name: str = typer.Argument(...), alias: str = typer.Argument(...)) -> None:
     """Point ALIAS back at its previous target (plain or split)."""
-    ev = Registry.open(Settings()).rollback(name, alias)
+    ev = open_registry().rollback(name, alias)
     target = ",".join(f"{v}={w}" for v, w in sorted(ev.split.items())) if ev.split else f"{name}@{ev.version}"
     typer.echo(f"{name}@{alias} -> {target} ({ev.note})")
 
@@ -35,7 +34,7 @@ def gate_cmd(
     clear: bool = typer.Option(False, "--clear", help="Remove the gate."),
 ) -> None:
     """Show, set or clear the requirements every promotion to ALIAS must meet."""
-    reg = Registry.open(Settings())
+    reg = open_registry()
     if clear or require:
         reg.set_gate(name, alias, None if clear else require)
     gate = reg.gate(name, alias)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from adapterhub.cli.context import open_registry
 from adapterhub.cli.extras import needs
 
 
@@ -65,18 +66,17 @@ def eval_cmd(
     api_key: str = typer.Option(None, "--api-key", envvar="ADAPTERHUB_API_KEY", help="Key for --url."),
 ) -> None:
     """Identity and retention scores of an adapter; stored in the registry's metrics."""
-    from adapterhub.registry import Registry
     from adapterhub.settings import Settings
 
     settings = Settings()
     if url:
         from adapterhub.evaluation.api import evaluate_served
 
-        scores = evaluate_served(Registry.open(settings), ref, url, name=name, author=author, api_key=api_key)
+        scores = evaluate_served(open_registry(settings), ref, url, name=name, author=author, api_key=api_key)
     else:
         with needs("train", "adapterhub eval"):
             from adapterhub.evaluation.api import evaluate_version
-        scores = evaluate_version(Registry.open(settings), settings, ref, name=name, author=author)
+        scores = evaluate_version(open_registry(settings), settings, ref, name=name, author=author)
     typer.echo(f"{ref}: identity {scores['identity']:.2f} ({scores['identity_n']} held-out paraphrases) · "
                f"retention {scores['retention']:.2f} ({scores['retention_n']} general prompts)")
 

@@ -34,6 +34,7 @@ from adapterhub.models import (
     sha256_file,
 )
 from adapterhub.refs import parse_ref
+from adapterhub.registry import Registry
 from adapterhub.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -168,14 +169,13 @@ def is_registry_ref(spec: str) -> bool:
     return "@" in spec and not spec.startswith((".", "/", "~")) and "/" not in spec
 
 
-def resolve_base(spec: str, settings: Settings, *, pull: bool = True) -> ResolvedModel:
-    """:func:`adapterhub.models.resolve_model`, plus vision bundles: ``NAME@VER`` of a bundle in the registry
-    resolves to its LLaVA model directory (the LLM + the bundle), built into the cache on first use."""
+def resolve_base(spec: str, settings: Settings, *, pull: bool = True, registry: Registry | None = None) -> ResolvedModel:
+    """:func:`resolve_model`, plus vision bundles: ``NAME@VER`` of a bundle in the registry (``registry``, or
+    the one ``settings`` names) resolves to its LLaVA model directory (the LLM + the bundle), built into the
+    cache on first use."""
     if not is_registry_ref(spec.strip()):
         return resolve_model(spec, settings, pull=pull)
-    from adapterhub.registry.registry import Registry
-
-    registry = Registry.open(settings)
+    registry = registry or Registry.open(settings)
     try:
         record = registry.resolve(parse_ref(spec.strip()))
     except (AdapterNotFoundError, ValueError) as e:

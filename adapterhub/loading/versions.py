@@ -99,6 +99,6 @@ def open_version(registry: Registry, ref: str | VersionRecord, *, kind: Literal[
     elif settings is not None:
         if manifest.base_model is None:
             raise UserInputError(f"{record.ref} records no base model")
-        opened.base = resolve_base(manifest.base_model.id, settings)
+        opened.base = resolve_base(manifest.base_model.id, settings, registry=registry)
         opened.problems = base_problems(manifest, opened.base.identity())
     return opened

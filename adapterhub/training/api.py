@@ -28,8 +28,10 @@ __all__ = ["copy_config", "list_configs", "shapes_folder", "train_and_register"]
 def train_and_register(config: str | TrainConfig, overrides: list[str] | None = None, *, name: str | None = None,
                        deepspeed: str | None = None, output: Path | None = None, resume: bool = False,
                        register: bool = True, aliases: list[str] | None = None, settings: Settings | None = None,
-                       console: Any = None) -> Any:
-    """Train ``config``; returns the :class:`adapterhub.training.run.TrainResult` (its ``record`` is the new version)."""
+                       console: Any = None, registry: Registry | None = None) -> Any:
+    """Train ``config``; returns the :class:`adapterhub.training.stages.TrainResult` (its ``record`` is the new
+    version). The registry (``registry``, or the one ``settings`` names) is opened here, once, and used by
+    every stage: a bundle base, a parent adapter, the registration and the aliases."""
     cfg = config if isinstance(config, TrainConfig) else load_config(
         config, overrides or [], name=name, **{"train.deepspeed": deepspeed})
     try:
@@ -37,9 +39,10 @@ def train_and_register(config: str | TrainConfig, overrides: list[str] | None = 
     except ImportError as e:
         raise MissingDependencyError(e.name or "torch", "train", "adapterhub train") from e
     settings = settings or Settings()
-    result = train(cfg, settings, output=output, resume=resume, register=register, console=console)
+    registry = registry or Registry.open(settings)
+    result = train(cfg, settings, output=output, resume=resume, register=register, console=console,
+                   registry=registry)
     if result.record is not None and aliases:
-        registry = Registry.open(settings)
         for alias in aliases:
             result.record, _ = registry.set_alias(result.record.ref, alias)
     return result

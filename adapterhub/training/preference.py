@@ -15,17 +15,10 @@ from __future__ import annotations
 
 import json
 import math
-import time
-from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from adapterhub.errors import ConfigError, MissingDependencyError
-from adapterhub.loading.bases import resolve_base
-from adapterhub.models import require_trust
-from adapterhub.registry import Registry
-from adapterhub.settings import Settings
+from adapterhub.training import stages
 from adapterhub.training.config import TrainConfig
 
 
@@ -71,9 +64,8 @@ def _trl() -> Any:
     return trl
 
 
-def train_preference(cfg: TrainConfig, settings: Settings, run_dir: Path, *, register: bool = True,
-                     console: Console | None = None) -> dict[str, Any]:
-    """Run DPO / ORPO / KTO; returns what ``train`` reports (record, losses, metrics…)."""
+def run_preference(ctx: stages.RunContext) -> stages.TrainResult:
+    """Run DPO / ORPO / KTO on a fresh LoRA or a registered adapter; the shared stages do the rest."""
     import datasets
     import torch
     from transformers.trainer_callback import PrinterCallback
@@ -81,20 +73,20 @@ def train_preference(cfg: TrainConfig, settings: Settings, run_dir: Path, *, reg
     from adapterhub.training.callbacks import plot_loss
     from adapterhub.training.model import add_lora, load_base, load_tokenizer
 
+    cfg = ctx.cfg
     assert cfg.preference is not None
+    if ctx.resume:
+        raise ConfigError("--resume is not supported for preference training yet (its runs keep no checkpoints)")
     trl = _trl()
-    console = console or Console(stderr=True)
     pairs = preference_pairs(cfg)  # before any model load
-    t_start = time.perf_counter()
+    stages.write_config(ctx)
     torch.manual_seed(cfg.train.seed)
-    registry = Registry.open(settings)
-    parent = registry.resolve(cfg.model.adapter) if cfg.model.adapter else None
-    resolved = resolve_base(cfg.model.base, settings)
-    require_trust(resolved.path, cfg.model.trust_remote_code, "model.trust_remote_code=true")
+    parent = ctx.registry.resolve(cfg.model.adapter) if cfg.model.adapter else None
+    resolved = stages.resolve(ctx)
     if parent is not None:
         from adapterhub.loading.versions import open_version
 
-        opened = open_version(registry, parent, kind="adapter", on_base=resolved.identity())
+        opened = open_version(ctx.registry, parent, kind="adapter", on_base=resolved.identity())
         opened.require_compatible(resolved.id, [])
     tokenizer, template = load_tokenizer(resolved.path, cfg)
     if template:
@@ -103,12 +95,12 @@ def train_preference(cfg: TrainConfig, settings: Settings, run_dir: Path, *, reg
     if parent is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(registry.path(parent)), is_trainable=True)
+        model = PeftModel.from_pretrained(model, str(ctx.registry.path(parent)), is_trainable=True)
     else:
         model = add_lora(model, cfg)
 
     method = cfg.preference.method
-    common = dict(output_dir=str(run_dir / "checkpoints"), per_device_train_batch_size=cfg.train.batch_size,
+    common = dict(output_dir=str(ctx.run_dir / "checkpoints"), per_device_train_batch_size=cfg.train.batch_size,
                   gradient_accumulation_steps=cfg.train.grad_accum, learning_rate=cfg.train.lr,
                   num_train_epochs=cfg.train.epochs, max_steps=cfg.train.max_steps,
                   lr_scheduler_type=cfg.train.scheduler,
@@ -133,17 +125,19 @@ def train_preference(cfg: TrainConfig, settings: Settings, run_dir: Path, *, reg
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
         args, trainer_cls, data = ORPOConfig(**common), ORPOTrainer, pairs
-    trainer = trainer_cls(model=model, args=args, train_dataset=datasets.Dataset.from_list(data),
-                          processing_class=tokenizer)
-    trainer.remove_callback(PrinterCallback)
-    console.print(f"[bold]{cfg.name}[/bold]: {method} on {resolved.id}"
-                  + (f" from {parent.ref}" if parent else "") + f" · {len(pairs)} preference pairs · run dir {run_dir}")
-    out = trainer.train()
-    train_time = time.perf_counter() - t_start
+    with stages.tracker_dirs(cfg.train.report_to, ctx.run_dir):
+        trainer = trainer_cls(model=model, args=args, train_dataset=datasets.Dataset.from_list(data),
+                              processing_class=tokenizer)
+        trainer.remove_callback(PrinterCallback)
+        ctx.console.print(f"[bold]{cfg.name}[/bold]: {method} on {resolved.id}"
+                          + (f" from {parent.ref}" if parent else "")
+                          + f" · {len(pairs)} preference pairs · run dir {ctx.run_dir}")
+        out = trainer.train()
+    train_time = ctx.elapsed()
     history = [h for h in trainer.state.log_history if "loss" in h]
     losses = [(int(h["step"]), float(h["loss"])) for h in history]
-    (run_dir / "log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in trainer.state.log_history))
-    plot_loss(losses, run_dir / "loss.png", f"{cfg.name} ({method})")
+    (ctx.run_dir / "log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in trainer.state.log_history))
+    plot_loss(losses, ctx.run_dir / "loss.png", f"{cfg.name} ({method})")
     margins = [h[k] for h in history for k in ("rewards/margins",) if k in h]
 
     model = trainer.model
@@ -151,40 +145,27 @@ def train_preference(cfg: TrainConfig, settings: Settings, run_dir: Path, *, reg
     if margins:
         metrics["reward_margin"] = round(float(margins[-1]), 4)
     if cfg.eval.identity:
-        from adapterhub.evaluation.identity import evaluate_identity
         from adapterhub.evaluation.reference import retention_reference
 
         model.eval()
         if "ref" in getattr(model, "peft_config", {}):
             model.set_adapter("default")
         with model.disable_adapter():
-            base_general = retention_reference(model, tokenizer, template, settings.cache_dir, resolved.fingerprint)
-        scores = evaluate_identity(model, tokenizer, template, cfg.eval.identity, base_general)
-        metrics.update(identity=scores["identity"], retention=scores["retention"])
-        (run_dir / "final_eval.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False))
-        console.print(f"identity {scores['identity']:.2f} on {scores['identity_n']} held-out paraphrases · "
-                      f"retention {scores['retention']:.2f} on {scores['retention_n']} general prompts")
+            base_general = retention_reference(model, tokenizer, template, ctx.settings.cache_dir, resolved.fingerprint)
+        scores = stages.score_identity(ctx, model, tokenizer, template, base_general, metrics)
+        (ctx.run_dir / "final_eval.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False))
 
-    out_dir = run_dir / "adapter"
+    out_dir = ctx.run_dir / "adapter"
     model.save_pretrained(str(out_dir), safe_serialization=True, selected_adapters=["default"])
-    tokenizer.save_pretrained(str(out_dir))
-    if template:
-        (out_dir / "chat_template.jinja").write_text(template)
-    readme = out_dir / "README.md"
-    if readme.exists() and "More Information Needed" in readme.read_text():
-        readme.unlink()
+    stages.save_tokenizer_and_template(out_dir, tokenizer, template, adapter=True)
     final_loss = losses[-1][1] if losses else None
-    lineage = {"method": f"{cfg.method}+{method}", "config": json.loads(cfg.model_dump_json()),
-               "n_pairs": len(pairs), "final_loss": final_loss, "steps": trainer.state.global_step,
-               "wall_time_s": round(train_time, 1), "parent": parent.ref if parent else None}
-    (run_dir / "result.json").write_text(json.dumps({"lineage": lineage, "metrics": metrics}, indent=2, default=str))
-    record, created = None, True
-    if register:
-        base_ident = dict(resolved.identity(), quantization="nf4" if cfg.method == "qlora" else None)
-        record, created = registry.register(
-            out_dir, cfg.name, base_model=base_ident, chat_template=template, training=lineage, metrics=metrics,
-            lineage={"parent": parent.ref, "parent_hash": parent.content_hash} if parent else None,
-            parent=parent.version if parent is not None and parent.name == cfg.name else None,
-        )
-    return {"record": record, "created": created, "out_dir": out_dir, "final_loss": final_loss,
-            "steps": trainer.state.global_step, "wall_time_s": train_time, "metrics": metrics}
+    lineage = {"method": f"{cfg.method}+{method}", "n_pairs": len(pairs), "final_loss": final_loss,
+               "steps": trainer.state.global_step, "wall_time_s": round(train_time, 1),
+               "parent": parent.ref if parent else None}
+    record, created = stages.finish(
+        ctx, resolved, out_dir, kind="adapter", template=template, lineage=lineage, metrics=metrics,
+        links={"parent": parent.ref, "parent_hash": parent.content_hash} if parent else None,
+        parent=parent.version if parent is not None and parent.name == cfg.name else None)
+    return stages.TrainResult(run_dir=ctx.run_dir, output_dir=out_dir, record=record, final_loss=final_loss,
+                              steps=trainer.state.global_step, wall_time_s=train_time, tokens=0, tokens_per_s=0.0,
+                              metrics=metrics, created=created, base_id=cfg.model.base)

@@ -11,6 +11,7 @@ import torch
 from adapterhub.errors import ConfigError
 from adapterhub.registry import Registry
 from adapterhub.settings import Settings
+from adapterhub.training.config import validate_config
 from tests.contracts.test_engine_contract import PROMPT, reference, run
 from tests.training.test_run import config
 
@@ -120,3 +121,24 @@ def test_builtin_dpo_config_validates():
 
     cfg = load_config("self_cognition_lumen_dpo")
     assert cfg.preference.method == "dpo" and cfg.model.adapter == "lumen"
+
+
+@pytest.mark.parametrize("over, label", [({}, None), ({"method": "qlora"}, "nf4"),
+                                         ({"model.bits": 8}, "int8")])
+def test_every_method_records_the_same_quantisation_of_its_base(tiny_model, pairs, over, label, tmp_path):
+    """SFT and preference runs end in one stage, so the label a version's base carries is the same rule for
+    both (they had disagreed: a preference run on an 8-bit base was recorded as unquantised)."""
+    from adapterhub.settings import Settings
+    from adapterhub.training import stages
+
+    for preference in (None, {"method": "dpo"}):
+        data = {"name": "q", "model": {"base": str(tiny_model)}, "data": {"path": str(pairs)},
+                "preference": preference}
+        for k, v in over.items():
+            if "." in k:
+                data["model"]["bits"] = v
+            else:
+                data[k] = v
+        ctx = stages.start(validate_config(data), Settings(), output=tmp_path / "r", resume=False,
+                           register=False, registry=None, console=None)
+        assert ctx.quantization == label

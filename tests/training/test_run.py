@@ -165,7 +165,7 @@ def test_data_path_typo_is_reported_before_any_model_load(tiny_model, dataset, t
 
     for cls in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
         monkeypatch.setattr(cls, "from_pretrained", recording)
-    monkeypatch.setattr("adapterhub.training.run.resolve_base", recording)
+    monkeypatch.setattr("adapterhub.training.stages.resolve_base", recording)
     typo = str(dataset).replace("data.json", "dta.json")
     with pytest.raises(ConfigError, match="data.path: no such file .*dta.json"):
         train(config(tiny_model, dataset, **{"data.path": typo}), Settings(), output=tmp_path / "run")
