@@ -32,7 +32,6 @@ from adapterhub.serving.config import ServeConfig
 from adapterhub.serving.engines.base import Engine
 from adapterhub.serving.media import MediaPolicy
 from adapterhub.serving.metrics import Metrics
-from adapterhub.serving.service import CompletionService
 from adapterhub.serving.stack import ServingStack
 from adapterhub.settings import Settings
 from adapterhub.tools import get_parser, load_tool_template
@@ -98,11 +97,10 @@ def build_service(config: ServeConfig, settings: Settings | None = None, *, engi
     metrics = Metrics()
     manager = AdapterManager(engine, registry, base_name=base_name, metrics=metrics)
     get_parser(config.tool_parser)  # an unknown parser fails at start, not at the first request
-    service = CompletionService(engine, manager, metrics, default_max_tokens=config.default_max_tokens,
-                                tool_parser=config.tool_parser, tool_template=load_tool_template(config.tool_template),
-                                media=MediaPolicy(tuple(config.allowed_media_domains), config.max_image_bytes,
-                                                  config.max_images, config.media_timeout_s))
-    return ServingStack(config, engine, registry, manager, service, metrics)
+    return ServingStack(config, engine, registry, manager, metrics,
+                        media=MediaPolicy(tuple(config.allowed_media_domains), config.max_image_bytes,
+                                          config.max_images, config.media_timeout_s),
+                        tool_template=load_tool_template(config.tool_template))
 
 
 def create_app(config: ServeConfig, *, engine: Engine | None = None, registry: Registry | None = None,

@@ -13,10 +13,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapterhub import __version__
 from adapterhub.errors import AdapterHubError
+from adapterhub.serving.endpoints import routers
 from adapterhub.serving.metrics import current_target
 from adapterhub.serving.middleware import BodySizeLimit, RequestId, openai_error_schema
 from adapterhub.serving.protocol import error_body
-from adapterhub.serving.routes import admin, health, openai, tokens
 from adapterhub.serving.stack import ServingStack
 
 log = logging.getLogger(__name__)
@@ -37,17 +37,9 @@ def make_app(stack: ServingStack) -> FastAPI:
         engine.stop()
 
     app = FastAPI(title="adapterhub", version=__version__, lifespan=lifespan)
-    app.state.config = stack.config
-    app.state.stack = stack
-    app.state.engine = engine
-    app.state.manager = manager
-    app.state.service = stack.service
-    app.state.metrics = metrics
-    app.state.catalog = stack.catalog
-    app.include_router(openai.router)
-    app.include_router(tokens.router)
-    app.include_router(admin.router)
-    app.include_router(health.router)
+    app.state.stack = stack  # read through adapterhub.serving.endpoints.http.stack_of
+    for router in routers():
+        app.include_router(router)
     # Outermost last: the request id is set first, then the size limit, then CORS answers preflights.
     if stack.config.allowed_origins:
         from fastapi.middleware.cors import CORSMiddleware

@@ -27,9 +27,9 @@ def _check(request: Request, expected: str | None, what: str) -> None:
 
 
 def require_api_key(request: Request) -> None:
-    _check(request, request.app.state.config.api_key, "API")
+    _check(request, request.app.state.stack.config.api_key, "API")
 
 
 def require_admin_key(request: Request) -> None:
-    cfg = request.app.state.config
+    cfg = request.app.state.stack.config
     _check(request, cfg.admin_key or cfg.api_key, "admin")

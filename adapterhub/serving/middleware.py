@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from adapterhub.serving.protocol import ChatCompletionChunk, CompletionResponse, ErrorResponse, error_body
+from adapterhub.serving.protocol import ErrorResponse, error_body
 
 Scope = dict[str, Any]
 
@@ -96,7 +96,7 @@ def openai_error_schema(app: FastAPI) -> None:
             return app.openapi_schema
         spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
         comps = spec.setdefault("components", {}).setdefault("schemas", {})
-        for model in (ErrorResponse, ChatCompletionChunk, CompletionResponse):
+        for model in (ErrorResponse, *_STREAMED):
             _add_model(comps, model)
         for name in ("HTTPValidationError", "ValidationError"):
             comps.pop(name, None)
@@ -120,8 +120,13 @@ def _add_model(comps: dict[str, Any], model: type[BaseModel]) -> None:
     comps.setdefault(model.__name__, schema)
 
 
+_STREAMED: list[type[BaseModel]] = []  # the chunk models of streaming endpoints (documented as components)
+
+
 def stream_of(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
     """The 200 response of an endpoint that streams ``model`` chunks as server-sent events."""
+    if model not in _STREAMED:
+        _STREAMED.append(model)
     event = {"anyOf": [{"$ref": f"#/components/schemas/{model.__name__}"},
                        {"$ref": "#/components/schemas/ErrorResponse"}, {"type": "string", "enum": ["[DONE]"]}]}
     return {200: {"content": {"text/event-stream": {"schema": event}},

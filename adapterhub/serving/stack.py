@@ -1,19 +1,23 @@
-"""The objects one server process runs on, built together by :func:`adapterhub.serving.api.build_service`, and the
-model catalog (``/v1/models``) they answer with."""
+"""The objects one server process runs on, built together by :func:`adapterhub.serving.api.build_service`.
+
+Each endpoint's service (``endpoints/<endpoint>/serving.py``) is made from the stack on first use
+(:meth:`ServingStack.endpoint`), so adding an endpoint adds no field here and no argument to the
+composition root.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from adapterhub.loading.versions import same_base
 from adapterhub.registry import Registry
 from adapterhub.serving.adapters import AdapterManager
 from adapterhub.serving.config import ServeConfig
 from adapterhub.serving.engines.base import Engine
+from adapterhub.serving.media import MediaPolicy
 from adapterhub.serving.metrics import Metrics
-from adapterhub.serving.protocol import ModelCard
-from adapterhub.serving.service import CompletionService
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -22,35 +26,17 @@ class ServingStack:
     engine: Engine
     registry: Registry | None
     manager: AdapterManager
-    service: CompletionService
     metrics: Metrics
+    media: MediaPolicy = field(default_factory=MediaPolicy)
+    tool_template: str | None = None  # --tool-template, loaded: for chats with tools on templates without them
+    _endpoints: dict[type, Any] = field(default_factory=dict, repr=False)
 
     @property
     def base_name(self) -> str:
         return self.manager.base_name
 
-    def catalog(self) -> list[ModelCard]:
-        return catalog(self.manager, self.registry, self.engine)
-
-
-def catalog(manager: AdapterManager, registry: Registry | None, engine: Engine) -> list[ModelCard]:
-    """The base plus every adapter version, alias and name in the registry trained for this base."""
-    ctx = engine.capabilities.context_length
-    cards = [ModelCard(id=manager.base_name, root=manager.base_name, max_model_len=ctx)]
-    if registry is None:
-        return cards
-    ident = engine.base_identity
-    latest: dict[str, Any] = {}
-    for rec in registry.list():
-        if rec.kind != "adapter" or not same_base(rec, ident, registry):
-            continue
-        latest[rec.name] = rec
-        cards.append(ModelCard(id=rec.ref, parent=manager.base_name, root=rec.name, version=rec.version,
-                               aliases=list(rec.aliases), created=int(rec.created_at), max_model_len=ctx))
-        for alias in rec.aliases:
-            cards.append(ModelCard(id=f"{rec.name}@{alias}", parent=manager.base_name, root=rec.name,
-                                   version=rec.version, created=int(rec.created_at), max_model_len=ctx))
-    for name, rec in latest.items():
-        cards.append(ModelCard(id=name, parent=manager.base_name, root=name, version=rec.version,
-                               created=int(rec.created_at), max_model_len=ctx))
-    return cards
+    def endpoint(self, cls: type[T]) -> T:
+        """The stack's one instance of an endpoint's service class (``cls(stack)``, made on first use)."""
+        if cls not in self._endpoints:
+            self._endpoints[cls] = cls(self)  # type: ignore[call-arg]
+        return self._endpoints[cls]  # type: ignore[no-any-return]

@@ -309,20 +309,20 @@ def test_openai_agents_sdk_runs_one_tool_loop(server):
 
 def test_parallel_tool_calls_false_keeps_one_call_in_auto_mode():
     """A model in auto mode may write two calls; with parallel_tool_calls false the client gets one."""
-    from adapterhub.serving.service import CompletionService, _Tools
+    from adapterhub.serving.endpoints.chat.serving import ChatService, ToolPlan
     from adapterhub.tools import get_parser
 
     two = ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "paris", "unit": "c"}}\n</tool_call>\n'
            '<tool_call>\n{"name": "convert_currency", "arguments": {"amount": 5, "to": "eur"}}\n</tool_call>')
     for parallel, n in ((True, 2), (False, 1)):
-        plan = _Tools(get_parser("hermes"), set(ARGS), "auto", TOOLS, parallel)
-        message, reason = CompletionService._message(two, "stop", plan)
+        plan = ToolPlan(get_parser("hermes"), set(ARGS), "auto", TOOLS, parallel)
+        message, reason = ChatService.message(two, "stop", plan)
         assert reason == "tool_calls" and len(message.tool_calls or []) == n
         assert message.tool_calls[0].function.name == "get_weather"
     # a strict function's call whose arguments do not validate is not returned as a call, in auto mode
     bad = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "paris", "unit": "kelvin"}}\n</tool_call>'
     strict = [dict(WEATHER, function={**WEATHER["function"], "strict": True}), CONVERT]
-    message, reason = CompletionService._message(bad, "stop", _Tools(get_parser("hermes"), set(ARGS), "auto", strict))
+    message, reason = ChatService.message(bad, "stop", ToolPlan(get_parser("hermes"), set(ARGS), "auto", strict))
     assert reason == "stop" and message.tool_calls is None and message.content == bad
-    loose, _ = CompletionService._message(bad, "stop", _Tools(get_parser("hermes"), set(ARGS), "auto", TOOLS))
+    loose, _ = ChatService.message(bad, "stop", ToolPlan(get_parser("hermes"), set(ARGS), "auto", TOOLS))
     assert loose.tool_calls is not None  # without strict the parsed call is returned as written

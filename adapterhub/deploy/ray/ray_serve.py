@@ -36,7 +36,9 @@ class AdapterReplica:
         settings = Settings(home=home) if home else Settings()
         config = ServeConfig(base=base, max_loaded=max_loaded, engine=engine)  # type: ignore[arg-type]
         stack = build_service(config, settings)
-        self.engine, self.manager, self.service = stack.engine, stack.manager, stack.service
+        from adapterhub.serving.endpoints.chat.serving import ChatService
+
+        self.engine, self.manager, self.chat_service = stack.engine, stack.manager, stack.endpoint(ChatService)
         self.engine.start()
         self.replica = f"{os.getpid()}"
         self.served: Counter[str] = Counter()
@@ -53,13 +55,13 @@ class AdapterReplica:
         return model_id
 
     async def chat(self, body: dict[str, Any], pinned: str | None = None) -> dict[str, Any]:
-        from adapterhub.serving.protocol import ChatCompletionRequest
+        from adapterhub.serving.endpoints.chat.protocol import ChatCompletionRequest
 
         key = await self.adapter(serve.get_multiplexed_model_id())
         self.served[key] += 1
         asked = body.get("model")
         req = ChatCompletionRequest.model_validate({**body, "model": pinned} if pinned else body)
-        result = (await self.service.chat(req)).model_dump(mode="json")
+        result = (await self.chat_service.create(req)).model_dump(mode="json")
         result["model"], result["replica"] = asked, self.replica
         return result
 

@@ -1,48 +1,20 @@
-"""The OpenAI API surface as pydantic models: ``requests`` (strict, nothing silently ignored) and
-``responses`` (typed bodies, errors included)."""
+"""What every endpoint's protocol shares: the strict request base and its sampling fields, message and
+tool parts (``requests``), and usage, finish reasons, ids and the OpenAI error body (``responses``).
+Each endpoint's own request and response models are in ``adapterhub.serving.endpoints.<endpoint>.protocol``."""
 
-from adapterhub.serving.protocol.requests import (
-    AdapterLoadRequest,
-    ChatCompletionRequest,
-    ChatMessage,
-    CompletionRequest,
-    DetokenizeRequest,
-    StreamOptions,
-    TokenizeRequest,
-)
+from adapterhub.serving.protocol.requests import BaseRequest, ChatMessage, SamplingRequest, StreamOptions
 from adapterhub.serving.protocol.responses import (
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletionChunk,
-    ChatCompletionResponse,
-    ChatDelta,
-    ChatLogprobs,
-    ChatResponseMessage,
-    CompletionChoice,
-    CompletionLogprobs,
-    CompletionResponse,
-    DetokenizeResponse,
     ErrorDetail,
     ErrorResponse,
-    FunctionCall,
-    ModelCard,
-    ModelList,
-    TokenizeResponse,
-    TokenLogprob,
-    ToolCall,
-    ToolCallDelta,
-    TopLogprob,
+    FinishReason,
+    ResponseModel,
     Usage,
-    VersionResponse,
     error_body,
     new_id,
     now,
 )
 
 __all__ = [
-    "AdapterLoadRequest", "ChatChoice", "ChatChunkChoice", "ChatCompletionChunk", "ChatCompletionRequest",
-    "ChatCompletionResponse", "ChatDelta", "ChatLogprobs", "ChatMessage", "ChatResponseMessage", "CompletionChoice",
-    "CompletionLogprobs", "CompletionRequest", "CompletionResponse", "DetokenizeRequest", "DetokenizeResponse",
-    "ErrorDetail", "ErrorResponse", "FunctionCall", "ModelCard", "ModelList", "StreamOptions", "TokenLogprob", "TokenizeRequest",
-    "TokenizeResponse", "ToolCall", "ToolCallDelta", "TopLogprob", "Usage", "VersionResponse", "error_body", "new_id", "now",
+    "BaseRequest", "ChatMessage", "ErrorDetail", "ErrorResponse", "FinishReason", "ResponseModel", "SamplingRequest",
+    "StreamOptions", "Usage", "error_body", "new_id", "now",
 ]

@@ -3,7 +3,7 @@
 * Types are strict: ``max_tokens: "10"`` or ``true`` is a 400, not a coerced value.
 * Every field either changes the output as OpenAI / vLLM document it, or is in :data:`NO_EFFECT` (fields
   that never change output, such as ``user``). Anything else — an unknown field, or a known one this
-  server cannot honour — is refused with a 400 naming it (:meth:`_Request.unsupported`), never
+  server cannot honour — is refused with a 400 naming it (:meth:`BaseRequest.unsupported`), never
   silently ignored.
 * Text must be valid Unicode (a lone surrogate is a 400, not a tokenizer crash).
 """
@@ -19,7 +19,6 @@ from pydantic import (
     Field,
     StrictBool,
     field_validator,
-    model_validator,
 )
 
 # Fields accepted although they never change the output (OpenAI bookkeeping).
@@ -44,7 +43,7 @@ def _integral(v: Any) -> Any:
 StrictInt = Annotated[int, BeforeValidator(_integral)]  # with the models' strict mode: no bools, no strings
 
 
-def _valid_text(s: str, what: str) -> str:
+def valid_text(s: str, what: str) -> str:
     try:
         s.encode("utf-8")
     except UnicodeEncodeError:
@@ -52,11 +51,11 @@ def _valid_text(s: str, what: str) -> str:
     return s
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
-class _Request(_Strict):
+class BaseRequest(StrictModel):
     # Unknown fields are kept (to be refused by name); the schema still says they are not part of the API.
     model_config = ConfigDict(strict=True, extra="allow", json_schema_extra={"additionalProperties": False})
 
@@ -69,38 +68,38 @@ class _Request(_Strict):
         return out
 
 
-class TextPart(_Strict):
+class TextPart(StrictModel):
     type: Literal["text"]
     text: str
 
     @field_validator("text")
     @classmethod
     def _text(cls, v: str) -> str:
-        return _valid_text(v, "text")
+        return valid_text(v, "text")
 
 
-class ImageURL(_Strict):
+class ImageURL(StrictModel):
     url: str = Field(description="data:image/...;base64,... or an http(s) URL of an allowed domain.")
     detail: Literal["auto"] | None = Field(None, description="Only 'auto': the model's processor sets the resolution.")
 
 
-class ImagePart(_Strict):
+class ImagePart(StrictModel):
     type: Literal["image_url"]
     image_url: ImageURL
 
 
-class FunctionCallIn(_Strict):
+class FunctionCallIn(StrictModel):
     name: str
     arguments: str
 
 
-class ToolCallIn(_Strict):
+class ToolCallIn(StrictModel):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCallIn
 
 
-class ChatMessage(_Request):
+class ChatMessage(BaseRequest):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[TextPart | ImagePart | dict[str, Any]] | None = None
     name: str | None = None
@@ -111,7 +110,7 @@ class ChatMessage(_Request):
     @classmethod
     def _content(cls, v: Any) -> Any:
         if isinstance(v, str):
-            return _valid_text(v, "message content")
+            return valid_text(v, "message content")
         for part in v or []:
             if isinstance(part, dict):
                 kind = part.get("type")
@@ -131,28 +130,28 @@ class ChatMessage(_Request):
         return "".join(p.text for p in self.content if isinstance(p, TextPart))
 
 
-class FunctionDef(_Strict):
+class FunctionDef(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] | None = Field(None, description="JSON schema of the arguments.")
     strict: StrictBool | None = None
 
 
-class Tool(_Strict):
+class Tool(StrictModel):
     type: Literal["function"]
     function: FunctionDef
 
 
-class NamedFunction(_Strict):
+class NamedFunction(StrictModel):
     name: str
 
 
-class NamedToolChoice(_Strict):
+class NamedToolChoice(StrictModel):
     type: Literal["function"]
     function: NamedFunction
 
 
-class JsonSchemaFormat(_Strict):
+class JsonSchemaFormat(StrictModel):
     model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
     name: str = "response"
     description: str | None = None
@@ -160,12 +159,12 @@ class JsonSchemaFormat(_Strict):
     strict: StrictBool | None = None
 
 
-class ResponseFormat(_Strict):
+class ResponseFormat(StrictModel):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
 
-class StructuredOutputs(_Strict):
+class StructuredOutputs(StrictModel):
     """vLLM's ``structured_outputs`` (one of the fields)."""
 
     model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
@@ -176,12 +175,12 @@ class StructuredOutputs(_Strict):
     json_object: StrictBool | None = None
 
 
-class StreamOptions(_Strict):
+class StreamOptions(StrictModel):
     include_usage: StrictBool = False
     continuous_usage_stats: StrictBool = False
 
 
-class _Sampling(_Request):
+class SamplingRequest(BaseRequest):
     model: str = Field(description="Base name, 'base', an adapter 'name', 'name@3', 'name@alias' or 'name@sha256:…'.")
     user: str | None = Field(None, description="Accepted; no effect on the output.")
     metadata: dict[str, str] | None = Field(None, description="Accepted; no effect on the output.")
@@ -219,7 +218,7 @@ class _Sampling(_Request):
         if isinstance(v, list) and len(v) > 16:
             raise ValueError("at most 16 stop sequences")
         for s in [v] if isinstance(v, str) else v or []:
-            _valid_text(s, "stop")
+            valid_text(s, "stop")
         return v
 
     @field_validator("logit_bias")
@@ -240,117 +239,3 @@ class _Sampling(_Request):
 
     def logit_bias_ids(self) -> tuple[tuple[int, float], ...]:
         return tuple((int(k), float(b)) for k, b in (self.logit_bias or {}).items())
-
-
-class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
-    tools: list[Tool] | None = Field(None, max_length=128)
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
-        None, description="Default: auto when tools are given, else none.")
-    parallel_tool_calls: StrictBool = True
-    max_completion_tokens: StrictInt | None = Field(None, ge=1)
-    logprobs: StrictBool = False
-    top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
-
-    @model_validator(mode="after")
-    def _logprobs(self) -> ChatCompletionRequest:
-        if self.top_logprobs and not self.logprobs:
-            raise ValueError("top_logprobs needs logprobs: true")
-        if self.tool_choice not in (None, "none") and not self.tools:
-            raise ValueError("tool_choice needs tools")
-        if isinstance(self.tool_choice, NamedToolChoice):
-            names = [t.function.name for t in self.tools or []]
-            if self.tool_choice.function.name not in names:
-                raise ValueError(f"tool_choice names function '{self.tool_choice.function.name}', "
-                                 f"which is not in tools ({', '.join(names)})")
-        return self
-
-    def tool_mode(self) -> str:
-        """none | auto | required | the named function."""
-        if not self.tools:
-            return "none"
-        c = self.tool_choice or "auto"
-        return c if isinstance(c, str) else c.function.name
-
-    def token_budget(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
-
-    def unsupported(self) -> list[tuple[str, str]]:
-        out = super().unsupported()
-        for i, m in enumerate(self.messages):
-            out += [(f"messages[{i}].{k}", r) for k, r in m.unsupported()]
-        return out
-
-    def n_logprobs(self) -> int | None:
-        """Top alternatives per token (0: only the chosen token), or None for no logprobs."""
-        return (self.top_logprobs or 0) if self.logprobs else None
-
-
-class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[StrictInt] | list[list[StrictInt]]
-    max_tokens: StrictInt | None = Field(16, ge=1)  # OpenAI's default for completions
-    echo: StrictBool = False
-    logprobs: StrictInt | None = Field(None, ge=0, le=20)
-    best_of: StrictInt | None = Field(None, ge=1, le=128)
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt(cls, v: Any) -> Any:
-        if isinstance(v, list) and not v:
-            raise ValueError("must not be empty")
-        for p in [v] if isinstance(v, str) else v:
-            if isinstance(p, str):
-                _valid_text(p, "prompt")
-            elif isinstance(p, list) and not p:
-                raise ValueError("a token-id prompt must not be empty")
-        return v
-
-    @model_validator(mode="after")
-    def _best_of(self) -> CompletionRequest:
-        if self.best_of is not None:
-            if self.best_of < self.n:
-                raise ValueError(f"best_of ({self.best_of}) must be at least n ({self.n})")
-            if self.stream and self.best_of > self.n:
-                raise ValueError("best_of cannot be used with stream")
-        return self
-
-    def prompts(self) -> list[str | list[int]]:
-        """Each prompt: text, or token ids."""
-        p = self.prompt
-        if isinstance(p, str):
-            return [p]
-        if all(isinstance(x, int) for x in p):
-            return [list(p)]  # type: ignore[arg-type]
-        return list(p)  # type: ignore[arg-type]
-
-    def token_budget(self) -> int | None:
-        return self.max_tokens
-
-    def n_logprobs(self) -> int | None:
-        return self.logprobs
-
-
-class TokenizeRequest(_Request):
-    model: str
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = None
-    tools: list[Tool] | None = Field(None, description="Rendered into the prompt by the chat template (messages).")
-    add_special_tokens: StrictBool = True
-    add_generation_prompt: StrictBool = True
-    return_token_strs: StrictBool = False
-
-    @model_validator(mode="after")
-    def _one(self) -> TokenizeRequest:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give either prompt or messages")
-        return self
-
-
-class DetokenizeRequest(_Request):
-    model: str
-    tokens: list[StrictInt]
-
-
-class AdapterLoadRequest(_Request):
-    model: str = Field(description="Adapter ref: name, name@3, name@production.")
-    pin: StrictBool = False

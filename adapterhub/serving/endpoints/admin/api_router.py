@@ -1,4 +1,4 @@
-"""Admin endpoints: load, unload and list loaded adapters."""
+"""Admin endpoints: load, unload and list loaded adapters (admin key)."""
 
 from __future__ import annotations
 
@@ -7,25 +7,26 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from adapterhub.serving.auth import require_admin_key
-from adapterhub.serving.protocol import AdapterLoadRequest
-from adapterhub.serving.routes.openai import ERRORS
+from adapterhub.serving.endpoints.admin.protocol import AdapterLoadRequest
+from adapterhub.serving.endpoints.generation import refuse_unsupported
+from adapterhub.serving.endpoints.http import ERRORS, stack_of
 
 router = APIRouter(prefix="/v1/adapters", dependencies=[Depends(require_admin_key)], responses=ERRORS)
 
 
 @router.get("")
 async def list_loaded(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": request.app.state.manager.loaded()}
+    return {"object": "list", "data": stack_of(request).manager.loaded()}
 
 
 @router.post("/load")
 async def load(body: AdapterLoadRequest, request: Request) -> dict[str, Any]:
-    request.app.state.service.refuse_unsupported(body)
-    rec = await request.app.state.manager.load(body.model, pin=body.pin)
+    refuse_unsupported(body)
+    rec = await stack_of(request).manager.load(body.model, pin=body.pin)
     return {"loaded": rec.ref, "content_hash": rec.content_hash, "pinned": body.pin}
 
 
 @router.post("/unload")
 async def unload(body: AdapterLoadRequest, request: Request) -> dict[str, Any]:
-    request.app.state.service.refuse_unsupported(body)
-    return {"unloaded": await request.app.state.manager.unload(body.model)}
+    refuse_unsupported(body)
+    return {"unloaded": await stack_of(request).manager.unload(body.model)}

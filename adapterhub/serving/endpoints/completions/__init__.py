@@ -1,0 +1,1 @@
+"""The `completions` endpoint: api_router (HTTP), protocol (bodies), serving (no FastAPI)."""

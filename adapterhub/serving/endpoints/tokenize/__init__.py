@@ -1,0 +1,1 @@
+"""The `tokenize` endpoint: api_router (HTTP), protocol (bodies), serving (no FastAPI)."""

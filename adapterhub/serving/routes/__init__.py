@@ -1,1 +1,0 @@
-"""HTTP routes: thin functions that parse, call the service, and shape the response."""
