@@ -5,10 +5,11 @@ from __future__ import annotations
 import typer
 
 from adapterhub.cli.extras import needs
+from adapterhub.models import DEMO_MODEL
 
 
 def chat_cmd(
-    model: str = typer.Argument("smollm2-135m-instruct", help="Base model, or a merged model ref in the registry."),
+    model: str = typer.Argument(DEMO_MODEL, help="Base model, or a merged model ref in the registry."),
     adapter: str = typer.Option(None, "--adapter", "-a", help="Adapter ref to apply, e.g. lumen@production."),
     bits: int = typer.Option(None, "--bits", help="Load the base in 4 or 8 bit (bitsandbytes)."),
     system: str = typer.Option(None, "--system", help="System prompt."),

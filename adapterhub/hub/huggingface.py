@@ -17,7 +17,7 @@ from typing import Any
 
 from adapterhub.errors import MissingDependencyError, PublishError
 from adapterhub.hub.transport import HubTransport, with_retries
-from adapterhub.registry.validation import MANIFEST
+from adapterhub.registry.manifest import MANIFEST
 
 _NOTHING = "Nothing was published (commits are atomic): run the same push again."
 _UNTAGGED = "The files were committed but not tagged: run the same push again to add the tag."

@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from adapterhub.models import DEMO_HUB_ID, DEMO_MODEL
 from adapterhub.registry import Manifest
 
 
@@ -26,8 +27,8 @@ def render_model_card(manifest: Manifest, repo_id: str, *, license: str | None =
         "pipeline_tag": "image-text-to-text" if vision else "text-generation",
     }
     upstream = (manifest.base_model.model_extra or {}).get("upstream") if manifest.base_model else None
-    if hub_base or upstream or base == "smollm2-135m-instruct":
-        front["base_model"] = hub_base or upstream or "HuggingFaceTB/SmolLM2-135M-Instruct"
+    if hub_base or upstream or base == DEMO_MODEL:
+        front["base_model"] = hub_base or upstream or DEMO_HUB_ID
         front["base_model_relation"] = "adapter" if is_adapter else "merge"
     data_path = (config.get("data") or {}).get("path")
     if data_path and not str(data_path).startswith(("/", ".", "builtin:")) and "/" in str(data_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from adapterhub.errors import PublishError
 from adapterhub.hub.transport import HubTransport, with_retries
-from adapterhub.registry.validation import MANIFEST
+from adapterhub.registry.manifest import MANIFEST
 
 DEFAULT_BASE = "https://code.openxlab.org.cn"
 

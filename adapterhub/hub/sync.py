@@ -12,6 +12,7 @@ Contract (``tests/contracts/test_publisher.py`` runs it on every hub):
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import shutil
@@ -25,10 +26,15 @@ from adapterhub.hub.model_card import render_model_card
 from adapterhub.hub.transport import HubTransport
 from adapterhub.models import sha256_file
 from adapterhub.registry import Manifest, Registry, VersionRecord
-from adapterhub.registry.validation import MANIFEST
+from adapterhub.registry.manifest import MANIFEST
 
 log = logging.getLogger(__name__)
-SCHEMES = ("hf", "openxlab")
+# Publish scheme → its transport (module, class), imported only when used (each needs its own extra).
+TRANSPORTS: dict[str, tuple[str, str]] = {
+    "hf": ("adapterhub.hub.huggingface", "HuggingFaceTransport"),
+    "openxlab": ("adapterhub.hub.openxlab", "OpenXLabTransport"),
+}
+SCHEMES = tuple(TRANSPORTS)
 
 
 @dataclass
@@ -149,7 +155,7 @@ def parse_source(source: str) -> tuple[str, str, str | None]:
     """``hf:owner/name@v3`` → ("hf", "owner/name", "v3")."""
     scheme, sep, rest = source.partition(":")
     if not sep or scheme not in SCHEMES:
-        raise PublishError(f"'{source}': use hf:OWNER/NAME[@TAG] or openxlab:OWNER/NAME[@TAG]")
+        raise PublishError(f"'{source}': use " + " or ".join(f"{s}:OWNER/NAME[@TAG]" for s in SCHEMES))
     repo, _, rev = rest.partition("@")
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise PublishError(f"'{source}': the repository must be OWNER/NAME")
@@ -158,15 +164,8 @@ def parse_source(source: str) -> tuple[str, str, str | None]:
 
 def make_publisher(scheme: str, **kwargs: Any) -> Publisher:
     """The publisher for ``hf`` or ``openxlab``; ``kwargs`` go to its transport (endpoint, token, retries…)."""
-    transport: HubTransport
-    if scheme == "hf":
-        from adapterhub.hub.huggingface import HuggingFaceTransport
-
-        transport = HuggingFaceTransport(**kwargs)
-    elif scheme == "openxlab":
-        from adapterhub.hub.openxlab import OpenXLabTransport
-
-        transport = OpenXLabTransport(**kwargs)
-    else:
-        raise PublishError(f"unknown hub '{scheme}': hf or openxlab")
+    if scheme not in TRANSPORTS:
+        raise PublishError(f"unknown hub '{scheme}': {' or '.join(SCHEMES)}")
+    module, cls = TRANSPORTS[scheme]
+    transport: HubTransport = getattr(importlib.import_module(module), cls)(**kwargs)
     return Publisher(transport)

@@ -28,7 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from adapterhub.registry.store import MANIFEST_FILE, AliasEvent, RegistryStore, VersionRecord
+from adapterhub.registry.manifest import MANIFEST
+from adapterhub.registry.store import AliasEvent, RegistryStore, VersionRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -209,7 +210,7 @@ class LocalStore(RegistryStore):
         staged = self._staging_dir()
         try:
             shutil.copytree(src, staged, dirs_exist_ok=True)
-            (staged / MANIFEST_FILE).unlink(missing_ok=True)
+            (staged / MANIFEST).unlink(missing_ok=True)
             _fsync_tree(staged)
             with self._write() as db:
                 existing = db.execute(
@@ -220,7 +221,7 @@ class LocalStore(RegistryStore):
                     return self._record(existing, self._aliases_of(name, existing[1])), False
                 (last,) = db.execute("SELECT MAX(version) FROM versions WHERE name=?", (name,)).fetchone()
                 version = (last or 0) + 1
-                (staged / MANIFEST_FILE).write_bytes(manifest_for(version))
+                (staged / MANIFEST).write_bytes(manifest_for(version))
                 _fsync_tree(staged)
                 final = self.versions_dir / name / str(version)
                 final.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapterhub.models import sha256_file
-from adapterhub.registry.validation import MANIFEST
+
+MANIFEST = "adapterhub.json"  # the manifest's file name in every version directory
 
 SCHEMA_VERSION = 1
 

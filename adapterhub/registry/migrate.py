@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from adapterhub.errors import IntegrityError
-from adapterhub.registry.manifest import hash_files
+from adapterhub.registry.manifest import MANIFEST, hash_files
 from adapterhub.registry.registry import Registry
-from adapterhub.registry.store import MANIFEST_FILE, RegistryStore
+from adapterhub.registry.store import RegistryStore
 
 
 @dataclass
@@ -34,14 +34,14 @@ def migrate(source: Registry, target: RegistryStore, *, progress: Callable[[str]
         src_dir = source.path(record)  # verified against its manifest
         summary = {"kind": record.kind, "base_model": record.base_model, "rank": record.rank, "size": record.size,
                    "metrics": record.metrics, "base_fingerprint": record.base_fingerprint}
-        manifest = (src_dir / MANIFEST_FILE).read_bytes()
+        manifest = (src_dir / MANIFEST).read_bytes()
         created = target.put_exact(record.name, record.version, src_dir, record.content_hash, summary, manifest,
                                    created_at=record.created_at)
         copied = target.get(record.name, record.version)
         assert copied is not None
         got_dir = target.open(copied)
         got_hash, _ = hash_files(got_dir)
-        if got_hash != record.content_hash or (got_dir / MANIFEST_FILE).read_bytes() != manifest:
+        if got_hash != record.content_hash or (got_dir / MANIFEST).read_bytes() != manifest:
             raise IntegrityError(f"{record.ref}: the copy in the target differs from the source "
                                  f"(sha256:{got_hash[:12]}… vs {record.content_hash[:12]}…); migration stopped")
         if created and record.metrics:

@@ -28,12 +28,12 @@ from adapterhub.errors import (
 )
 from adapterhub.refs import LATEST, AdapterRef, parse_ref, validate_alias, validate_name
 from adapterhub.registry.local import LocalStore
-from adapterhub.registry.manifest import BaseModelRef, Manifest, hash_files, read_manifest
+from adapterhub.registry.manifest import MANIFEST, BaseModelRef, Manifest, hash_files, read_manifest
+from adapterhub.registry.peft_config import ADAPTER_CONFIG
 from adapterhub.registry.rollout import parse_requirement, pick
 from adapterhub.registry.store import AliasEvent, RegistryStore, VersionRecord
 from adapterhub.registry.validation import (
     ADAPTER_WEIGHTS,
-    MANIFEST,
     PICKLE_WEIGHTS,
     validate_adapter_dir,
     validate_bundle_dir,
@@ -47,7 +47,7 @@ MAX_VERSION = 2**63 - 1  # stores keep versions as signed 64-bit integers; anyth
 # Files copied from a source directory; anything else (optimizer states, checkpoints, peft's template
 # README — the hub publishers write the real model card as README.md) is left behind.
 _ADAPTER_FILES = (
-    "adapter_config.json", ADAPTER_WEIGHTS, "tokenizer.json", "tokenizer_config.json",
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, "tokenizer.json", "tokenizer_config.json",
     "special_tokens_map.json", "chat_template.jinja", "generation_config.json",
 )
 
@@ -118,8 +118,8 @@ class Registry:
                 base_model = BaseModelRef(id=info.base_model)
             lora = {
                 "r": info.rank, "alpha": info.alpha, "target_modules": info.target_modules,
-                "dropout": info.config.get("lora_dropout"),
-                **{k: True for k in ("use_dora", "use_rslora") if info.config.get(k)},
+                "dropout": info.peft.dropout,
+                **{k: True for k in ("use_dora", "use_rslora") if getattr(info.peft, k)},
             }
             files = [f for f in _ADAPTER_FILES if (src / f).exists()]
         elif kind in ("model", "bundle"):
@@ -138,7 +138,7 @@ class Registry:
                 convert_pickle(src / PICKLE_WEIGHTS, staged / ADAPTER_WEIGHTS)
             if kind == "adapter" and base_model is not None:
                 # Record the pinned base in the PEFT config too, so peft / vLLM users see it.
-                cfg_path = staged / "adapter_config.json"
+                cfg_path = staged / ADAPTER_CONFIG
                 cfg = json.loads(cfg_path.read_text())
                 cfg["base_model_name_or_path"] = base_model.id
                 cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
@@ -279,11 +279,19 @@ class Registry:
 
         A split alias resolves to one of its versions by weight: the same one for the same ``caller``.
         """
+        return self.resolve_routed(ref, caller=caller)[0]
+
+    def resolve_routed(self, ref: str | AdapterRef, *, caller: str | None = None) -> tuple[VersionRecord, str | None]:
+        """:meth:`resolve`, and the split alias that picked the version (None when no split did), from one
+        read of the alias: the server labels what a split served without asking again (and racing a move)."""
         r = parse_ref(ref) if isinstance(ref, str) else ref
         if r.selector == "alias" and r.alias is not None:
             split = self.store.alias_split(r.name, r.alias)
             if split:
-                return self.resolve(f"{r.name}@{pick(split, caller, f'{r.name}@{r.alias}')}")
+                return self.resolve(f"{r.name}@{pick(split, caller, f'{r.name}@{r.alias}')}"), r.alias
+        return self._resolve_plain(r), None
+
+    def _resolve_plain(self, r: AdapterRef) -> VersionRecord:
         found: VersionRecord | None
         if r.selector == "version":
             assert r.version is not None

@@ -52,7 +52,9 @@ from adapterhub.errors import (
     StoreUnavailableError,
     UserInputError,
 )
-from adapterhub.registry.store import MANIFEST_FILE, AliasEvent, RegistryStore, VersionRecord
+from adapterhub.models import sha256_file
+from adapterhub.registry.manifest import MANIFEST
+from adapterhub.registry.store import AliasEvent, RegistryStore, VersionRecord
 
 # Versioned SQL, applied in order inside one transaction under an advisory lock (so two processes
 # starting against an empty database apply each migration once). Never edit a shipped entry: append.
@@ -94,14 +96,6 @@ def _split_json(split: dict[int, int] | None) -> str | None:
 
 def _split(value: Any) -> dict[int, int] | None:
     return {int(v): int(w) for v, w in value.items()} if value else None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ObjectStore:
@@ -331,8 +325,8 @@ class RemoteStore(RegistryStore):
     def _upload(self, src: Path) -> dict[str, dict[str, Any]]:
         files: dict[str, dict[str, Any]] = {}
         for p in sorted(src.rglob("*")):
-            if p.is_file() and p.name != MANIFEST_FILE:
-                sha = _sha256(p)
+            if p.is_file() and p.name != MANIFEST:
+                sha = sha256_file(p)
                 files[p.relative_to(src).as_posix()] = {"sha256": sha, "size": p.stat().st_size}
                 age = self.objects.age(sha)
                 # Re-upload an object that gc might be about to take (old and perhaps unreferenced).
@@ -404,13 +398,13 @@ class RemoteStore(RegistryStore):
                 dest = tmp / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 self.objects.download(entry["sha256"], dest)
-                got = _sha256(dest)
+                got = sha256_file(dest)
                 if got != entry["sha256"]:
                     raise IntegrityError(
                         f"{record.ref}: checksum mismatch in {rel} fetched from the object store (expected "
                         f"{entry['sha256'][:12]}…, got {got[:12]}…); not cached, not served",
                         path=self.objects.key(entry["sha256"]))
-            (tmp / MANIFEST_FILE).write_bytes(manifest)
+            (tmp / MANIFEST).write_bytes(manifest)
 
         return self.cache.get(key, fill)
 

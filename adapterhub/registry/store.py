@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-MANIFEST_FILE = "adapterhub.json"
-
 
 @dataclass(frozen=True)
 class VersionRecord:

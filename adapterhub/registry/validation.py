@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from adapterhub.errors import AdapterValidationError
+from adapterhub.registry.peft_config import PeftConfig, PeftConfigError, read_peft_config
 
-ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLE_WEIGHTS = "adapter_model.bin"
-MANIFEST = "adapterhub.json"
-# A vision bundle (adapterhub.registry.bundles): the LLaVA parts trained for a text LLM, without the LLM.
+# A vision bundle (adapterhub.loading.llava): the LLaVA parts trained for a text LLM, without the LLM.
 LLAVA_CONFIG = "llava_config.json"
 VISION_WEIGHTS = "vision.safetensors"
 PROJECTOR_WEIGHTS = "projector.safetensors"
@@ -49,7 +48,11 @@ class AdapterInfo:
     target_modules: list[str]
     base_model: str | None
     modules: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # module -> {"A": shape, "B": shape}
-    config: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # adapter_config.json as written
+
+    @property
+    def peft(self) -> PeftConfig:
+        return PeftConfig(self.config)
     pickle_weights: bool = False
 
 
@@ -59,27 +62,19 @@ def validate_adapter_dir(path: Path, *, allow_pickle: bool = False, base: str | 
     subject = f"adapter at {path}"
     if not path.is_dir():
         raise AdapterValidationError(subject, ["directory does not exist"])
-    cfg: dict[str, Any] = {}
-    cfg_path = path / ADAPTER_CONFIG
-    if not cfg_path.exists():
-        problems.append(f"missing {ADAPTER_CONFIG}")
-    else:
-        try:
-            cfg = json.loads(cfg_path.read_text())
-            if not isinstance(cfg, dict):
-                raise ValueError("not an object")
-        except ValueError as e:
-            problems.append(f"{ADAPTER_CONFIG} is not valid JSON ({e})")
-            cfg = {}
+    try:
+        peft = read_peft_config(path)
+    except PeftConfigError as e:
+        problems.append(str(e))
+        peft = PeftConfig({})
+    cfg = peft.raw
     if cfg:
-        if cfg.get("peft_type") != "LORA":
-            problems.append(f"peft_type is {cfg.get('peft_type')!r}, only 'LORA' is supported")
-        r = cfg.get("r")
-        if not isinstance(r, int) or r <= 0:
-            problems.append(f"r must be a positive integer, got {r!r}")
-    rank: int = cfg["r"] if isinstance(cfg.get("r"), int) else 0
-    rank_pattern = cfg.get("rank_pattern") or {}
-    base_model = base or cfg.get("base_model_name_or_path")
+        if peft.peft_type != "LORA":
+            problems.append(f"peft_type is {peft.peft_type!r}, only 'LORA' is supported")
+        if peft.r <= 0:
+            problems.append(f"r must be a positive integer, got {cfg.get('r')!r}")
+    rank = peft.r
+    base_model = base or peft.base_model
     if not base_model:
         problems.append("no base model recorded (adapter_config.json has no base_model_name_or_path): pass --base")
 
@@ -114,21 +109,19 @@ def validate_adapter_dir(path: Path, *, allow_pickle: bool = False, base: str | 
         a, b = ab["A"], ab["B"]
         short = module.split(".")[-1]
         if any(str(t).rsplit(".", 1)[0].endswith(short) or str(t).rsplit(".", 1)[0] == short
-               for t in cfg.get("target_parameters") or []):
+               for t in peft.target_parameters):
             continue  # LoRA on a parameter tensor (MoE experts): peft stores one rank per expert
-        expected = next((v for k, v in rank_pattern.items() if module.endswith(k)), rank)
+        expected = peft.rank_of(module)
         if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
             problems.append(f"{module}: lora_A {a} and lora_B {b} do not share a rank")
         elif expected and a[0] != expected:
             problems.append(f"{module} ({short}): rank {a[0]} in the weights, r={expected} in the config")
     if problems:
         raise AdapterValidationError(subject, problems)
-    targets = cfg.get("target_modules") or []
-    if isinstance(targets, str):
-        targets = [targets]
+    targets = peft.target_modules
     return AdapterInfo(
         rank=max([rank] + [ab["A"][0] for ab in modules.values()]) if modules else rank,
-        alpha=float(cfg.get("lora_alpha") or rank),
+        alpha=peft.alpha,
         target_modules=sorted(set(targets) | {m.split(".")[-1] for m in modules}),
         base_model=base_model,
         modules=modules,

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -24,6 +23,7 @@ from adapterhub.errors import AdapterNotFoundError, ModelNotFoundError, Overload
 from adapterhub.loading.versions import open_version
 from adapterhub.refs import parse_ref
 from adapterhub.registry import Registry, VersionRecord
+from adapterhub.registry.peft_config import PeftConfigError, read_peft_config
 from adapterhub.registry.validation import validate_adapter_dir
 from adapterhub.serving.engines.base import Engine
 from adapterhub.serving.metrics import Metrics
@@ -76,29 +76,27 @@ class AdapterManager:
     def resolve(self, model: str, caller: str | None = None) -> VersionRecord | None:
         """None for the base model; raises ModelNotFoundError for anything unknown. A split alias picks
         its version by weight, the same one for the same ``caller``."""
+        return self._resolve(model, caller)[0]
+
+    def _resolve(self, model: str, caller: str | None) -> tuple[VersionRecord | None, str | None]:
+        """(version or None for the base, the split alias that picked it)."""
         if model in self.base_names:
-            return None
+            return None, None
         if self.registry is None:
             raise ModelNotFoundError(f"The model '{model}' does not exist (this server has no registry)")
         try:
-            return self.registry.resolve(parse_ref(model), caller=caller)
+            return self.registry.resolve_routed(parse_ref(model), caller=caller)
         except (AdapterNotFoundError, ValueError) as e:
             raise ModelNotFoundError(f"The model '{model}' does not exist: {e}") from e
 
-    def _split_alias(self, model: str) -> str | None:
-        ref = parse_ref(model)
-        if ref.selector == "alias" and ref.alias and self.registry is not None:
-            return ref.alias if self.registry.alias_split(ref.name, ref.alias) else None
-        return None
-
     async def acquire(self, model: str, caller: str | None = None) -> Lease:
-        record = self.resolve(model, caller)
+        record, split_alias = self._resolve(model, caller)
         if record is None:
             return Lease(model, None, None, name=self.base_name)
         key = await self._ensure_loaded(record)
         self._in_use[key] = self._in_use.get(key, 0) + 1
         return Lease(model, key, self._templates.get(key), record.ref, record.name, str(record.version),
-                     self._split_alias(model), self._parsers.get(key))
+                     split_alias, self._parsers.get(key))
 
     def release(self, lease: Lease) -> None:
         if lease.key is not None:
@@ -197,21 +195,21 @@ def engine_problems(path: Path, engine: Engine) -> list[str]:
     problems: list[str] = []
     caps = engine.capabilities
     try:
-        targets = json.loads((path / "adapter_config.json").read_text()).get("target_parameters")
-    except (OSError, ValueError):
+        targets = read_peft_config(path).target_parameters
+    except PeftConfigError:
         targets = None
     if targets:  # checked first: the registry's shape checks do not know expert tensors
         return [f"targets parameters {targets} (LoRA on MoE expert tensors), which this engine cannot apply per "
                 "request: merge it (adapterhub merge REF) and serve the merged model with --merged"]
     info = validate_adapter_dir(path)
-    if info.config.get("use_dora"):
+    if info.peft.use_dora:
         problems.append("is a DoRA adapter (use_dora), which this engine cannot apply per request: merge it "
                         "(adapterhub merge REF) and serve the merged model with --merged")
     tower = sorted({m for m in info.modules if "vision_tower" in m or "vision_model" in m})
     if tower:
         problems.append(f"has LoRA on the vision tower ({len(tower)} modules), which this engine cannot apply per "
                         "request: merge it (adapterhub merge REF) and serve the merged model with --merged")
-    saved = list(info.config.get("modules_to_save") or [])
+    saved = info.peft.modules_to_save
     if saved and not (engine.adapter_projectors and saved == ["multi_modal_projector"]):
         problems.append(f"modules_to_save {saved} are not supported by this engine (only the hf engine applies a "
                         "vision model's multi_modal_projector per request): merge it (adapterhub merge REF) and "

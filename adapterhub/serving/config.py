@@ -7,11 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from adapterhub.models import DEMO_MODEL
+
 
 class ServeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    base: str = Field("smollm2-135m-instruct", description="Base model: demo name, local dir, .gguf or hub id.")
+    base: str = Field(DEMO_MODEL, description="Base model: demo name, local dir, .gguf or hub id.")
     engine: Literal["hf", "vllm"] = Field("hf", description="Inference engine: hf (transformers, CPU default) "
                                           "or vllm.")
     adapters: list[str] = Field(default_factory=list, description="Adapter refs to load and pin at start.")

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adapterhub.errors import ConfigError
+from adapterhub.models import DEMO_MODEL
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEEPSPEED_STAGES = ("zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")
@@ -24,7 +25,7 @@ class _Strict(BaseModel):
 
 
 class ModelSection(_Strict):
-    base: str = Field("smollm2-135m-instruct", description="Base model: demo name, local HF dir, .gguf file or hub id.")
+    base: str = Field(DEMO_MODEL, description="Base model: demo name, local HF dir, .gguf file or hub id.")
     dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="Compute dtype of the trainable model.")
     template: str | None = Field(
         None, description="Named chat template (adapterhub/templates.py) for bases without one; default: the tokenizer's."

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from adapterhub.registry.local import LocalStore
-from adapterhub.registry.store import MANIFEST_FILE, RegistryStore
+from adapterhub.registry.manifest import MANIFEST
+from adapterhub.registry.store import RegistryStore
 
 STORES = ["local", "postgres+s3"]
 
@@ -72,8 +73,8 @@ def test_put_numbers_versions_and_open_gives_the_files(open_store, tmp_path):
     assert (r1.base_model, r1.base_fingerprint, r1.rank, r1.kind) == ("tiny", "fp1", 8, "adapter")
     d = store.open(r1)
     assert sorted(p.name for p in d.iterdir()) == sorted(["adapter_config.json", "adapter_model.safetensors",
-                                                          MANIFEST_FILE])
-    assert json.loads((d / MANIFEST_FILE).read_text())["version"] == 1  # manifest written with its number
+                                                          MANIFEST])
+    assert json.loads((d / MANIFEST).read_text())["version"] == 1  # manifest written with its number
     assert (d / "adapter_model.safetensors").read_bytes() == b"aaa"
     assert (tmp_path / "src-lumen-a" / "adapter_model.safetensors").exists()  # the source is not consumed
     assert store.get("lumen", 2) == r2 and store.latest("lumen") == r2 and store.get("lumen", 3) is None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterhub.errors import ConflictError, UserInputError
+from adapterhub.models import DEMO_HUB_ID, DEMO_MODEL
 from adapterhub.registry import Registry
 
 TEMPLATE_DIR = Path(__file__).parent / "template"
@@ -32,8 +33,8 @@ def generate_openxlab_app(registry: Registry, ref: str, out: Path, *, model_repo
     base = manifest.base_model
     upstream = (base.model_extra or {}).get("upstream") if base else None
     base_id = base.id if base else None
-    if base_id == "smollm2-135m-instruct":
-        upstream = upstream or "HuggingFaceTB/SmolLM2-135M-Instruct"
+    if base_id == DEMO_MODEL:
+        upstream = upstream or DEMO_HUB_ID
     config: dict[str, Any] = {
         "title": f"{manifest.name} v{manifest.version}",
         "description": ((manifest.training or {}).get("config") or {}).get("description") or

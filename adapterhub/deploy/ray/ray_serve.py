@@ -25,6 +25,8 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from adapterhub.models import DEMO_MODEL
+
 
 @serve.deployment(num_replicas=2, max_ongoing_requests=32)
 class AdapterReplica:
@@ -121,7 +123,7 @@ def build(base: str, *, replicas: int = 2, home: str | None = None, max_loaded: 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--base", default="smollm2-135m-instruct")
+    ap.add_argument("--base", default=DEMO_MODEL)
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--engine", default="hf")
     ap.add_argument("--port", type=int, default=8000)
@@ -136,6 +138,6 @@ if __name__ == "__main__":
 
 
 # For `serve run adapterhub.deploy.ray.ray_serve:app` and KubeRay's import_path; bind() only builds the graph.
-app = build(os.environ.get("ADAPTERHUB_RAY_BASE", "smollm2-135m-instruct"),
+app = build(os.environ.get("ADAPTERHUB_RAY_BASE", DEMO_MODEL),
             replicas=int(os.environ.get("ADAPTERHUB_RAY_REPLICAS", "2")),
             engine=os.environ.get("ADAPTERHUB_RAY_ENGINE", "hf"))

@@ -11,14 +11,14 @@ B); zero-padding up to ``r_max`` is exact.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
+
+from adapterhub.registry.peft_config import read_peft_config
 
 # The modules vLLM's LoRA support covers for Llama-style models (the vLLM engine's list).
 LINEAR_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -178,7 +178,6 @@ class LoraSlots:
 
     def load(self, key: str, path: Path) -> None:
         """Copy an adapter's weights into a free slot. Raises ``ValueError`` on anything unexpected."""
-        import json
 
         from safetensors.torch import load_file
 
@@ -188,7 +187,7 @@ class LoraSlots:
             from adapterhub.errors import OverloadedError
 
             raise OverloadedError(f"all {self.slots - 1} adapter slots are in use")
-        cfg: dict[str, Any] = json.loads((path / "adapter_config.json").read_text())
+        peft = read_peft_config(path)
         tensors = load_file(str(path / "adapter_model.safetensors"))
         pairs: dict[str, dict[str, torch.Tensor]] = {}
         for k, t in tensors.items():
@@ -198,8 +197,6 @@ class LoraSlots:
         unknown = sorted(m for m in pairs if m not in self.layers)
         if unknown:
             raise ValueError(f"modules not in this model: {', '.join(unknown[:5])}")
-        r_default = int(cfg["r"])
-        alpha_default = float(cfg.get("lora_alpha", r_default))
         slot = self.free.pop()
         try:
             for name, ab in pairs.items():
@@ -211,8 +208,7 @@ class LoraSlots:
                 if a.shape[1] != layer.in_features or b.shape[0] != layer.out_features:
                     raise ValueError(f"{name}: adapter shape {tuple(b.shape[:1]) + tuple(a.shape[1:])} "
                                      f"does not match ({layer.out_features}, {layer.in_features})")
-                alpha = _pattern(cfg.get("alpha_pattern"), name, alpha_default)
-                scale = alpha / (math.sqrt(r) if cfg.get("use_rslora") else r)
+                scale = peft.scale_of(name, r)
                 stack_a, stack_b = layer.allocate()
                 stack_a[slot].zero_()
                 stack_b[slot].zero_()
@@ -247,10 +243,3 @@ class LoraSlots:
                 layer.B[entry.slot].zero_()
         self.free.append(entry.slot)
         self.ctx.invalidate()
-
-
-def _pattern(patterns: dict[str, Any] | None, module: str, default: float) -> float:
-    for k, v in (patterns or {}).items():
-        if module.endswith(k):
-            return float(v)
-    return default
