@@ -47,7 +47,7 @@ test-vllm: demo-model
 	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
 	$(VLLM_VENV)/bin/pip install -q peft pytest pytest-timeout pydantic-settings typer rich pyyaml fastapi uvicorn openai
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
-	ADAPTERHUB_TEST_MODELS=$(TEST_HOME)/models $(VLLM_VENV)/bin/python -m pytest -q -rs tests/serving/test_vllm_engine.py tests/contracts/test_engine_contract.py
+	ADAPTERHUB_TEST_MODELS=$(TEST_HOME)/models $(VLLM_VENV)/bin/python -m pytest -q -rs tests/serving/engines/test_vllm_engine.py tests/contracts/test_engine_contract.py
 
 bench-vllm: test-vllm
 	ADAPTERHUB_HOME=$(TEST_HOME) $(VLLM_VENV)/bin/python -m benchmarks.serving_vllm

@@ -12,7 +12,7 @@ Each benchmark measures its baseline in the same run and reports ratios against 
 shared 2-core VM whose speed varies between runs, so compare ratios within a table, not absolute numbers
 across tables. Until commit e0ef755 the hf engine's worker thread decoded up to 1.8× slower than the same
 loop on the main thread (OpenMP kept a second helper pool for the thread that loaded the model; see
-`serving/engines/hf/threads.py`): tables run before it say so.
+`adapterhub/serving/engines/hf/threads.py`): tables run before it say so.
 Commands: `python -m benchmarks.registry`, `python -m benchmarks.registry_shared`, `python -m benchmarks.serving`, `python -m benchmarks.structured`, `python -m benchmarks.lora_ops`, `python -m benchmarks.training`
 (or `make bench`); then `python -m benchmarks.render_docs` rewrites this file.
 """

@@ -15,7 +15,7 @@ from adapterhub.registry import Registry
 from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
 from adapterhub.settings import Settings
 from tests.contracts.test_family_matrix import _build
-from tests.serving.test_model_families import _reference
+from tests.serving.engines.test_model_families import _reference
 
 CASES = {  # config → tiny architecture
     "internlm2_chat_1_8b_self_cognition": "remote",

@@ -19,8 +19,8 @@ from adapterhub.registry import Registry
 from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
 from adapterhub.settings import Settings
 from tests.builders import build_tokenizer
-from tests.serving.test_model_families import FAMILIES, _config, _reference
-from tests.serving.test_remote_code import make_remote
+from tests.serving.engines.test_model_families import FAMILIES, _config, _reference
+from tests.serving.engines.test_remote_code import make_remote
 
 MATRIX = [*FAMILIES, "qwen2_moe", "remote"]
 
