@@ -68,15 +68,32 @@ def _register_commands() -> None:
         mod.register(app)
 
 
+def _click_errors() -> tuple[type[BaseException], ...]:
+    """click's ``ClickException`` and, where typer vendors its own copy of click (typer >= 0.20), that copy's:
+    a usage error raised by typer's parser is an instance of the second only."""
+    errors: list[type[BaseException]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as vendored  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        pass
+    else:
+        errors.append(vendored)
+    return tuple(errors)
+
+
 def _debug() -> bool:
     return os.environ.get("ADAPTERHUB_DEBUG", "").lower() in ("1", "true", "yes")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; errors become ``error: <one line>`` on stderr and a non-zero exit code."""
+    """Run the CLI; errors become ``error: <one line>`` on stderr and a non-zero exit code.
+
+    A mistyped command or option is the user's, not a bug: click's usage error (the command's usage
+    line, ``Error: …`` with the closest name suggested, exit code 2), as git or the ``hf`` CLI print it.
+    """
     _register_commands()
     try:
-        rc = app(args=argv, standalone_mode=False)
+        rc = app(args=argv, prog_name="adapterhub", standalone_mode=False)
         if isinstance(rc, int) and rc:  # without standalone mode, click returns typer.Exit(n)'s code
             sys.exit(rc)
     except AdapterHubError as e:
@@ -84,14 +101,14 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.echo(f"error: {e.message}".replace("\n", " "), err=True)
         sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
+    except (click.exceptions.Exit, typer.Exit) as e:
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+    except _click_errors() as e:
+        e.show()  # type: ignore[attr-defined]
+        sys.exit(e.exit_code)  # type: ignore[attr-defined]
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

@@ -12,8 +12,6 @@ from typing import Any, TypeVar
 import typer
 from pydantic import BaseModel, ValidationError
 
-from adapterhub.errors import ConfigError
-
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -26,6 +24,16 @@ def _cli_type(annotation: Any) -> Any:
     if origin is typing.Literal:
         return type(typing.get_args(annotation)[0])
     return annotation
+
+
+def usage_error(message: str) -> Exception:
+    """A usage error of the running command (printed by the CLI's main as click prints its own: the usage
+    line, ``Error: message``, exit code 2). typer >= 0.20 runs on its own copy of click: use that one."""
+    try:
+        from typer._click import exceptions, globals  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        from click import exceptions, globals  # type: ignore[no-redef,unused-ignore]
+    return exceptions.UsageError(message, globals.get_current_context(silent=True))  # type: ignore[no-any-return]
 
 
 def command_from_model(model: type[M], run: Callable[[M], None], *, doc: str, skip: tuple[str, ...] = (),
@@ -47,9 +55,9 @@ def command_from_model(model: type[M], run: Callable[[M], None], *, doc: str, sk
     def command(**values: Any) -> None:
         try:
             config = model(**values)
-        except ValidationError as e:
-            raise ConfigError("invalid options", [f"--{str(x['loc'][0]).replace('_', '-')}: {x['msg']}"
-                                                  for x in e.errors()]) from None
+        except ValidationError as e:  # every bad value at once, as a usage error of this command
+            raise usage_error("invalid options: " + "; ".join(
+                f"--{str(x['loc'][0]).replace('_', '-')}: {x['msg']}" for x in e.errors())) from None
         run(config)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
