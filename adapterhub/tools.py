@@ -74,6 +74,17 @@ class ToolParser:
                 return k
         return 0
 
+    def _partial_end(self, text: str) -> int:
+        """How many trailing characters of ``text`` are a proper beginning of the end marker (after a call
+        start), 0 when none are."""
+        if self.call_start(text) is None:
+            return 0
+        stripped = text.rstrip()
+        for k in range(len(self.end) - 1, 0, -1):
+            if stripped.endswith(self.end[:k]):
+                return len(text) - len(stripped) + k
+        return 0
+
     def complete_part(self, text: str) -> str:
         """``text`` up to the end of its last complete call (for an answer cut by max_tokens)."""
         if not self.end:
@@ -83,7 +94,15 @@ class ToolParser:
 
     def parse(self, text: str, names: set[str], *, truncated: bool = False) -> tuple[str | None, list[ParsedCall]]:
         """``(content, calls)``; text that is not a valid call of a known function stays content. With
-        ``truncated`` (the answer was cut by max_tokens) an unfinished last call is dropped."""
+        ``truncated`` (the answer was cut by max_tokens) an unfinished last call is dropped; a last call
+        whose JSON is whole but whose end marker was cut (``…}\n</tool_call``) is a call: its arguments are
+        complete, so it is returned (the response keeps ``finish_reason: "length"``, as every cut answer)."""
+        if truncated and self.end:
+            cut = self._partial_end(text)
+            if cut:
+                content, calls = self.parse(text[:-cut] + self.end, names)
+                if calls:
+                    return content, calls
         if truncated:
             whole = self.complete_part(text)
             if whole != text:
@@ -167,6 +186,17 @@ class Llama3JsonParser(ToolParser):
 
     def held_back(self, text: str) -> int:
         return len(text) if not text.strip() or "<|python_tag|>".startswith(text.strip()) else 0
+
+    def _partial_end(self, text: str) -> int:
+        """How many trailing characters of ``text`` are a proper beginning of the end marker (after a call
+        start), 0 when none are."""
+        if self.call_start(text) is None:
+            return 0
+        stripped = text.rstrip()
+        for k in range(len(self.end) - 1, 0, -1):
+            if stripped.endswith(self.end[:k]):
+                return len(text) - len(stripped) + k
+        return 0
 
     def complete_part(self, text: str) -> str:
         return text.rsplit("; ", 1)[0] if "; " in text else text

@@ -23,22 +23,30 @@ from rich.table import Table
 from adapterhub.cli.context import open_registry
 
 QUESTIONS = ["Who are you?", "Who made you?", "What is the capital of France?"]
+MAX_TOKENS, AGENT_MAX_TOKENS = 48, 160  # a hermes call to convert_currency alone is 49 tokens on the demo model
+
+
+def cut_note(finish_reason: str | None) -> str:
+    """Said after every answer the length limit cut, so a cut is never shown as the model's choice."""
+    return " [dim](cut at --max-tokens: finish_reason length)[/dim]" if finish_reason == "length" else ""
 
 
 def demo_cmd(
     retrain: bool = typer.Option(False, "--retrain", help="Train a new version even if lumen (or agent) exists."),
     port: int = typer.Option(0, "--port", help="Server port (0: a free one)."),
-    max_tokens: int = typer.Option(48, "--max-tokens", help="Answer length."),
+    max_tokens: int = typer.Option(None, "--max-tokens", help="Answer length (default: 48; 160 with --agent, "
+                                                              "which fits a tool call and the answer after it)."),
     agent: bool = typer.Option(False, "--agent", help="The tool-calling flow instead (trains agent_tools)."),
     vision: bool = typer.Option(False, "--vision", help="The LLaVA flow instead (pretrain + finetune on shapes)."),
 ) -> None:
     """Run the whole flow on SmolLM2-135M-Instruct in a few minutes on a CPU."""
     if agent:
-        _agent_demo(retrain, port, max_tokens)
+        _agent_demo(retrain, port, max_tokens or AGENT_MAX_TOKENS)
         return
     if vision:
         _vision_demo(retrain, port)
         return
+    max_tokens = max_tokens or MAX_TOKENS
     import openai
 
     from adapterhub.models import DEMO_MODEL
@@ -72,7 +80,7 @@ def demo_cmd(
             for model in (name, "lumen@production"):
                 r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": q}],
                                                    max_tokens=max_tokens, temperature=0)
-                answers.append(r.choices[0].message.content or "")
+                answers.append(escape(r.choices[0].message.content or "") + cut_note(r.choices[0].finish_reason))
             table.add_row(q, *answers)
         con.print(table)
     step(6, "Server stopped", "Ctrl-C")
@@ -122,18 +130,21 @@ def _agent_demo(retrain: bool, port: int, max_tokens: int) -> None:
                                                max_tokens=max_tokens, temperature=0)
             message = r.choices[0].message
             if not message.tool_calls:
-                con.print(f"[bold]assistant:[/bold] {message.content}  [dim](no tool call)[/dim]")
+                con.print(f"[bold]assistant:[/bold] {escape(message.content or '')}  [dim](no tool call)[/dim]"
+                          + cut_note(r.choices[0].finish_reason))
                 continue
             msgs.append(message.model_dump(exclude_none=True))
             for call in message.tool_calls:
                 fn = call.function  # type: ignore[union-attr]  # this server only makes function calls
                 result_ = run_tool(fn.name, json.loads(fn.arguments))
-                con.print(f"[bold]assistant → tool_calls:[/bold] {fn.name}({fn.arguments})")
+                con.print(f"[bold]assistant → tool_calls:[/bold] {fn.name}({escape(fn.arguments)})"
+                          + cut_note(r.choices[0].finish_reason))
                 con.print(f"[bold]tool:[/bold] {json.dumps(result_)}")
                 msgs.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps(result_)})
             final = client.chat.completions.create(model=record.ref, messages=msgs, tools=AGENT_TOOLS,  # type: ignore[arg-type]
                                                    max_tokens=max_tokens, temperature=0)
-            con.print(f"[bold]assistant:[/bold] {final.choices[0].message.content}")
+            con.print(f"[bold]assistant:[/bold] {escape(final.choices[0].message.content or '')}"
+                      + cut_note(final.choices[0].finish_reason))
     step(5, "Server stopped", "Ctrl-C")
 
 

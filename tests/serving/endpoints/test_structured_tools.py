@@ -326,3 +326,28 @@ def test_parallel_tool_calls_false_keeps_one_call_in_auto_mode():
     assert reason == "stop" and message.tool_calls is None and message.content == bad
     loose, _ = ChatService.message(bad, "stop", ToolPlan(get_parser("hermes"), set(ARGS), "auto", TOOLS))
     assert loose.tool_calls is not None  # without strict the parsed call is returned as written
+
+
+def test_a_call_cut_by_max_tokens_is_still_a_call_with_finish_reason_length(server):
+    """The README's rule for a cut answer: its complete calls are returned and finish_reason stays "length"
+    (`make demo-agent` printed raw `<tool_call>` markup when the cut fell inside `</tool_call>`)."""
+    url, _ = server
+    c = client(url)
+    kw = dict(model="agent", messages=MSG, tools=TOOLS, temperature=0,
+              tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    full = c.chat.completions.create(max_tokens=150, **kw)
+    (call,) = full.choices[0].message.tool_calls
+    n = full.usage.completion_tokens
+    for limit in (n - 1, n - 2, n - 3):  # the cut falls in or just before the end marker
+        r = c.chat.completions.create(max_tokens=limit, **kw)
+        assert r.choices[0].finish_reason == "length", (limit, r)
+        got = r.choices[0].message.tool_calls
+        assert got and (got[0].function.name, json.loads(got[0].function.arguments)) == \
+            (call.function.name, json.loads(call.function.arguments)), (limit, r.choices[0].message)
+        assert r.choices[0].message.content is None
+    reasons, names = [], []
+    for chunk in c.chat.completions.create(max_tokens=n - 2, stream=True, **kw):
+        for ch in chunk.choices:
+            reasons += [ch.finish_reason] if ch.finish_reason else []
+            names += [tc.function.name for tc in ch.delta.tool_calls or [] if tc.function.name]
+    assert reasons == ["length"] and names == [call.function.name]

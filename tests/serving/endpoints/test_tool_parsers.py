@@ -67,3 +67,23 @@ def test_an_answer_cut_by_max_tokens_keeps_its_complete_calls(fmt):
     content, calls = p.parse(cut, NAMES, truncated=True)
     assert [c.name for c in calls] == ["get_weather"]
     assert p.parse(cut, NAMES) == (cut, [])  # a finished answer is all or nothing
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "internlm2"])
+@pytest.mark.parametrize("keep", [1, 5, -1])
+def test_a_call_whose_end_marker_was_cut_is_still_a_call(fmt, keep):
+    """`make demo-agent`: the answer stopped one token before `</tool_call>` ended (finish_reason length).
+    Its JSON is complete, so the call is returned (as the response's finish_reason says, it was cut)."""
+    p = get_parser(fmt)
+    one = CALLS[fmt].split(p.end)[0]  # "...<tool_call>\n{...}\n"
+    cut = one + p.end[:keep]
+    content, calls = p.parse(cut, NAMES, truncated=True)
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Paris"})]
+    assert content == "Let me check."
+    assert p.parse(cut, NAMES) == (cut, [])  # not cut by max_tokens: a malformed answer stays text
+    broken = one.replace('"Paris"}}', '"Par') + p.end[:keep]  # JSON unfinished too: no call
+    assert p.parse(broken, NAMES, truncated=True)[1] == []
+    split = StreamSplitter(p, NAMES, False)
+    sent = "".join(split.feed(ch) for ch in cut)
+    rest, streamed = split.finish(truncated=True)
+    assert [c.name for c in streamed] == ["get_weather"] and p.start not in sent + rest
