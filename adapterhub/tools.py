@@ -187,17 +187,6 @@ class Llama3JsonParser(ToolParser):
     def held_back(self, text: str) -> int:
         return len(text) if not text.strip() or "<|python_tag|>".startswith(text.strip()) else 0
 
-    def _partial_end(self, text: str) -> int:
-        """How many trailing characters of ``text`` are a proper beginning of the end marker (after a call
-        start), 0 when none are."""
-        if self.call_start(text) is None:
-            return 0
-        stripped = text.rstrip()
-        for k in range(len(self.end) - 1, 0, -1):
-            if stripped.endswith(self.end[:k]):
-                return len(text) - len(stripped) + k
-        return 0
-
     def complete_part(self, text: str) -> str:
         return text.rsplit("; ", 1)[0] if "; " in text else text
 
