@@ -24,8 +24,28 @@ pytestmark = [
 ]
 
 
+def _fits_ci_time() -> tuple[bool, str]:
+    """The whole demo trains the demo model: with bf16 instructions (AVX512-BF16 / AMX) or CUDA that is
+    minutes; on a CPU without them it trains in fp32 (adapterhub.precision), measured at 12 s a step on a
+    2-core AVX2 EPYC, past 35 minutes for the demo, beyond what CI gives this test.
+    ADAPTERHUB_E2E_DEMO=1 runs it anyway."""
+    if os.environ.get("ADAPTERHUB_E2E_DEMO", "").lower() in ("1", "true", "yes"):
+        return True, ""
+    import torch
+
+    from adapterhub.precision import cpu_has_bf16
+
+    if torch.cuda.is_available() or cpu_has_bf16():
+        return True, ""
+    return False, ("this CPU has no bf16 instructions: the demo trains in fp32 here, past 35 minutes on 2 cores "
+                   "(set ADAPTERHUB_E2E_DEMO=1 to run it anyway)")
+
+
 @pytest.mark.timeout(1800)
 def test_demo_trains_lumen_and_serves_both_answers(_isolated_home):
+    fits, why = _fits_ci_time()
+    if not fits:
+        pytest.skip(why)
     env = {**os.environ, "PYTHONPATH": pythonpath(), "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "adapterhub.cli.main", "demo", "--max-tokens", "40"],
                           capture_output=True, text=True, env=env, timeout=1500)
