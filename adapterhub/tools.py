@@ -119,8 +119,28 @@ class ToolParser:
         return (content or None), calls
 
     def _calls(self, text: str, names: set[str]) -> list[ParsedCall]:
-        pattern = re.escape(self.start) + r"\s*(.*?)\s*(?:" + re.escape(self.end) + r"|$)"
-        return _all_or_none([self._one(m.group(1), names) for m in re.finditer(pattern, text, flags=re.S)])
+        """Each ``start JSON end`` in ``text``. The JSON is read as JSON (not up to the first end marker), so
+        an argument that contains the end marker (``"…</tool_call>…"``, seen in sampled forced calls) does not
+        cut its call; text between the JSON and the end marker makes the answer no call."""
+        decoder = json.JSONDecoder()
+        found: list[ParsedCall | None] = []
+        pos = text.find(self.start)
+        while pos >= 0:
+            j = pos + len(self.start)
+            while j < len(text) and text[j].isspace():
+                j += 1
+            try:
+                obj, k = decoder.raw_decode(text, j)
+            except json.JSONDecodeError:
+                return []
+            found.append(self._from_obj(obj, names))
+            rest = text[k:].lstrip()
+            if not rest:
+                break
+            if not rest.startswith(self.end):
+                return []
+            pos = text.find(self.start, len(text) - len(rest) + len(self.end))
+        return _all_or_none(found)
 
     def _one(self, blob: str, names: set[str]) -> ParsedCall | None:
         try:

@@ -87,3 +87,17 @@ def test_a_call_whose_end_marker_was_cut_is_still_a_call(fmt, keep):
     sent = "".join(split.feed(ch) for ch in cut)
     rest, streamed = split.finish(truncated=True)
     assert [c.name for c in streamed] == ["get_weather"] and p.start not in sent + rest
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "internlm2"])
+def test_an_argument_holding_the_end_marker_does_not_cut_its_call(fmt):
+    """A sampled forced call on the demo model wrote `"to_currency": "…'}()}</tool_call>]])} "`: valid JSON under
+    the grammar, so it is a call (the parser read up to the first end marker and returned it as text)."""
+    p = get_parser(fmt)
+    text = (f'{p.start}\n{{"name": "convert_currency", "arguments": {{"amount": 1, "to": "X{p.end}]])}} "}}}}\n'
+            f'{p.end}\n{p.start}\n{{"name": "get_weather", "arguments": {{"city": "Rome"}}}}\n{p.end}')
+    content, calls = p.parse(text, NAMES)
+    assert [c.name for c in calls] == ["convert_currency", "get_weather"], (content, calls)
+    assert json.loads(calls[0].arguments)["to"] == f"X{p.end}]])}} "
+    junk = text.replace(f'}}}}\n{p.end}\n{p.start}', f'}}}} trailing words\n{p.end}\n{p.start}', 1)
+    assert p.parse(junk, NAMES) == (junk, [])  # text between a call's JSON and its end: no calls
