@@ -66,14 +66,69 @@ def build_tokenizer(out: Path, *, extra_lines: tuple[str, ...] | list[str] = (),
     return fast
 
 
+def build_bpe_tokenizer(out: Path, *, prefix_space: bool, without: str = "", vocab_size: int = 300):
+    """A byte-level BPE saved to ``out``: ``prefix_space`` (GPT-2's ``add_prefix_space``: a space is put
+    before the text it encodes), every byte in the alphabet unless ``without`` names characters the
+    training text (and so the vocabulary) lacks."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix_space)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = [] if without else pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=alphabet,
+                                  show_progress=False)
+    lines = _corpus() + JSON_LINES * 20
+    tok.train_from_iterator([line.translate({ord(c): None for c in without}) for line in lines], trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", model_max_length=2048)
+    fast.chat_template = CHATML
+    fast.save_pretrained(str(out))
+    return fast
+
+
+def build_sentencepiece_tokenizer(out: Path, *, hub_style: bool = False):
+    """A Llama-2-style SentencePiece tokenizer trained here (BPE, ``▁`` word prefix, byte fallback), loaded
+    as transformers' fast tokenizer. ``hub_style``: its tokenizer.json spells the prefix the way Llama 2's on
+    the Hub does (a ``Prepend("▁")`` normalizer) instead of transformers' ``Metaspace`` pre-tokenizer."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_corpus() + JSON_LINES * 20), model_prefix=str(out / "tokenizer"), model_type="bpe",
+        vocab_size=400, byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        minloglevel=2)
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "legacy": True, "model_max_length": 2048}))
+    fast = AutoTokenizer.from_pretrained(str(out))
+    fast.chat_template = CHATML
+    fast.save_pretrained(str(out))
+    if hub_style:
+        spec = json.loads((out / "tokenizer.json").read_text())
+        spec["normalizer"] = {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "\u2581"}, {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
+        spec["pre_tokenizer"] = None
+        (out / "tokenizer.json").write_text(json.dumps(spec))
+        (out / "tokenizer.model").unlink()
+        fast = AutoTokenizer.from_pretrained(str(out))
+    return fast
+
+
 def build_tiny_model(out: Path, *, seed: int = 0, hidden: int = 64, json_vocab: bool = False,
-                     context: int = 512) -> Path:
-    """Save a tiny random Llama + tokenizer to ``out`` and return it (``json_vocab``: its tokenizer can write JSON)."""
+                     context: int = 512, tokenizer=None) -> Path:
+    """Save a tiny random Llama + tokenizer to ``out`` and return it (``json_vocab``: its tokenizer can write
+    JSON; ``tokenizer``: a callable that saves one to ``out`` and returns it, instead of the default)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(out, extra_lines=JSON_LINES if json_vocab else (), context=context)
+    if tokenizer is not None:
+        tok = tokenizer(out)
+    else:
+        tok = build_tokenizer(out, extra_lines=JSON_LINES if json_vocab else (), context=context)
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from adapterhub.errors import OverloadedError
+from adapterhub.errors import OverloadedError, UserInputError
 from adapterhub.serving.engines.base import (
     Delta,
     EngineCapabilities,
@@ -376,8 +376,9 @@ class HFEngine(TokenizerEngine):
         text, stopped = r.detok.add(token)
         matcher = r.state.matcher
         if matcher is not None:
-            if not matcher.consume_token(token):
-                raise RuntimeError(f"structured output failed: {matcher.get_error()}")
+            if not matcher.consume_token(token):  # the vocabulary cannot write the bytes the grammar forces
+                raise UserInputError("the model's tokenizer cannot write what the requested structure needs: "
+                                     f"{matcher.get_error().splitlines()[0]}", param="response_format")
         complete = matcher is not None and matcher.is_stopped()  # the grammar allows nothing more
         if stopped or complete or token in p.stop_token_ids:
             self._emit(r, Delta(text + ("" if stopped else r.detok.finish()), "stop", r.n_generated))

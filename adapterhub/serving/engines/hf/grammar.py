@@ -5,10 +5,18 @@ checks it against the tokenizer (a schema or pattern the library cannot compile 
 library's reason); each constrained row gets its own matcher. :class:`GrammarMask` is the first logits
 processor of the sampler: it keeps only the tokens the row's matcher allows, so constrained and free rows
 (on any adapters) share one batch. llguidance is imported lazily (extra ``structured``).
+
+Tokenizers that add a prefix space when they encode (byte-level BPE with ``add_prefix_space``, Llama-2's
+``Prepend("▁")`` normalizer, ``Metaspace`` prepending) are given to llguidance without it: llguidance
+encodes the bytes a grammar forces in the middle of the output, where no word starts, and with the prefix
+it allowed a space token the grammar then refused (every JSON request failed). A vocabulary that cannot
+write a byte the grammar needs (a BPE trained without ``{``) is a 400 before the request is queued.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import threading
 from functools import lru_cache
 from typing import Any
@@ -39,6 +47,7 @@ class GrammarCompiler:
         self._vocab = vocab_size
         self._eos = sorted(eos_ids)
         self._lltok: Any = None
+        self._unwritable: frozenset[int] | None = None
         self._lock = threading.Lock()
         self._compile = lru_cache(maxsize=256)(self._compile_uncached)
 
@@ -47,13 +56,31 @@ class GrammarCompiler:
         with self._lock:
             if self._lltok is None:
                 llg = _llguidance()
-                try:
-                    self._lltok = llg.hf.from_tokenizer(self._hf_tokenizer, n_vocab=self._vocab,
-                                                        eos_token=self._eos[0] if len(self._eos) == 1 else self._eos)
-                except ValueError as e:  # a slow (non-Rust) tokenizer
-                    raise UserInputError(f"structured output is not available for this tokenizer: {e}",
-                                         param="response_format") from None
+                backend = getattr(self._hf_tokenizer, "backend_tokenizer", None)
+                if backend is None:  # a slow (Python) tokenizer: llguidance reads the Rust tokenizer's JSON
+                    raise UserInputError("structured output is not available for this tokenizer: it has no fast "
+                                         "(tokenizers-library) version", param="response_format")
+                backend = copy.copy(backend)
+                backend.no_padding()
+                backend.no_truncation()
+                spec = without_prefix_space(json.loads(backend.to_str()))
+                self._lltok = llg.LLTokenizer(json.dumps(spec), n_vocab=self._vocab,
+                                              eos_token=self._eos[0] if len(self._eos) == 1 else self._eos)
             return self._lltok
+
+    @property
+    def unwritable(self) -> frozenset[int]:
+        """Bytes no token of the vocabulary contains (empty for byte-level and byte-fallback vocabularies)."""
+        if self._unwritable is None:
+            tok = self.lltokenizer
+            seen: set[int] = set()
+            for t in range(tok.vocab_size):
+                if not tok.is_special_token(t):
+                    seen.update(tok.decode_bytes([t]))
+                    if len(seen) == 256:
+                        break
+            self._unwritable = frozenset(range(256)) - seen
+        return self._unwritable
 
     def grammar(self, c: Constraint) -> str:
         """The llguidance grammar of ``c``, validated; raises UserInputError with the library's reason."""
@@ -81,7 +108,26 @@ class GrammarCompiler:
             raise UserInputError(f"cannot compile the {_what(c)}: {e}", param=c.param) from None
         if is_error:
             raise UserInputError(f"cannot compile the {_what(c)}: {messages[0].strip()}", param=c.param)
+        if self.unwritable:
+            self._check_writable(c, g)
         return str(g)
+
+    def _check_writable(self, c: Constraint, grammar: Any) -> None:
+        """A 400 when the grammar needs a byte no token can write: the bytes it forces at the start, what
+        JSON needs for the types a schema uses, and (for choices) whether any choice can be written."""
+        llg = _llguidance()
+        needed = set(llg.LLMatcher(self.lltokenizer, grammar, log_level=0).compute_ff_bytes())
+        if c.kind == "json":
+            needed |= _json_bytes(json.loads(c.spec))
+        elif c.kind == "choice":
+            choices: list[bytes] = [str(x).encode() for x in json.loads(c.spec)]
+            if all(set(x) & self.unwritable for x in choices):
+                needed |= set(sorted(choices, key=len)[0])
+        missing = sorted(needed & self.unwritable)
+        if missing:
+            chars = ", ".join(repr(chr(b)) for b in missing)
+            raise UserInputError(f"cannot use the {_what(c)} with this model: its tokenizer has no token that "
+                                 f"writes {chars}", param=c.param)
 
     def matcher(self, c: Constraint) -> Any:
         g = self.grammar(c)
@@ -89,6 +135,60 @@ class GrammarCompiler:
         if matcher.is_error():
             raise UserInputError(f"cannot compile the {_what(c)}: {matcher.get_error()}", param=c.param)
         return matcher
+
+
+def without_prefix_space(spec: dict[str, Any]) -> dict[str, Any]:
+    """The tokenizer JSON with what prepends a space (or ``▁``) to the text it encodes turned off."""
+
+    def fix(node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node
+        if node.get("type") == "Prepend":
+            return None
+        if node.get("type") in ("ByteLevel", "Metaspace") and node.get("add_prefix_space"):
+            node["add_prefix_space"] = False
+        if node.get("type") == "Metaspace" and node.get("prepend_scheme") in ("always", "first"):
+            node["prepend_scheme"] = "never"
+        for key in ("normalizers", "pretokenizers"):
+            if isinstance(node.get(key), list):
+                node[key] = [n for n in (fix(x) for x in node[key]) if n is not None]
+        return node
+
+    spec = dict(spec)
+    for key in ("normalizer", "pre_tokenizer"):
+        spec[key] = fix(copy.deepcopy(spec.get(key)))
+    return spec
+
+
+def _json_bytes(schema: Any) -> set[int]:
+    """The JSON punctuation every value of this schema needs: its type's brackets and, through required
+    properties and array items, theirs (branches of anyOf/oneOf and optional properties are not required)."""
+    out: set[int] = set()
+    stack = [schema]
+    while stack:
+        s = stack.pop()
+        if not isinstance(s, dict) or "enum" in s or "const" in s:
+            continue
+        types = s.get("type")
+        types = set(types) if isinstance(types, list) else {types}
+        if len(types) > 1:
+            continue  # a choice of types: none of them is required
+        if "object" in types:
+            out |= set(b"{}")
+            required = [k for k in s.get("required", []) if isinstance(k, str)]
+            if required:
+                out |= set(b'":')
+            props = s.get("properties")
+            if isinstance(props, dict):
+                stack.extend(props.get(k) for k in required)
+        elif "array" in types:
+            out |= set(b"[]")
+            if isinstance(s.get("minItems"), int) and s["minItems"] > 0:
+                stack.append(s.get("items"))
+        elif "string" in types:
+            out |= set(b'"')
+        stack.extend(s.get("allOf", []) if isinstance(s.get("allOf"), list) else [])
+    return out
 
 
 def _what(c: Constraint) -> str:
@@ -113,5 +213,9 @@ class GrammarMask(LogitsProcessor):
         row.matcher.unsafe_compute_mask_ptr(words.data_ptr(), words.numel() * 4)
         if row.matcher.is_error():
             raise RuntimeError(f"structured output failed: {row.matcher.get_error()}")
-        allowed = ((words.unsqueeze(-1) >> _BITS) & 1).flatten()[:vocab].bool().to(logits.device)
+        allowed = ((words.unsqueeze(-1) >> _BITS) & 1).flatten()[:vocab].bool()
+        if not allowed.any():  # a dead end: the vocabulary cannot write what the grammar needs next
+            raise UserInputError("the model's tokenizer cannot write what the requested structure needs next "
+                                 f"(after {len(row.generated)} tokens)", param="response_format")
+        allowed = allowed.to(logits.device)
         return logits.masked_fill(~allowed, float("-inf"))
