@@ -22,6 +22,7 @@ import shutil
 import sqlite3
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,6 +49,10 @@ CREATE TABLE IF NOT EXISTS alias_history (
     id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, alias TEXT NOT NULL,
     version INTEGER, at REAL NOT NULL, by TEXT NOT NULL, split TEXT, note TEXT
 );
+CREATE TABLE IF NOT EXISTS responses (
+    id TEXT PRIMARY KEY, created_at REAL NOT NULL, expires_at REAL NOT NULL, record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS responses_expiry ON responses (expires_at);
 CREATE TABLE IF NOT EXISTS alias_gates (
     name TEXT NOT NULL, alias TEXT NOT NULL, requirements TEXT NOT NULL,
     updated_at REAL NOT NULL, updated_by TEXT NOT NULL,
@@ -124,6 +129,8 @@ class LocalStore(RegistryStore):
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
+        self._responses_conn: sqlite3.Connection | None = None
+        self._responses_lock = threading.Lock()
         self._migrate()
         self._recover()
 
@@ -144,6 +151,10 @@ class LocalStore(RegistryStore):
 
     def close(self) -> None:
         self._conn.close()
+        with self._responses_lock:
+            if self._responses_conn is not None:
+                self._responses_conn.close()
+                self._responses_conn = None
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -320,6 +331,34 @@ class LocalStore(RegistryStore):
                 db.execute("INSERT INTO alias_gates VALUES (?,?,?,?,?) ON CONFLICT(name, alias) DO UPDATE SET "
                            "requirements=excluded.requirements, updated_at=excluded.updated_at, "
                            "updated_by=excluded.updated_by", (name, alias, json.dumps(requirements), time.time(), by))
+
+    # Stored responses: their own connection (a serving process writes one per request, while the
+    # registry's connection may be inside a version's write transaction on another thread).
+    @contextmanager
+    def _responses_db(self) -> Iterator[sqlite3.Connection]:
+        with self._responses_lock:
+            if self._responses_conn is None:
+                self._responses_conn = sqlite3.connect(self._db_path, timeout=60, isolation_level=None,
+                                                       check_same_thread=False)
+            yield self._responses_conn
+
+    def put_response(self, response_id: str, record: dict[str, Any], expires_at: float) -> None:
+        now = time.time()
+        with self._responses_db() as db:
+            db.execute("INSERT OR REPLACE INTO responses VALUES (?,?,?,?)",
+                       (response_id, now, expires_at, json.dumps(record)))
+            db.execute("DELETE FROM responses WHERE expires_at < ?", (now,))
+
+    def get_response(self, response_id: str) -> dict[str, Any] | None:
+        with self._responses_db() as db:
+            row = db.execute("SELECT record FROM responses WHERE id=? AND expires_at >= ?",
+                             (response_id, time.time())).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def delete_response(self, response_id: str) -> bool:
+        with self._responses_db() as db:
+            cur = db.execute("DELETE FROM responses WHERE id=? AND expires_at >= ?", (response_id, time.time()))
+        return cur.rowcount > 0
 
     def get_gate(self, name: str, alias: str) -> builtins.list[str] | None:
         row = self._conn.execute("SELECT requirements FROM alias_gates WHERE name=? AND alias=?",

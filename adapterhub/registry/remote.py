@@ -85,6 +85,13 @@ CREATE TABLE alias_gates (
     PRIMARY KEY (name, alias)
 );
 """),
+    (2, """
+CREATE TABLE responses (
+    id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION NOT NULL,
+    record JSONB NOT NULL
+);
+CREATE INDEX responses_expiry ON responses (expires_at);
+"""),
 ]
 _MIGRATION_LOCK = 0x616470_68756220  # any constant: "adp hub "
 _COLS = "name, version, content_hash, kind, base_model, rank, size, created_at, metrics, base_fingerprint"
@@ -495,6 +502,27 @@ class RemoteStore(RegistryStore):
             row = db.execute("SELECT requirements FROM alias_gates WHERE name=%s AND alias=%s",
                              (name, alias)).fetchone()
         return list(row[0]) if row else None
+
+    def put_response(self, response_id: str, record: dict[str, Any], expires_at: float) -> None:
+        from psycopg.types.json import Jsonb
+
+        now = time.time()
+        with self._db() as db:
+            db.execute("INSERT INTO responses VALUES (%s,%s,%s,%s) ON CONFLICT (id) DO UPDATE SET "
+                       "record=excluded.record, expires_at=excluded.expires_at",
+                       (response_id, now, expires_at, Jsonb(record)))
+            db.execute("DELETE FROM responses WHERE expires_at < %s", (now,))
+
+    def get_response(self, response_id: str) -> dict[str, Any] | None:
+        with self._db() as db:
+            row = db.execute("SELECT record FROM responses WHERE id=%s AND expires_at >= %s",
+                             (response_id, time.time())).fetchone()
+        return dict(row[0]) if row else None
+
+    def delete_response(self, response_id: str) -> bool:
+        with self._db() as db:
+            cur = db.execute("DELETE FROM responses WHERE id=%s AND expires_at >= %s", (response_id, time.time()))
+        return bool(cur.rowcount)
 
     # ---------------------------------------------------------------- upkeep
     def delete(self, name: str, version: int) -> None:

@@ -126,6 +126,18 @@ class RegistryStore(abc.ABC):
     def set_metrics(self, name: str, version: int, metrics: dict[str, Any]) -> None:
         """Merge ``metrics`` into the version's metrics (evaluation results added after registration)."""
 
+    # Stored Responses-API responses (``/v1/responses`` with ``store: true``), shared by every replica that
+    # uses this registry. ``record`` is JSON-serializable; expired records are never returned.
+    @abc.abstractmethod
+    def put_response(self, response_id: str, record: dict[str, Any], expires_at: float) -> None: ...
+
+    @abc.abstractmethod
+    def get_response(self, response_id: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    def delete_response(self, response_id: str) -> bool:
+        """Remove a stored response; False when there was none (or it had expired)."""
+
     def put_exact(self, name: str, version: int, src: Path, content_hash: str, summary: dict[str, Any],
                   manifest: bytes, created_at: float | None = None) -> bool:
         """Store ``src`` as exactly ``name@version`` with the given manifest (copying a registry keeps its

@@ -42,6 +42,8 @@ class ServeConfig(BaseModel):
     max_image_bytes: int = Field(10 * 2**20, ge=1, description="Largest image accepted, in bytes.")
     max_images: int = Field(8, ge=1, description="Most images in one request.")
     media_timeout_s: float = Field(5.0, gt=0, description="Time limit for fetching one image URL.")
+    responses_retention_days: float = Field(30.0, gt=0, description="How long /v1/responses keeps stored "
+                                            "responses (for GET and previous_response_id), in days.")
     default_max_tokens: int = Field(512, ge=1, description="Completion budget when the request sets none.")
     allowed_origins: list[str] = Field(default_factory=list, description="Origins browsers may call the API from "
                                        "(CORS; '*' for any). Off by default.")

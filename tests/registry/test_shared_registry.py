@@ -247,3 +247,17 @@ def test_processes_on_one_host_share_one_cache_entry(shared_registry, tiny_adapt
     assert len(paths) == 1  # every process got the same, verified entry
     cache = Settings(home=host).versions_cache_dir
     assert [p.name for p in cache.iterdir() if not p.name.startswith(".")] == [Path(paths.pop()).name]
+
+
+def test_stored_responses_are_shared_between_machines_and_expire(shared_registry, tmp_path):
+    """/v1/responses keeps stored responses in the registry's PostgreSQL: what one replica stores another
+    reads and deletes; an expired record is gone for both."""
+    one = RemoteStore(*shared_registry, tmp_path / "cache-1")
+    two = RemoteStore(*shared_registry, tmp_path / "cache-2")
+    record = {"response": {"id": "resp_1", "output": [{"type": "message"}]}, "messages": [], "pinned": "ad@2"}
+    one.put_response("resp_1", record, expires_at=time.time() + 60)
+    assert two.get_response("resp_1") == record
+    one.put_response("resp_old", record, expires_at=time.time() - 1)
+    assert two.get_response("resp_old") is None and two.delete_response("resp_old") is False
+    assert two.delete_response("resp_1") is True
+    assert one.get_response("resp_1") is None and one.delete_response("resp_1") is False

@@ -17,6 +17,7 @@ def routers() -> list[APIRouter]:
     from adapterhub.serving.endpoints.completions.api_router import router as completions
     from adapterhub.serving.endpoints.health.api_router import router as health
     from adapterhub.serving.endpoints.models.api_router import router as models
+    from adapterhub.serving.endpoints.responses.api_router import router as responses
     from adapterhub.serving.endpoints.tokenize.api_router import router as tokenize
 
-    return [chat, completions, models, tokenize, admin, health]
+    return [chat, completions, responses, models, tokenize, admin, health]

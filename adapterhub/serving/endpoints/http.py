@@ -43,17 +43,32 @@ def service(cls: type[T]) -> Callable[[Request], T]:
     return dependency
 
 
-def sse(frames: AsyncIterator[BaseModel]) -> StreamingResponse:
+def sse(frames: AsyncIterator[BaseModel], *, named: bool = False) -> StreamingResponse:
+    """Server-sent events. Chat and completions: ``data:`` lines ending with ``data: [DONE]``. ``named``
+    (the Responses API): each event also has an ``event:`` line with its ``type``, and no ``[DONE]``."""
+    def frame(data: dict[str, Any]) -> str:
+        head = f"event: {data.get('type', 'error')}\n" if named else ""
+        return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    def error(message: str, type_: str, code: str | None, param: str | None) -> str:
+        if named:
+            # OpenAI's event has the fields at the top, Open Responses' under "error": both are given.
+            detail = {"type": type_, "code": code or type_, "message": message, "param": param}
+            return frame({"type": "error", "sequence_number": 0, "code": code or type_, "message": message,
+                          "param": param, "error": detail})
+        return frame(error_body(message, type_, code, param))
+
     async def body() -> AsyncIterator[str]:
         try:
             async for f in frames:
-                yield f"data: {json.dumps(f.model_dump(mode='json'), ensure_ascii=False)}\n\n"
+                yield frame(f.model_dump(mode="json"))
         except AdapterHubError as e:
-            yield f"data: {json.dumps(error_body(e.message, e.error_type, e.code, e.param))}\n\n"
+            yield error(e.message, e.error_type, e.code, e.param)
         except Exception as e:  # noqa: BLE001 - the status line is sent: report in-band
             log.exception("stream failed")
-            yield f"data: {json.dumps(error_body(f'internal error: {type(e).__name__}', 'server_error', 'internal_error'))}\n\n"
-        yield "data: [DONE]\n\n"
+            yield error(f"internal error: {type(e).__name__}", "server_error", "internal_error", None)
+        if not named:
+            yield "data: [DONE]\n\n"
 
     return StreamingResponse(body(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -26,7 +26,7 @@ def _narrow(spec: dict) -> dict:
         props = schema.get("properties", {})
         if "model" in props and props["model"].get("type") == "string":
             props["model"] = {"type": "string", "enum": MODELS}
-        for key, cap in (("max_tokens", 6), ("max_completion_tokens", 6), ("n", 3), ("best_of", 3),
+        for key, cap in (("max_tokens", 6), ("max_completion_tokens", 6), ("max_output_tokens", 6), ("n", 3), ("best_of", 3),
                          ("min_tokens", 3)):
             if key in props:
                 for variant in props[key].get("anyOf", [props[key]]):

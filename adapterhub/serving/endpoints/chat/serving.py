@@ -28,7 +28,7 @@ from adapterhub.serving.endpoints.chat.protocol import (
     ToolCallDelta,
     TopLogprob,
 )
-from adapterhub.serving.endpoints.generation import GeneratingService, merge, template_messages_of, timed
+from adapterhub.serving.endpoints.generation import GeneratingService, Job, merge, template_messages_of, timed
 from adapterhub.serving.engines.base import TokenLogprob as EngineLogprob
 from adapterhub.serving.media import load_image
 from adapterhub.serving.protocol.responses import Usage, new_id, now
@@ -140,7 +140,9 @@ class ChatService(GeneratingService):
             self.engine.check_constraint(constraint)
         return constraint, skip_special
 
-    async def _job(self, req: ChatCompletionRequest, caller: str | None) -> Any:
+    async def prepare(self, req: ChatCompletionRequest, caller: str | None) -> Job:
+        """Validate, lease the model and encode: the job :meth:`create` or :meth:`stream` then runs (the
+        lease is released when it ends)."""
         images = await self.images(req)
         inputs: dict[str, Any] = {}
         return await self.start(req, lambda lease: [self.encode_messages(req, lease, images, inputs)], req.n, caller,
@@ -173,10 +175,12 @@ class ChatService(GeneratingService):
             ToolCall(id=new_call_id(), function=FunctionCall(name=c.name, arguments=c.arguments)) for c in calls
         ]), "tool_calls" if reason == "stop" else reason
 
-    async def create(self, req: ChatCompletionRequest, caller: str | None = None) -> ChatCompletionResponse:
-        """``caller`` (e.g. an X-Session-Id) keeps a caller on one version of a split alias; ``user`` wins."""
+    async def create(self, req: ChatCompletionRequest, caller: str | None = None,
+                     job: Job | None = None) -> ChatCompletionResponse:
+        """``caller`` (e.g. an X-Session-Id) keeps a caller on one version of a split alias; ``user`` wins.
+        ``job``: already prepared (:meth:`prepare`)."""
         t0 = time.perf_counter()
-        job = await self._job(req, caller)
+        job = job or await self.prepare(req, caller)
         results = await self.finish(job, t0)
         choices = []
         for i, r in enumerate(results):
@@ -187,10 +191,10 @@ class ChatService(GeneratingService):
                                       choices=choices,
                                       usage=Usage.of(len(job.prompts[0]), sum(r.tokens for r in results)))
 
-    async def stream(self, req: ChatCompletionRequest, caller: str | None = None
+    async def stream(self, req: ChatCompletionRequest, caller: str | None = None, job: Job | None = None
                      ) -> AsyncIterator[ChatCompletionChunk]:
         """Validate eagerly (errors before the first byte), then return the chunk iterator."""
-        job = await self._job(req, caller)
+        job = job or await self.prepare(req, caller)
         model, plan = job.lease.answered_by, job.plan
         splitters = [StreamSplitter(plan.parser, plan.names, plan.forced) if plan else None for _ in job.gens]
         cid, created = new_id("chatcmpl"), now()
