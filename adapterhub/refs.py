@@ -83,7 +83,7 @@ def parse_ref(text: str) -> AdapterRef:
         return AdapterRef(name)
     if not selector:
         raise InvalidRefError(f"invalid ref {text!r}: nothing after '@'")
-    if selector.isdigit():
+    if selector.isascii() and selector.isdigit():  # "١" is a digit to str.isdigit, not a version number
         version = int(selector)
         if version < 1:
             raise InvalidRefError(f"invalid ref {text!r}: versions start at 1")

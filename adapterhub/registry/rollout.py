@@ -26,7 +26,7 @@ def parse_split(text: str) -> dict[int, int]:
     out: dict[int, int] = {}
     for part in text.split(","):
         version, sep, weight = part.partition("=")
-        if not sep or not version.strip().isdigit() or not weight.strip().isdigit():
+        if not sep or not re.fullmatch(r"[0-9]{1,9}", version.strip()) or not re.fullmatch(r"[0-9]{1,9}", weight.strip()):
             raise UserInputError(f"--split: expected VERSION=WEIGHT[,VERSION=WEIGHT…] such as 3=90,4=10, got {text!r}")
         v, w = int(version), int(weight)
         if w <= 0:

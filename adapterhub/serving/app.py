@@ -80,5 +80,11 @@ def make_app(stack: ServingStack) -> FastAPI:
 
 
 def _endpoint(request: Request) -> str:
-    path = request.url.path
-    return {"/v1/chat/completions": "chat", "/v1/completions": "completions"}.get(path, path)
+    """The metrics label: the matched route's template (``/v1/models/{model_id}``), never the raw path, so
+    anyone sending random paths cannot grow /metrics; "unmatched" for a path no route has."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", None)
+    if path is None:
+        return "unmatched"
+    return {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/responses": "responses"}.get(
+        path, path)

@@ -143,16 +143,18 @@ class GeneratingService:
         refuse_unsupported(req)
         self.check_ids(list(req.stop_token_ids), "stop_token_ids")
         self.check_ids([i for i, _ in req.logit_bias_ids()], "logit_bias")
-        constraint = constraint_of(req)
-        if constraint is not None:
-            self.engine.check_constraint(constraint)
+        requested = constraint_of(req)
+        if requested is not None:  # compiling a grammar can take a second: never on the event loop
+            await asyncio.to_thread(self.engine.check_constraint, requested)
         lease = await self.manager.acquire(req.model, req.user or caller)
         current_target.set((lease.name, lease.version))
         if lease.split_alias:
             self.metrics.split_served.labels(lease.name, lease.split_alias, lease.version).inc()
         try:
             decided = plan(lease) if plan is not None else None
-            constraint, skip_special = self.constrain(req, decided, constraint)
+            constraint, skip_special = self.constrain(req, decided, requested)
+            if constraint is not None and constraint is not requested:  # e.g. a forced tool call's grammar
+                await asyncio.to_thread(self.engine.check_constraint, constraint)
             prompts = encode(lease)
             rid = new_id("req")
             gens, prompt_of = [], []

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -19,6 +20,7 @@ from pydantic import (
     Field,
     StrictBool,
     field_validator,
+    model_validator,
 )
 
 # Fields accepted although they never change the output (OpenAI bookkeeping).
@@ -31,7 +33,8 @@ NOT_YET = {
     "tools": "tools are only supported on /v1/chat/completions",
     "tool_choice": "tools are only supported on /v1/chat/completions",
 }
-MAX_SEED, MIN_SEED = 2**64 - 1, -(2**63)  # what torch.Generator.manual_seed accepts
+MAX_SEED, MIN_SEED = 2**64 - 1, -(2**63)
+_TOKEN_ID = re.compile(r"-?[0-9]{1,10}")  # what torch.Generator.manual_seed accepts
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
@@ -51,6 +54,30 @@ def valid_text(s: str, what: str) -> str:
     return s
 
 
+def _lone_surrogate(value: Any, path: str) -> str | None:
+    """The path of the first string under ``value`` that is not valid Unicode, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            sub = f"{path}.{k}" if path else str(k)
+            if isinstance(k, str) and _lone_surrogate(k, path) is not None:
+                return (path + " (a key)") if path else "a key"
+            found = _lone_surrogate(v, sub)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _lone_surrogate(v, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
@@ -58,6 +85,16 @@ class StrictModel(BaseModel):
 class BaseRequest(StrictModel):
     # Unknown fields are kept (to be refused by name); the schema still says they are not part of the API.
     model_config = ConfigDict(strict=True, extra="allow", json_schema_extra={"additionalProperties": False})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode(cls, data: Any) -> Any:
+        """Every string in the body, keys included, must be valid Unicode (JSON allows a lone surrogate,
+        "\\ud800"; tokenizers, grammars and loggers do not)."""
+        where = _lone_surrogate(data, "")
+        if where is not None:
+            raise ValueError(f"{where or 'the body'} is not valid Unicode (it contains a lone surrogate)")
+        return data
 
     def unsupported(self) -> list[tuple[str, str]]:
         """``(field, reason)`` for every field this server cannot honour (the service refuses them)."""
@@ -225,8 +262,8 @@ class SamplingRequest(BaseRequest):
     @classmethod
     def _bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
         for k, b in (v or {}).items():
-            if not k.lstrip("-").isdigit():
-                raise ValueError(f"keys must be token ids, got {k!r}")
+            if not _TOKEN_ID.fullmatch(k):  # ASCII digits only: "²" and "٣" pass str.isdigit, not int()'s meaning
+                raise ValueError(f"keys must be token ids (ASCII digits), got {k[:20]!r}")
             if not -100 <= b <= 100:
                 raise ValueError(f"bias for token {k} must be within [-100, 100], got {b}")
         return v

@@ -137,7 +137,6 @@ class ChatService(GeneratingService):
                                      param=constraint.param)
             constraint = Constraint("lark", plan.parser.grammar(
                 plan.tools, None if plan.mode == "required" else plan.mode, req.parallel_tool_calls), "tools")
-            self.engine.check_constraint(constraint)
         return constraint, skip_special
 
     async def prepare(self, req: ChatCompletionRequest, caller: str | None) -> Job:

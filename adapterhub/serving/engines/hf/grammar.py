@@ -108,6 +108,13 @@ class GrammarCompiler:
             raise UserInputError(f"cannot compile the {_what(c)}: {e}", param=c.param) from None
         if is_error:
             raise UserInputError(f"cannot compile the {_what(c)}: {messages[0].strip()}", param=c.param)
+        # Some grammars compile and fail only when matching starts (a schema that is only "$ref": "#"):
+        # computing the first mask here makes that a 400 before the request is queued.
+        first = m(self.lltokenizer, g, log_level=0)
+        words = torch.zeros((self._vocab + 31) // 32, dtype=torch.int32)
+        first.unsafe_compute_mask_ptr(words.data_ptr(), words.numel() * 4)
+        if first.is_error():
+            raise UserInputError(f"cannot use the {_what(c)}: {first.get_error().splitlines()[0]}", param=c.param)
         if self.unwritable:
             self._check_writable(c, g)
         return str(g)
@@ -211,8 +218,9 @@ class GrammarMask(LogitsProcessor):
         vocab = logits.shape[0]
         words = torch.zeros((vocab + 31) // 32, dtype=torch.int32)
         row.matcher.unsafe_compute_mask_ptr(words.data_ptr(), words.numel() * 4)
-        if row.matcher.is_error():
-            raise RuntimeError(f"structured output failed: {row.matcher.get_error()}")
+        if row.matcher.is_error():  # the request's grammar hit a limit of the library while matching
+            raise UserInputError(f"structured output failed: {row.matcher.get_error().splitlines()[0]}",
+                                 param="response_format")
         allowed = ((words.unsqueeze(-1) >> _BITS) & 1).flatten()[:vocab].bool()
         if not allowed.any():  # a dead end: the vocabulary cannot write what the grammar needs next
             raise UserInputError("the model's tokenizer cannot write what the requested structure needs next "
