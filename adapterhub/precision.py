@@ -48,6 +48,12 @@ def torch_dtype(name: str, *, model_path: Path | None = None, cuda: bool | None 
     return dt
 
 
+def dtype_name(name: str, *, model_path: Path | None = None, cuda: bool | None = None) -> str:
+    """:func:`torch_dtype` as the name other engines take (``bfloat16``, ``float16``, ``float32``): the
+    vLLM engine follows the same CPU fallbacks."""
+    return str(torch_dtype(name, model_path=model_path, cuda=cuda)).removeprefix("torch.")
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles); ``ADAPTERHUB_CPU_BF16=1|0``
     overrides the detection."""

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from adapterhub.loading.bases import pull_demo
 from adapterhub.models import DEMO_MODEL
+from adapterhub.precision import dtype_name
 from adapterhub.registry import Registry
 from adapterhub.registry.local import LocalStore
 from adapterhub.settings import Settings
@@ -52,7 +53,7 @@ def raw_vllm_server(base: Path, adapters: list[Path], rank: int, port: int) -> s
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base),
            "--host", "127.0.0.1", "--port", str(port), "--enable-lora", "--max-lora-rank", str(rank),
            "--max-loras", str(len(adapters) + 1), "--max-cpu-loras", str(2 * (len(adapters) + 1)),
-           "--no-enable-prefix-caching", "--max-model-len", "1024", "--dtype", "bfloat16",
+           "--no-enable-prefix-caching", "--max-model-len", "1024", "--dtype", dtype_name("bf16", model_path=base),
            "--lora-modules", *(f"a{i}={p}" for i, p in enumerate(adapters))]
     if not _cuda():
         cmd += ["--gpu-memory-utilization", "0.4"]  # our engine's default share of RAM on CPU builds
@@ -153,10 +154,11 @@ def main() -> None:
             for k, v in tps.items()]
     overhead = (t_ours / n_ours) / (t_raw / n_raw) - 1
     device = "cuda" if _cuda() else "cpu"
-    print(f"vLLM on {device}: {args.requests} requests × {args.tokens} tokens, greedy, bf16, "
+    print(f"vLLM on {device}: {args.requests} requests × {args.tokens} tokens, greedy, "
+          f"{dtype_name('bf16', model_path=base.path)} (bf16 where the CPU or GPU has it), "
           f"{args.adapters} adapters r={args.rank} all-linear")
     report(f"serving_vllm_{device}", rows, ["workload", "tok_per_s", "vs_base_only", "vs_raw_vllm_http"],
-           extra={"device": device, "http_overhead_vs_raw_vllm": round(overhead, 3), "requests": args.requests,
+           extra={"device": device, "dtype": dtype_name("bf16", model_path=base.path), "http_overhead_vs_raw_vllm": round(overhead, 3), "requests": args.requests,
                   "tokens": args.tokens, "adapters": args.adapters, "rank": args.rank})
     print(f"our HTTP layer vs raw vLLM server: {overhead * 100:+.1f}% time per token")
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterhub.errors import IncompatibleAdapterError, MissingDependencyError, UserInputError
+from adapterhub.precision import dtype_name
 from adapterhub.serving.engines.base import (
     Delta,
     EngineCapabilities,
@@ -71,8 +72,8 @@ class VLLMEngine(TokenizerEngine):
         extra = dict(extra_args or {})
         args: dict[str, Any] = dict(
             model=str(model_path), enable_lora=True, max_loras=max_loaded + 1, max_lora_rank=max_lora_rank,
-            max_cpu_loras=max(2 * (max_loaded + 1), 4), dtype={"fp32": "float32", "bf16": "bfloat16",
-                                                               "fp16": "float16"}.get(dtype, dtype),
+            # bf16 on a CPU without bf16 instructions (and fp16 on any CPU) computes in fp32, as on the hf engine
+            max_cpu_loras=max(2 * (max_loaded + 1), 4), dtype=dtype_name(dtype, model_path=Path(model_path)),
             enable_prefix_caching=False,
         )
         for k, v in extra.items():

