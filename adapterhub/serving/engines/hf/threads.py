@@ -27,35 +27,37 @@ _OMP_PAUSE_SOFT = 1
 _RUNTIMES = ("libgomp", "libiomp5", "libomp")
 
 
-@functools.lru_cache(maxsize=1)
-def _pause_fn() -> Any:
-    """``omp_pause_resource_all`` of the OpenMP runtime torch loaded, or None."""
+def _runtimes() -> list[str]:
+    """Every OpenMP runtime mapped into the process: torch's, and any a wheel bundles (sentencepiece
+    ships its own libgomp, which sorts before torch's)."""
     import torch
 
     if "OpenMP" not in torch.__config__.parallel_info():
-        return None
+        return []
     try:
-        mapped = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
-                  if "/" in line and any(r in line.rsplit("/", 1)[-1] for r in _RUNTIMES)}
+        return sorted({line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+                       if "/" in line and any(r in line.rsplit("/", 1)[-1] for r in _RUNTIMES)})
     except OSError:  # not Linux
+        return []
+
+
+@functools.lru_cache(maxsize=16)
+def _pause_fn(path: str) -> Any:
+    """``omp_pause_resource_all`` of the runtime at ``path``, or None."""
+    try:
+        fn = getattr(ctypes.CDLL(path), "omp_pause_resource_all", None)
+    except OSError:
         return None
-    for path in sorted(mapped):
-        try:
-            fn = getattr(ctypes.CDLL(path), "omp_pause_resource_all", None)
-        except OSError:
-            continue
-        if fn is not None:
-            fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-            return fn
-    return None
+    if fn is not None:
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+    return fn
 
 
 def release_pool() -> bool:
-    """Release the calling thread's OpenMP helper threads; True when the runtime did."""
-    fn = _pause_fn()
-    if fn is None:
-        return False
-    rc = fn(_OMP_PAUSE_SOFT)
-    if rc != 0:
-        log.debug("omp_pause_resource_all returned %s", rc)
-    return rc == 0
+    """Release the calling thread's OpenMP helper threads in every runtime loaded (pausing only the first
+    one found left torch's pool alive once sentencepiece's runtime was loaded too); True when all did."""
+    fns = [f for f in (_pause_fn(p) for p in _runtimes()) if f is not None]
+    results = [f(_OMP_PAUSE_SOFT) for f in fns]
+    if any(rc != 0 for rc in results):
+        log.debug("omp_pause_resource_all returned %s", results)
+    return bool(fns) and all(rc == 0 for rc in results)
