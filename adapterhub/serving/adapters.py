@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,8 @@ class Lease:
 
 class AdapterManager:
     def __init__(self, engine: Engine, registry: Registry | None, *, base_name: str,
-                 base_aliases: tuple[str, ...] = (), metrics: Metrics | None = None) -> None:
+                 base_aliases: tuple[str, ...] = (), metrics: Metrics | None = None,
+                 max_slot_waiters: int = 256) -> None:
         self.engine = engine
         self.metrics = metrics
         self.registry = registry
@@ -67,6 +68,14 @@ class AdapterManager:
         self._in_use: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.load_times: list[float] = []
+        # Requests whose adapter needs a slot while every slot is busy wait here, first come first served;
+        # beyond max_slot_waiters a request gets 503 with Retry-After.
+        self.max_slot_waiters = max_slot_waiters
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        # Busy adapters chosen to make room: they take no new requests until their running ones finish and
+        # they are evicted (set when evicted), so a popular adapter cannot hold a slot forever.
+        self._draining: dict[str, asyncio.Event] = {}
+        self._loading: set[str] = set()  # adapters being copied into a slot
 
     @staticmethod
     def key_of(record: VersionRecord) -> str:
@@ -93,7 +102,14 @@ class AdapterManager:
         record, split_alias = self._resolve(model, caller)
         if record is None:
             return Lease(model, None, None, name=self.base_name)
-        key = await self._ensure_loaded(record)
+        key = self.key_of(record)
+        while True:
+            if key in self._draining:  # making room for a waiting adapter: load again after it is evicted
+                await self._draining[key].wait()
+                continue
+            key = await self._ensure_loaded(record)
+            if key not in self._draining:
+                break
         self._in_use[key] = self._in_use.get(key, 0) + 1
         return Lease(model, key, self._templates.get(key), record.ref, record.name, str(record.version),
                      split_alias, self._parsers.get(key))
@@ -103,6 +119,19 @@ class AdapterManager:
             self._in_use[lease.key] -= 1
             if self._in_use[lease.key] <= 0:
                 del self._in_use[lease.key]
+                self._wake_slot_waiter()
+
+    def _wake_slot_waiter(self) -> None:
+        """A slot may be free: the longest-waiting request looks first."""
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    @property
+    def slot_waiting(self) -> int:
+        return sum(1 for w in self._slot_waiters if not w.done())
 
     # ---------------------------------------------------------------- admin
     async def load(self, model: str, *, pin: bool = False) -> VersionRecord:
@@ -129,11 +158,9 @@ class AdapterManager:
         for key in keys:
             if self._in_use.get(key):
                 raise OverloadedError(f"{key.split('#')[0]} is serving requests; retry when they finish")
-            await asyncio.to_thread(self.engine.unload_adapter, key)
-            record = self._lru.pop(key, None)
+            if key in self._lru:
+                await self._evict(key)
             self._pinned.discard(key)
-            if self.metrics and record is not None:
-                self.metrics.evicted(record.name, str(record.version))
         return [k.split("#")[0] for k in keys]
 
     def loaded(self) -> list[dict[str, Any]]:
@@ -157,8 +184,13 @@ class AdapterManager:
             assert self.registry is not None
             path, template, parser = await asyncio.to_thread(self._check, record)
             await self._make_room()
+            self._loading.add(key)  # the slot is taken from here on (another waiter must not count it free)
             t0 = time.perf_counter()
-            await asyncio.to_thread(self.engine.load_adapter, key, path)
+            try:
+                await asyncio.to_thread(self.engine.load_adapter, key, path)
+            finally:
+                self._loading.discard(key)
+                self._wake_slot_waiter()  # on failure the slot is free again; on success, a no-op for the full
             self.load_times.append(time.perf_counter() - t0)
             if self.metrics:
                 self.metrics.loaded(record.name, str(record.version), self.load_times[-1], pinned=False)
@@ -169,17 +201,52 @@ class AdapterManager:
         return key
 
     async def _make_room(self) -> None:
-        while len(self._lru) >= self.max_loaded:
-            victim = next((k for k in self._lru if k not in self._pinned and not self._in_use.get(k)), None)
-            if victim is None:
-                raise OverloadedError(
-                    f"all {self.max_loaded} adapter slots are pinned or in use: retry later or raise --max-loaded"
-                )
-            evicted = self._lru.pop(victim)
-            await asyncio.to_thread(self.engine.unload_adapter, victim)
-            if self.metrics:
-                self.metrics.evicted(evicted.name, str(evicted.version))
-            log.info("evicted %s", victim)
+        """Free a slot: evict the least recently used idle adapter; when every slot is busy, wait in line.
+
+        Fairness rule: requests needing a slot are served first come, first served, and for each of them
+        the least recently used busy adapter stops taking new requests (its own new requests queue behind
+        the ones already waiting), so it is idle and evicted once its running requests finish; no adapter,
+        however popular, keeps a slot while others wait.
+        """
+        first_try = True
+        while len(self._lru) + len(self._loading) >= self.max_loaded:
+            victim = next((k for k in self._lru if k in self._draining and not self._in_use.get(k)), None) or next(
+                (k for k in self._lru if k not in self._pinned and not self._in_use.get(k)), None)
+            if victim is not None:
+                await self._evict(victim)
+                continue
+            if not self._loading and all(k in self._pinned for k in self._lru):  # waiting would never end
+                raise OverloadedError(f"all {self.max_loaded} adapter slots are pinned: raise --max-loaded or unload "
+                                      "one (DELETE /v1/adapters/{name})")
+            if first_try and self.slot_waiting >= self.max_slot_waiters:
+                raise OverloadedError(f"{self.slot_waiting} requests are already waiting for one of the "
+                                      f"{self.max_loaded} adapter slots: retry later or raise --max-loaded")
+            busy = [k for k in self._lru if k not in self._pinned and k not in self._draining]
+            if busy and len(self._draining) <= self.slot_waiting:
+                self._draining[busy[0]] = asyncio.Event()
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            # woken but beaten to the slot (a new request took the idle adapter first): keep its place in line
+            (self._slot_waiters.append if first_try else self._slot_waiters.appendleft)(waiter)
+            try:
+                await waiter
+            except BaseException:  # the request went away: the next in line gets its chance
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_slot_waiter()
+                raise
+            finally:
+                if waiter in self._slot_waiters:
+                    self._slot_waiters.remove(waiter)
+            first_try = False
+
+    async def _evict(self, key: str) -> None:
+        evicted = self._lru.pop(key)
+        await asyncio.to_thread(self.engine.unload_adapter, key)
+        if self.metrics:
+            self.metrics.evicted(evicted.name, str(evicted.version))
+        drained = self._draining.pop(key, None)
+        if drained is not None:
+            drained.set()
+        log.info("evicted %s", key)
 
     def _check(self, record: VersionRecord) -> tuple[Path, str | None, str | None]:
         """Verify checksums and compatibility; returns (path, chat template, tool parser)."""

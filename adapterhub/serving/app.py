@@ -27,6 +27,8 @@ def make_app(stack: ServingStack) -> FastAPI:
     engine, manager, metrics = stack.engine, stack.manager, stack.metrics
     metrics.gauge("loaded_adapters", "Adapters loaded on the engine.", lambda: len(engine.loaded_adapters()))
     metrics.gauge("queue_depth", "Requests waiting for the engine.", engine.queue_depth)
+    metrics.gauge("slot_waiting", "Requests waiting for an adapter slot (every slot busy).",
+                  lambda: manager.slot_waiting)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
@@ -53,7 +55,9 @@ def make_app(stack: ServingStack) -> FastAPI:
     @app.exception_handler(AdapterHubError)
     async def _ah_error(request: Request, exc: AdapterHubError) -> JSONResponse:
         metrics.observe(_endpoint(request), *current_target.get(), exc.http_status, 0.0)
-        return JSONResponse(error_body(exc.message, exc.error_type, exc.code, exc.param), status_code=exc.http_status)
+        headers = {"Retry-After": "1"} if exc.http_status == 503 else None  # overloaded: worth retrying soon
+        return JSONResponse(error_body(exc.message, exc.error_type, exc.code, exc.param), status_code=exc.http_status,
+                            headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -19,10 +19,22 @@ from adapterhub.settings import Settings
 from tests.builders import build_lora_adapter
 from tests.server import running_server
 
-LONE = "\\ud800"  # as it appears in the JSON text
-MSG = '[{"role": "user", "content": "hi"}]'
-WEATHER = ('{"type": "function", "function": {"name": "get_weather", "description": "%s", "parameters": '
-           '{"type": "object", "properties": {"city": {"type": "string"}}}}}')
+MARK = "@LONE@"  # replaced by a lone surrogate's JSON escape in the raw body
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def weather(description: str) -> dict:
+    return {"type": "function", "function": {"name": "get_weather", "description": description, "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+def raw(body: dict) -> str:
+    """The body as JSON text, with MARK turned into ``\\ud800`` (valid JSON, not valid Unicode)."""
+    return json.dumps(body).replace(MARK, "\\ud800")
+
+
+def chat(**fields) -> str:
+    return raw({"model": "tiny", "messages": MSG, "max_tokens": 2, **fields})
 
 
 @pytest.fixture(scope="module")
@@ -44,32 +56,27 @@ def post(url: str, path: str, body: str) -> httpx.Response:
     return httpx.post(url + path, content=body.encode(), headers={"content-type": "application/json"}, timeout=120)
 
 
+CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "' + MARK + '"}'}}
+
+
 @pytest.mark.parametrize("path,body,param,says", [
     # logit_bias keys that str.isdigit() accepts but are not token ids
-    ("/v1/chat/completions", '{"model": "tiny", "messages": %s, "max_tokens": 2, "logit_bias": {"\u00b2": 1}}' % MSG,
-     "logit_bias", "ASCII digits"),
-    ("/v1/chat/completions", '{"model": "tiny", "messages": %s, "max_tokens": 2, "logit_bias": {"--5": 1}}' % MSG,
-     "logit_bias", "token ids"),
-    ("/v1/chat/completions", '{"model": "tiny", "messages": %s, "max_tokens": 2, "logit_bias": {"%s": 1}}'
-     % (MSG, "7" * 5000), "logit_bias", "token ids"),
-    ("/v1/chat/completions", '{"model": "tiny", "messages": %s, "max_tokens": 2, "logit_bias": {"\u0663": 5}}' % MSG,
-     "logit_bias", "ASCII digits"),
+    ("/v1/chat/completions", chat(logit_bias={"\u00b2": 1}), "logit_bias", "ASCII digits"),
+    ("/v1/chat/completions", chat(logit_bias={"--5": 1}), "logit_bias", "token ids"),
+    ("/v1/chat/completions", chat(logit_bias={"7" * 5000: 1}), "logit_bias", "token ids"),
+    ("/v1/chat/completions", chat(logit_bias={"\u0663": 5}), "logit_bias", "ASCII digits"),
     # lone surrogates: in model, a /tokenize prompt, tool-call arguments, a tool description, a key
-    ("/v1/chat/completions", '{"model": "ti%sny", "messages": %s, "max_tokens": 2}' % (LONE, MSG), None, "model"),
-    ("/tokenize", '{"model": "tiny", "prompt": "a%sb"}' % LONE, None, "prompt"),
-    ("/v1/chat/completions", '{"model": "tiny", "max_tokens": 2, "tools": [%s], "messages": [{"role": "user", '
-     '"content": "hi"}, {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": '
-     '{"name": "get_weather", "arguments": "{\\"city\\": \\"%s\\"}"}}]}, {"role": "tool", "tool_call_id": "c1", '
-     '"content": "ok"}]}' % (WEATHER % "w", LONE), None, "messages[1].tool_calls[0].function.arguments"),
-    ("/v1/chat/completions", '{"model": "tiny", "messages": %s, "max_tokens": 2, "tools": [%s]}'
-     % (MSG, WEATHER % LONE), None, "tools[0].function.description"),
-    ("/v1/chat/completions", '{"model": "tiny", "messages": %s, "max_tokens": 2, "logit_bias": {"%s": 1}}'
-     % (MSG, LONE), None, "a key"),
-    ("/v1/responses", '{"model": "tiny", "input": "x%s"}' % LONE, None, "input"),
+    ("/v1/chat/completions", chat(model="ti" + MARK + "ny"), None, "model"),
+    ("/tokenize", raw({"model": "tiny", "prompt": "a" + MARK + "b"}), None, "prompt"),
+    ("/v1/chat/completions", chat(tools=[weather("w")], messages=[
+        MSG[0], {"role": "assistant", "tool_calls": [CALL]}, {"role": "tool", "tool_call_id": "c1", "content": "ok"}]),
+     None, "messages[1].tool_calls[0].function.arguments"),
+    ("/v1/chat/completions", chat(tools=[weather(MARK)]), None, "tools[0].function.description"),
+    ("/v1/chat/completions", chat(logit_bias={MARK: 1}), None, "a key"),
+    ("/v1/responses", raw({"model": "tiny", "input": "x" + MARK}), None, "input"),
     # a schema the grammar library accepts and fails on when matching starts
-    ("/v1/chat/completions", '{"model": "tiny", "messages": %s, "max_tokens": 2, "response_format": {"type": '
-     '"json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#"}}}}' % MSG, "response_format",
-     "cannot use the JSON schema"),
+    ("/v1/chat/completions", chat(response_format={"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"$ref": "#"}}}), "response_format", "cannot use the JSON schema"),
 ])
 def test_each_former_500_is_a_400_naming_the_field(server, path, body, param, says):
     r = post(server, path, body)

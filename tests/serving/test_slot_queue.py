@@ -1,0 +1,160 @@
+"""More adapters requested than there are slots: requests wait in line instead of failing, first come first
+served, and a popular adapter cannot keep its slot while others wait (it stops taking new requests, drains,
+and is evicted; its new requests queue behind). Only a full line is a 503, with Retry-After. Real engine,
+registry and adapters; the assertions are about order and completion, never time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from adapterhub.errors import OverloadedError
+from adapterhub.loading.bases import resolve_model
+from adapterhub.registry import Registry
+from adapterhub.registry.local import LocalStore
+from adapterhub.serving.adapters import AdapterManager
+from adapterhub.serving.api import create_app
+from adapterhub.serving.config import ServeConfig
+from adapterhub.serving.engines.hf import HFEngine
+from adapterhub.settings import Settings
+from tests.builders import build_lora_adapter
+from tests.server import running_server
+
+
+@pytest.fixture(scope="module")
+def six(tiny_model, tmp_path_factory):
+    """A registry with six adapters (ad0…ad5) for the tiny model, and the model's identity."""
+    root = tmp_path_factory.mktemp("slots")
+    m = resolve_model(str(tiny_model), Settings())
+    registry = Registry(LocalStore(root / "registry"))
+    for i in range(6):
+        registry.register(build_lora_adapter(tiny_model, root / f"a{i}", seed=20 + i), f"ad{i}",
+                          base_model={"id": "tiny", "fingerprint": m.fingerprint})
+    return m, registry
+
+
+def _engine(m, slots: int) -> HFEngine:
+    return HFEngine(m.path, model_id="tiny", fingerprint=m.fingerprint, dtype="fp32", max_loaded=slots,
+                    max_lora_rank=8)
+
+
+async def _settle() -> None:
+    for _ in range(50):  # let every task run to its next wait (loads run on threads)
+        await asyncio.sleep(0.02)
+
+
+def test_waiting_requests_get_slots_in_arrival_order_and_a_busy_adapter_drains(six):
+    m, registry = six
+    engine = _engine(m, 2)
+    order: list[str] = []
+
+    async def scenario():
+        mgr = AdapterManager(engine, registry, base_name="tiny", max_slot_waiters=3)
+        held = {name: await mgr.acquire(name) for name in ("ad0", "ad1")}  # both slots busy
+
+        async def want(name: str):
+            lease = await mgr.acquire(name)
+            order.append(name)
+            return lease
+
+        waiting = []
+        for name in ("ad2", "ad3", "ad4"):
+            waiting.append(asyncio.create_task(want(name)))
+            await _settle()
+        assert mgr.slot_waiting == 3 and not order
+        # the line is full: the next request is refused, not queued
+        with pytest.raises(OverloadedError, match="already waiting"):
+            await mgr.acquire("ad5")
+        # ad0 and ad1 are draining (one per waiter, as many as there are slots): a new ad0 request waits too
+        late_ad0 = asyncio.create_task(want("ad0"))
+        await _settle()
+        assert not late_ad0.done()
+        mgr.release(held.pop("ad0"))  # ad0 finishes: evicted, and the first in line (ad2) gets its slot
+        await _settle()
+        assert order == ["ad2"]
+        mgr.release(held.pop("ad1"))
+        await _settle()
+        assert order == ["ad2", "ad3"]
+        mgr.release(waiting[0].result())  # one slot frees: ad4 was in line before the late ad0
+        await _settle()
+        assert order == ["ad2", "ad3", "ad4"]
+        mgr.release(waiting[1].result())
+        await _settle()
+        assert order == ["ad2", "ad3", "ad4", "ad0"]
+        mgr.release(waiting[2].result())
+        mgr.release(late_ad0.result())
+        assert mgr.slot_waiting == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.stop()
+
+
+def test_a_waiting_request_that_is_cancelled_leaves_the_line(six):
+    m, registry = six
+    engine = _engine(m, 1)
+
+    async def scenario():
+        mgr = AdapterManager(engine, registry, base_name="tiny")
+        held = await mgr.acquire("ad0")
+        gone = asyncio.create_task(mgr.acquire("ad1"))
+        await _settle()
+        assert mgr.slot_waiting == 1
+        gone.cancel()  # the client went away
+        await _settle()
+        assert mgr.slot_waiting == 0
+        nxt = asyncio.create_task(mgr.acquire("ad2"))
+        await _settle()
+        mgr.release(held)
+        lease = await asyncio.wait_for(nxt, 60)
+        assert lease.name == "ad2"
+        mgr.release(lease)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.stop()
+
+
+def test_six_adapters_on_two_slots_all_answer_through_the_server(six):
+    """The user's view: requests for six adapters sent at once to a server with two slots all get 200
+    (before: 503 "all 2 adapter slots are pinned or in use")."""
+    m, registry = six
+    engine = _engine(m, 2)
+    app = create_app(ServeConfig(base="tiny", max_loaded=2, max_lora_rank=8), engine=engine, registry=registry,
+                     base_name="tiny")
+
+    async def burst(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=300) as c:
+            return list(await asyncio.gather(*(
+                c.post(url + "/v1/completions", json={"model": f"ad{i % 6}", "prompt": "hello", "max_tokens": 6,
+                                                      "temperature": 0}) for i in range(12))))
+
+    try:
+        with running_server(app) as url:
+            answers = asyncio.run(burst(url))
+            assert [r.status_code for r in answers] == [200] * 12, [r.text for r in answers if r.status_code != 200]
+            assert {r.json()["model"] for r in answers} == {f"ad{i}" for i in range(6)}
+            alone = httpx.post(url + "/v1/completions", json={"model": "ad3", "prompt": "hello", "max_tokens": 6,
+                                                              "temperature": 0}, timeout=60).json()
+            assert alone["choices"][0]["text"] == answers[3].json()["choices"][0]["text"]  # its own adapter
+            assert 'adapterhub_slot_waiting 0.0' in httpx.get(url + "/metrics").text
+    finally:
+        engine.stop()
+
+
+def test_all_slots_pinned_is_a_503_with_retry_after(six):
+    m, registry = six
+    engine = _engine(m, 1)
+    app = create_app(ServeConfig(base="tiny", max_loaded=1, max_lora_rank=8, adapters=["ad0"]), engine=engine,
+                     registry=registry, base_name="tiny")
+    try:
+        with running_server(app) as url:
+            r = httpx.post(url + "/v1/completions", json={"model": "ad1", "prompt": "hi", "max_tokens": 2}, timeout=60)
+            assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+            assert "pinned" in r.json()["error"]["message"]
+    finally:
+        engine.stop()
