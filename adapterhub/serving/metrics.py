@@ -58,6 +58,10 @@ class Metrics:
         if completion_tokens:
             self.completion_tokens.labels(name, version).inc(completion_tokens)
 
+    def cancelled(self, endpoint: str, name: str, version: str) -> None:
+        """A request whose client went away before its answer was complete (counted as such, never as 200)."""
+        self.requests.labels(endpoint, name, version, "cancelled").inc()
+
     def timing(self, name: str, version: str, *, ttft: float | None, gaps: list[float], queued: float | None) -> None:
         if ttft is not None:
             self.ttft.labels(name, version).observe(ttft)

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapterhub.errors import ContextLengthError, UserInputError
+from adapterhub.errors import ContextLengthError, OverloadedError, UserInputError
 from adapterhub.serving.adapters import Lease
 from adapterhub.serving.engines.base import Delta, Engine, GenerationRequest, SamplingParams, TokenLogprob
 from adapterhub.serving.metrics import current_target
@@ -155,7 +155,7 @@ class GeneratingService:
             constraint, skip_special = self.constrain(req, decided, requested)
             if constraint is not None and constraint is not requested:  # e.g. a forced tool call's grammar
                 await asyncio.to_thread(self.engine.check_constraint, constraint)
-            prompts = encode(lease)
+            prompts = await asyncio.to_thread(encode, lease)  # a 15 MB prompt takes seconds to tokenize
             rid = new_id("req")
             gens, prompt_of = [], []
             logprobs = req.n_logprobs()
@@ -166,15 +166,37 @@ class GeneratingService:
                     params = self.params(req, len(prompt), p_i * n + i, logprobs, constraint, skip_special)
                     gens.append(GenerationRequest(prompt, params, lease.key, f"{rid}-{p_i}-{i}", inputs=inputs))
                     prompt_of.append(p_i)
+            self.admit(len(gens))
             return Job(lease, prompts, gens, prompt_of, decided)
         except BaseException:
             self.manager.release(lease)
             raise
 
+    def admit(self, sequences: int) -> None:
+        """Decided before anything is queued: a request that alone needs more sequences than the engine
+        queues is a 400 naming the limit; one that does not fit in what is free now is a 503."""
+        capacity = self.engine.queue_capacity()
+        if capacity is None:
+            return
+        if sequences > capacity:
+            raise UserInputError(f"this request needs {sequences} sequences (prompts × n); this server queues at "
+                                 f"most {capacity} (--max-waiting)", param="n")
+        if self.engine.queue_depth() + sequences > capacity:
+            raise OverloadedError(f"too many requests waiting ({self.engine.queue_depth()} sequences): retry later")
+
     async def finish(self, job: Job, t0: float) -> list[Result]:
-        """Every choice of a non-streamed request, collected; the lease released and the request recorded."""
+        """Every choice of a non-streamed request, collected; the lease released and the request recorded.
+        If one choice fails or the request is cancelled (its client went away), every other choice is
+        cancelled at once: nothing keeps running for an answer nobody will read."""
+        tasks = [asyncio.ensure_future(collect(self.engine, g)) for g in job.gens]
         try:
-            results = list(await asyncio.gather(*(collect(self.engine, g) for g in job.gens)))
+            results = list(await asyncio.gather(*tasks))
+        except BaseException:
+            for g in job.gens:
+                g.cancel()
+            for t in tasks:
+                t.cancel()
+            raise
         finally:
             self.manager.release(job.lease)
         self.record(job, t0, results)
@@ -189,6 +211,9 @@ class GeneratingService:
         try:
             yield results
             self.record(job, t0, results)
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away mid-stream
+            self.metrics.cancelled(self.endpoint, job.lease.name, job.lease.version)
+            raise
         finally:
             for g in job.gens:
                 g.cancel()

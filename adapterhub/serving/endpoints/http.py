@@ -7,13 +7,14 @@ status line was already sent), so clients see why instead of a cut connection.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from adapterhub.errors import AdapterHubError
@@ -41,6 +42,31 @@ def service(cls: type[T]) -> Callable[[Request], T]:
     def dependency(request: Request) -> T:
         return stack_of(request).endpoint(cls)
     return dependency
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T], endpoint: str) -> T | Response:
+    """``work`` (a non-streamed answer), cancelled as soon as the client disconnects: its sequences leave
+    the queue and the batch, and the request is counted as cancelled (as vLLM's ``with_cancellation``)."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    stack_of(request).metrics.cancelled(endpoint, "-", "-")
+    return Response(status_code=499)  # nobody reads it: the connection is gone
 
 
 def sse(frames: AsyncIterator[BaseModel], *, named: bool = False) -> StreamingResponse:

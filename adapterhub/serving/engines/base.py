@@ -173,6 +173,10 @@ class Engine(abc.ABC):
     def queue_depth(self) -> int:
         return 0
 
+    def queue_capacity(self) -> int | None:
+        """Most sequences that may wait at once (None: no bound of our own, as vLLM's scheduler)."""
+        return None
+
 
 class TokenizerEngine(Engine):
     """Shared plumbing of engines that tokenize with an HF tokenizer (``hf`` and ``vllm``).

@@ -13,7 +13,7 @@ from adapterhub.serving.endpoints.chat.protocol import (
     ChatCompletionResponse,
 )
 from adapterhub.serving.endpoints.chat.serving import ChatService
-from adapterhub.serving.endpoints.http import ERRORS, service, sse
+from adapterhub.serving.endpoints.http import ERRORS, service, sse, unless_disconnected
 from adapterhub.serving.middleware import stream_of
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERRORS)
@@ -25,4 +25,4 @@ async def chat_completions(req: ChatCompletionRequest, request: Request,
     caller = request.headers.get("x-session-id")
     if req.stream:
         return sse(await chat.stream(req, caller))
-    return await chat.create(req, caller)
+    return await unless_disconnected(request, chat.create(req, caller), "chat")

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from adapterhub.serving.auth import require_api_key
 from adapterhub.serving.endpoints.completions.protocol import CompletionRequest, CompletionResponse
 from adapterhub.serving.endpoints.completions.serving import CompletionsService
-from adapterhub.serving.endpoints.http import ERRORS, service, sse
+from adapterhub.serving.endpoints.http import ERRORS, service, sse, unless_disconnected
 from adapterhub.serving.middleware import stream_of
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERRORS)
@@ -21,4 +21,4 @@ async def completions(req: CompletionRequest, request: Request,
     caller = request.headers.get("x-session-id")
     if req.stream:
         return sse(await svc.stream(req, caller))
-    return await svc.create(req, caller)
+    return await unless_disconnected(request, svc.create(req, caller), "completions")

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 
 from adapterhub.serving.auth import require_api_key
-from adapterhub.serving.endpoints.http import ERRORS, service, sse
+from adapterhub.serving.endpoints.http import ERRORS, service, sse, unless_disconnected
 from adapterhub.serving.endpoints.responses.protocol import (
     DeletedResponse,
     InputItemList,
@@ -27,7 +27,7 @@ async def create_response(req: ResponsesRequest, request: Request,
     caller = request.headers.get("x-session-id")
     if req.stream:
         return sse(await responses.stream(req, caller), named=True)
-    return await responses.create(req, caller)
+    return await unless_disconnected(request, responses.create(req, caller), "responses")
 
 
 @router.get("/responses/{response_id}", response_model=ResponseObject)

@@ -319,6 +319,14 @@ class ResponsesService:
         def snapshot() -> ResponseObject:
             return resp.model_copy(deep=True)
 
+        try:
+            async for event in self._translate(resp, chunks, context, req, numbered, snapshot):
+                yield event
+        finally:  # however it ends (the client may have gone): the chat stream ends too, cancelling its work
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+    async def _translate(self, resp: ResponseObject, chunks: AsyncIterator[Any], context: dict[str, Any],
+                         req: ResponsesRequest, numbered: Any, snapshot: Any) -> AsyncIterator[Event]:
         message: OutputMessage | None = None
         text: list[str] = []
         reason, usage = "stop", None

@@ -189,6 +189,9 @@ class HFEngine(TokenizerEngine):
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
+    def queue_capacity(self) -> int | None:
+        return self._queue.maxsize
+
     def start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._stopping.clear()
