@@ -6,13 +6,15 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapterhub import __version__
 from adapterhub.errors import AdapterHubError
+from adapterhub.serving.auth import require_metrics_key
 from adapterhub.serving.endpoints import routers
 from adapterhub.serving.metrics import current_target
 from adapterhub.serving.middleware import BodySizeLimit, RequestId, openai_error_schema
@@ -38,7 +40,23 @@ def make_app(stack: ServingStack) -> FastAPI:
         yield
         engine.stop()
 
-    app = FastAPI(title="adapterhub", version=__version__, lifespan=lifespan)
+    # /openapi.json, /docs and /redoc are routes of our own so that, with --api-key, they need a key too
+    # (--metrics-key, else the API key): the schema lists every adapter-facing parameter and limit.
+    app = FastAPI(title="adapterhub", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None,
+                  redoc_url=None)
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_metrics_key)])
+    async def _openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_metrics_key)])
+    async def _docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="adapterhub")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=[Depends(require_metrics_key)])
+    async def _redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="adapterhub")
+
     app.state.stack = stack  # read through adapterhub.serving.endpoints.http.stack_of
     for router in routers():
         app.include_router(router)
@@ -71,7 +89,8 @@ def make_app(stack: ServingStack) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(error_body(str(exc.detail), "invalid_request_error", None), status_code=exc.status_code)
+        return JSONResponse(error_body(str(exc.detail), "invalid_request_error", None), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))  # a 405 keeps its Allow header
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -33,3 +33,18 @@ def require_api_key(request: Request) -> None:
 def require_admin_key(request: Request) -> None:
     cfg = request.app.state.stack.config
     _check(request, cfg.admin_key or cfg.api_key, "admin")
+
+
+def require_metrics_key(request: Request) -> None:
+    """/metrics and the API description: --metrics-key, else the API key (open when neither is set)."""
+    cfg = request.app.state.stack.config
+    _check(request, cfg.metrics_key or cfg.api_key, "metrics")
+
+
+def has_api_key(request: Request) -> bool:
+    """Whether the request may see details (no key configured, or the right one sent)."""
+    try:
+        require_api_key(request)
+    except AuthenticationError:
+        return False
+    return True

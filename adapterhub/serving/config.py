@@ -22,6 +22,8 @@ class ServeConfig(BaseModel):
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
     api_key: str | None = Field(None, description="Require 'Authorization: Bearer <key>' on /v1.")
+    metrics_key: str | None = Field(None, description="Key for /metrics, /openapi.json, /docs and /redoc "
+                                    "(default: api_key; open when neither is set).")
     admin_key: str | None = Field(None, description="Key for /v1/adapters admin endpoints (default: api_key).")
     max_loaded: int = Field(8, ge=1, description="Adapters kept loaded at once (LRU beyond).")
     max_lora_rank: int | None = Field(None, ge=1, description="Largest adapter rank the engine accepts "

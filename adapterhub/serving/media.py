@@ -39,6 +39,10 @@ class MediaPolicy:
 def load_image(url: str, policy: MediaPolicy, param: str) -> Any:
     """The image at ``url`` as an RGB PIL image."""
     if url.startswith("data:"):
+        media_type = url[5:].split(";", 1)[0].split(",", 1)[0].strip().lower()
+        if not media_type.startswith("image/"):
+            raise UserInputError(f"the data: URL's media type must be an image (data:image/png;base64,...), got "
+                                 f"{media_type[:40] or 'none'!r}", param=param)
         data = decode_data_url(url, max_bytes=policy.max_bytes, param=param)
     elif url.startswith(("http://", "https://")):
         data = _fetch(url, policy, param)

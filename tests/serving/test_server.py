@@ -247,8 +247,16 @@ def test_concurrent_first_requests_load_once(server, engine):
 def test_health_and_metrics(server):
     url, _ = server
     chat(client(url), "ad0", max_tokens=3)
-    assert httpx.get(url + "/health").json()["status"] == "ok"
-    text = httpx.get(url + "/metrics").text
+    # with --api-key: anyone gets ok / not ok, the details and the metrics need the key
+    assert httpx.get(url + "/health").json() == {"status": "ok"}
+    auth = {"Authorization": "Bearer sk-test"}
+    assert httpx.get(url + "/health", headers=auth).json()["engine"] == "hf"
+    for path in ("/metrics", "/openapi.json", "/docs", "/redoc"):
+        assert httpx.get(url + path).status_code == 401, path
+        assert httpx.get(url + path, headers=auth).status_code == 200, path
+    r = httpx.get(url + "/v1/chat/completions", headers=auth)
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    text = httpx.get(url + "/metrics", headers=auth).text
     assert 'adapterhub_requests_total{endpoint="chat",name="ad0",status="200",version="1"} 1.0' in text
     assert "adapterhub_loaded_adapters 1.0" in text and "adapterhub_queue_depth" in text
     assert 'adapterhub_completion_tokens_total{name="ad0",version="1"} 3.0' in text

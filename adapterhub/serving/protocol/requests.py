@@ -117,7 +117,9 @@ class TextPart(StrictModel):
 
 class ImageURL(StrictModel):
     url: str = Field(description="data:image/...;base64,... or an http(s) URL of an allowed domain.")
-    detail: Literal["auto"] | None = Field(None, description="Only 'auto': the model's processor sets the resolution.")
+    detail: Literal["auto", "low", "high"] | None = Field(
+        None, description="A hint OpenAI's models use; here the model's own processor always sets the resolution, "
+                          "so low, high and auto give the same answer.")
 
 
 class ImagePart(StrictModel):

@@ -115,3 +115,16 @@ def test_random_paths_do_not_grow_metrics(server):
     assert "random-" not in text and "no-such-route" not in text
     assert text.count("\n") - before < 20, text  # one series for the route template, not one per path
     assert 'endpoint="/v1/models/{model_id}"' in text or "models/{" in text, json.dumps(text[-2000:])
+
+
+def test_a_data_url_must_carry_an_image_and_detail_is_a_hint():
+    from adapterhub.errors import UserInputError
+    from adapterhub.serving.media import MediaPolicy, load_image
+    from adapterhub.serving.protocol.requests import ImagePart
+
+    for url in ("data:text/html;base64,PGI+aGk8L2I+", "data:;base64,aGk=", "data:application/json;base64,e30="):
+        with pytest.raises(UserInputError, match="media type must be an image"):
+            load_image(url, MediaPolicy(), "messages[0].content[1]")
+    for detail in ("low", "high", "auto"):
+        assert ImagePart.model_validate({"type": "image_url", "image_url": {"url": "data:image/png;base64,x",
+                                                                          "detail": detail}})

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse
 
+from adapterhub.serving.auth import has_api_key, require_metrics_key
 from adapterhub.serving.endpoints.http import stack_of
 
 router = APIRouter()
@@ -14,12 +15,15 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(request: Request) -> dict[str, Any]:
+    """ok for load balancers; the details (engine, base, load) only with the API key when one is set."""
     st = stack_of(request)
+    if not has_api_key(request):
+        return {"status": "ok"}
     return {"status": "ok", "engine": st.engine.name, "base": st.manager.base_name,
             "loaded_adapters": len(st.engine.loaded_adapters()), "queue_depth": st.engine.queue_depth()}
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(require_metrics_key)])
 async def metrics(request: Request) -> PlainTextResponse:
     from prometheus_client import CONTENT_TYPE_LATEST
 

@@ -50,7 +50,8 @@ class InputImage(StrictModel):
     image_url: str | None = Field(None, description="data:image/...;base64,... or an http(s) URL of an allowed "
                                   "domain.")
     file_id: None = Field(None, description="Not supported (no Files API): send image_url.")
-    detail: Literal["auto"] = Field("auto", description="Only 'auto': the model's processor sets the resolution.")
+    detail: Literal["auto", "low", "high"] = Field(
+        "auto", description="A hint; the model's own processor always sets the resolution (same answer).")
 
     @model_validator(mode="after")
     def _url(self) -> InputImage:
