@@ -80,19 +80,20 @@ def show_cmd(ref: str, as_json: bool = typer.Option(False, "--json", help="Print
 
 
 def tag_cmd(ref: str, alias: str,
-            split: str = typer.Option(None, "--split", help="Weighted versions, e.g. 3=90,4=10 (REF is the name).")
-            ) -> None:
+            split: str = typer.Option(None, "--split", help="Weighted versions, e.g. 3=90,4=10 (REF is the name)."),
+            force: bool = typer.Option(False, "--force", help="Move the alias even if a version misses the alias's "
+                                       "gate (recorded in its history).")) -> None:
     """Point ALIAS (e.g. production) at REF, or split it over versions by weight."""
     if split:
         from adapterhub.registry.rollout import parse_split
 
         name = ref.split("@", 1)[0]
-        weights, prev = _registry().set_split(name, alias, parse_split(split))
+        weights, prev = _registry().set_split(name, alias, parse_split(split), force=force)
         total = sum(weights.values())
         shares = ", ".join(f"{name}@{v} {100 * w / total:.0f}%" for v, w in sorted(weights.items()))
         typer.echo(f"{name}@{alias} -> {shares}" + (f" (was {name}@{prev})" if prev else ""))
         return
-    rec, prev = _registry().set_alias(ref, alias)
+    rec, prev = _registry().set_alias(ref, alias, force=force)
     moved = f" (was {rec.name}@{prev})" if prev and prev != rec.version else ""
     typer.echo(f"{rec.name}@{alias} -> {rec.ref}{moved}")
 

@@ -170,26 +170,54 @@ class Registry:
             record = self.resolve(record.ref)
         return record, created
 
-    def set_alias(self, ref: str, alias: str) -> tuple[VersionRecord, int | None]:
-        """Point ``alias`` at the version ``ref`` resolves to. Returns (record, previous version)."""
+    def set_alias(self, ref: str, alias: str, *, force: bool = False) -> tuple[VersionRecord, int | None]:
+        """Point ``alias`` at the version ``ref`` resolves to, through the alias's gate (``force``: past it,
+        recorded). Returns (record, previous version).
+
+        Raises:
+            GateError: the version misses a requirement of the alias's gate; nothing changes.
+        """
         validate_alias(alias)
         if alias == LATEST:
             raise InvalidRefError("'latest' always means the newest version and cannot be set")
         record = self.resolve(ref)
-        prev = self.store.set_alias(record.name, alias, record.version, self.actor)
+        note, _ = self._through_gate(record.name, alias, [record], force=force)
+        prev = self.store.set_alias(record.name, alias, record.version, self.actor, note=note)
         return self.resolve(record.ref), prev
 
-    def set_split(self, name: str, alias: str, split: dict[int, int], *, note: str | None = None
-                  ) -> tuple[dict[int, int], int | None]:
-        """Point ``alias`` at several versions by weight (``{3: 90, 4: 10}``). Requests carrying the same
-        caller key always get the same version. Returns (split, previous primary version)."""
+    def _through_gate(self, name: str, alias: str, records: list[VersionRecord], *, force: bool,
+                      require: list[str] | None = None) -> tuple[str | None, list[str]]:
+        """Every move of an alias passes here: the versions must meet the alias's gate (and ``require``).
+        Returns the history note and the shortfalls of a move forced past it; raises GateError otherwise."""
+        requirements = [parse_requirement(r) for r in [*self.gate(name, alias), *(require or [])]]
+        if not requirements:
+            return None, []
+        shortfalls = []
+        for record in records:
+            metrics = self.manifest(record).metrics
+            shortfalls += [f"{record.ref}: {m}" if len(records) > 1 else m
+                           for m in (r.shortfall(metrics) for r in requirements) if m]
+        if shortfalls and not force:
+            what = records[0].ref if len(records) == 1 else ", ".join(r.ref for r in records)
+            raise GateError(f"{what} cannot be promoted to @{alias}", shortfalls)
+        return (f"forced past gate by {self.actor}: " + "; ".join(shortfalls) if shortfalls else None), shortfalls
+
+    def set_split(self, name: str, alias: str, split: dict[int, int], *, note: str | None = None,
+                  force: bool = False, gated: bool = True) -> tuple[dict[int, int], int | None]:
+        """Point ``alias`` at several versions by weight (``{3: 90, 4: 10}``); every version must pass the
+        alias's gate (``force``: past it, recorded). Requests carrying the same caller key always get the
+        same version. Returns (split, previous primary version)."""
         validate_name(name)
         validate_alias(alias)
         if alias == LATEST:
             raise InvalidRefError("'latest' always means the newest version and cannot be set")
-        missing = [v for v in split if self.store.get(name, v) is None]
+        records = [self.store.get(name, v) for v in sorted(split)]
+        missing = [v for v, r in zip(sorted(split), records) if r is None]
         if missing:
             raise AdapterNotFoundError(f"'{name}' has no version {', '.join(map(str, missing))}")
+        if gated:
+            forced, _ = self._through_gate(name, alias, [r for r in records if r is not None], force=force)
+            note = "; ".join(n for n in (note, forced) if n) or None
         primary = max(sorted(split), key=lambda v: split[v])
         prev = self.store.set_alias(name, alias, primary, self.actor, split=dict(split), note=note)
         return dict(split), prev
@@ -205,9 +233,9 @@ class Registry:
         current, previous = events[-1], events[-2]
         if previous.version is None:
             raise ConflictError(f"{name}@{alias} did not exist before its last move: nothing to roll back to")
-        note = f"rollback from {_target(current)}"
+        note = f"rollback from {_target(current)}"  # back to what was there: not gated (the escape hatch)
         if previous.split:
-            self.set_split(name, alias, previous.split, note=note)
+            self.set_split(name, alias, previous.split, note=note, gated=False)
         else:
             self.resolve(f"{name}@{previous.version}")
             self.store.set_alias(name, alias, previous.version, self.actor, note=note)
@@ -232,13 +260,9 @@ class Registry:
             GateError: a requirement is missed (naming the metric and the shortfall); nothing changes.
         """
         record = self.resolve(ref)
-        requirements = [parse_requirement(r) for r in [*self.gate(record.name, alias), *(require or [])]]
-        metrics = self.manifest(record).metrics
-        shortfalls = [m for m in (r.shortfall(metrics) for r in requirements) if m]
-        if shortfalls and not force:
-            raise GateError(f"{record.ref} cannot be promoted to @{alias}", shortfalls)
-        note = f"forced past gate by {self.actor}: " + "; ".join(shortfalls) if shortfalls else None
-        prev = self.store.set_alias(record.name, validate_alias(alias), record.version, self.actor, note=note)
+        note, shortfalls = self._through_gate(record.name, validate_alias(alias), [record], force=force,
+                                              require=require)
+        prev = self.store.set_alias(record.name, alias, record.version, self.actor, note=note)
         return self.resolve(record.ref), prev, shortfalls
 
     def remove_alias(self, name: str, alias: str) -> int:

@@ -7,6 +7,7 @@ Pure functions over plain data; :class:`adapterhub.registry.Registry` stores and
 from __future__ import annotations
 
 import hashlib
+import math
 import operator
 import random
 import re
@@ -40,18 +41,31 @@ def parse_split(text: str) -> dict[int, int]:
 
 
 def pick(split: Mapping[int, int], caller: str | None, salt: str) -> int:
-    """The version a caller gets: by weight, the same one for the same caller (hashed), random without one."""
-    total = sum(split.values())
+    """The version a caller gets: by weight, the same one for the same caller, random without one.
+
+    Weighted rendezvous hashing: each version scores ``-ln(u) / weight`` with ``u`` a hash of (salt, caller,
+    version) in (0, 1), and the lowest score wins. Scaling every weight (90/10 → 9/1) moves nobody; adding a
+    version moves callers only onto it; a version whose weight grows loses nobody to the others.
+    """
     if caller is None:
+        total = sum(split.values())
         point = random.randrange(total)
-    else:
-        digest = hashlib.sha256(f"{salt}\0{caller}".encode()).digest()
-        point = int.from_bytes(digest[:8], "big") % total
+        for version, weight in sorted(split.items()):
+            if point < weight:
+                return version
+            point -= weight
+        raise AssertionError("unreachable")
+    best, best_score = None, math.inf
     for version, weight in sorted(split.items()):
-        if point < weight:
-            return version
-        point -= weight
-    raise AssertionError("unreachable")
+        if weight <= 0:
+            continue
+        digest = hashlib.sha256(f"{salt}\0{caller}\0{version}".encode()).digest()
+        u = (int.from_bytes(digest[:8], "big") + 1) / (2**64 + 1)
+        score = -math.log(u) / weight
+        if score < best_score:
+            best, best_score = version, score
+    assert best is not None, "a split has at least one positive weight"
+    return best
 
 
 @dataclass(frozen=True)

@@ -78,3 +78,47 @@ def test_cli_promote_tag_split_history_rollback(two_versions):
     assert out.returncode == 0 and "1=90,2=10" in out.stdout
     bad = _cli("tag", "lumen", "production", "--split", "1=90")
     assert bad.returncode == 2 and "at least two versions" in bad.stderr
+
+
+def test_every_path_that_moves_a_gated_alias_passes_the_gate(two_versions, tiny_adapters):
+    """tag, tag --split and register/import with an alias are gated like promote; force is recorded."""
+    reg = two_versions
+    reg.set_gate("lumen", "production", ["identity>=0.95"])
+    with pytest.raises(GateError, match="identity"):
+        reg.set_alias("lumen@2", "production")  # `adapterhub tag lumen@2 production`
+    with pytest.raises(GateError, match="lumen@2"):
+        reg.set_split("lumen", "production", {1: 99, 2: 1})  # one version of the split misses it
+    with pytest.raises(GateError):  # a new version without metrics, imported straight onto the alias
+        reg.register(tiny_adapters[2], "lumen", aliases=["production"])
+    assert reg.resolve("lumen@production").version == 1
+    assert all(e.version == 1 for e in reg.alias_history("lumen") if e.alias == "production")
+    reg.set_split("lumen", "production", {1: 99, 2: 1}, force=True)
+    forced = reg.alias_history("lumen")[-1]
+    assert forced.split == {1: 99, 2: 1} and "forced past gate" in (forced.note or "")
+    reg.set_alias("lumen@2", "staging")  # other aliases are not gated
+    assert reg.resolve("lumen@staging").version == 2
+
+
+def test_reweighting_a_split_moves_only_the_callers_it_must(two_versions, tiny_adapters):
+    reg = two_versions
+    reg.register(tiny_adapters[2], "lumen")
+    users = [f"user-{i}" for i in range(2000)]
+
+    def assignment() -> dict[str, int]:
+        return {u: reg.resolve("lumen@production", caller=u).version for u in users}
+
+    reg.set_split("lumen", "production", {1: 90, 2: 10})
+    before = assignment()
+    reg.set_split("lumen", "production", {1: 9, 2: 1})  # the same shares: nobody moves
+    assert assignment() == before
+    reg.set_split("lumen", "production", {1: 70, 2: 20, 3: 10})  # v2 grows, v3 is new
+    after = assignment()
+    assert not [u for u in users if before[u] == 2 and after[u] == 1]  # nobody leaves v2 for v1
+    assert all(after[u] in (before[u], 2, 3) for u in users)  # moves go to the grown or the new version
+    shares = {v: sum(x == v for x in after.values()) / len(users) for v in (1, 2, 3)}
+    assert abs(shares[1] - 0.7) < 0.04 and abs(shares[2] - 0.2) < 0.04 and abs(shares[3] - 0.1) < 0.03, shares
+    reg.set_split("lumen", "production", {1: 50, 2: 50})  # v1 shrinks: only its callers move
+    final = assignment()
+    assert not [u for u in users if after[u] == 2 and final[u] == 1]
+    moved = sum(after[u] == 1 and final[u] != 1 for u in users) / len(users)
+    assert 0.15 < moved < 0.25  # about the 20 points v1 lost (70 → 50)
