@@ -280,6 +280,7 @@ class RemoteStore(RegistryStore):
         self._connect_timeout = connect_timeout
         self._mutex = threading.RLock()
         self._conn: Any = None
+        self._used_at = 0.0
         self.objects = ObjectStore(artifacts_url)
         self.cache = VersionCache(cache_dir, cache_max_bytes)
         with self._db() as db, db.transaction():
@@ -299,10 +300,20 @@ class RemoteStore(RegistryStore):
         psycopg = self._psycopg
         with self._mutex:
             try:
+                if self._conn is not None and not self._conn.closed and not self._conn.broken and \
+                        time.monotonic() - self._used_at > 5:
+                    try:  # idle a while: the server may have restarted, and the first query would fail
+                        self._conn.execute("SELECT 1")
+                    except psycopg.OperationalError:
+                        self._conn.close()
                 if self._conn is None or self._conn.closed or self._conn.broken:
+                    # keepalives and tcp_user_timeout: a dead peer fails the query in seconds, not minutes
                     self._conn = psycopg.connect(self._db_url, autocommit=True,
-                                                 connect_timeout=int(self._connect_timeout))
+                                                 connect_timeout=int(self._connect_timeout), keepalives=1,
+                                                 keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+                                                 tcp_user_timeout=15000)
                 yield self._conn
+                self._used_at = time.monotonic()
             except psycopg.OperationalError as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise StoreUnavailableError(f"registry database {self._where}: {first}") from e

@@ -15,11 +15,12 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapterhub.errors import AdapterNotFoundError, ModelNotFoundError, OverloadedError
+from adapterhub.errors import AdapterNotFoundError, ModelNotFoundError, OverloadedError, StoreUnavailableError
 from adapterhub.loading.versions import open_version
 from adapterhub.refs import parse_ref
 from adapterhub.registry import Registry, VersionRecord
@@ -54,7 +55,8 @@ class Lease:
 class AdapterManager:
     def __init__(self, engine: Engine, registry: Registry | None, *, base_name: str,
                  base_aliases: tuple[str, ...] = (), metrics: Metrics | None = None,
-                 max_slot_waiters: int = 256) -> None:
+                 max_slot_waiters: int = 256, registry_timeout_s: float = 5.0,
+                 registry_staleness_s: float = 300.0) -> None:
         self.engine = engine
         self.metrics = metrics
         self.registry = registry
@@ -76,6 +78,17 @@ class AdapterManager:
         # they are evicted (set when evicted), so a popular adapter cannot hold a slot forever.
         self._draining: dict[str, asyncio.Event] = {}
         self._loading: set[str] = set()  # adapters being copied into a slot
+        # Registry lookups run on threads of their own, with a time limit, never on the event loop: a
+        # stalled database must not stop the base model, loaded versions or /health. Immutable refs
+        # (name@N, name@sha256:…) are answered from memory once known; aliases from their last known value
+        # for at most registry_staleness_s while the registry is away.
+        self._registry_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="registry")
+        self.registry_timeout_s = registry_timeout_s
+        self.registry_staleness_s = registry_staleness_s
+        self._immutable: dict[str, VersionRecord] = {}
+        self._last_known: OrderedDict[tuple[str, str | None], tuple[float, VersionRecord | None, str | None]] = (
+            OrderedDict())
+        self.registry_failed_at: float | None = None  # the last failed lookup, cleared by a successful one
 
     @staticmethod
     def key_of(record: VersionRecord) -> str:
@@ -98,8 +111,49 @@ class AdapterManager:
         except (AdapterNotFoundError, ValueError) as e:
             raise ModelNotFoundError(f"The model '{model}' does not exist: {e}") from e
 
+    @property
+    def registry_state(self) -> str:
+        """ok, or degraded while lookups fail (serving from memory where it can)."""
+        return "ok" if self.registry_failed_at is None else "degraded"
+
+    async def registry_call(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` (registry I/O) on the registry threads with the time limit; a 503 past it."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self._registry_pool, fn, *args),
+                                          self.registry_timeout_s)
+        except TimeoutError:
+            self.registry_failed_at = time.monotonic()
+            raise StoreUnavailableError(f"the registry did not answer within {self.registry_timeout_s:g} s") from None
+
+    async def resolve_async(self, model: str, caller: str | None = None) -> tuple[VersionRecord | None, str | None]:
+        """:meth:`_resolve` off the event loop with a time limit, falling back to what is known."""
+        if model in self.base_names:
+            return None, None
+        if model in self._immutable:
+            return self._immutable[model], None
+        key = (model, caller)
+        try:
+            found = await self.registry_call(self._resolve, model, caller)
+        except StoreUnavailableError as e:
+            self.registry_failed_at = time.monotonic()
+            known = self._last_known.get(key)
+            if known is not None and time.monotonic() - known[0] <= self.registry_staleness_s:
+                log.warning("registry unavailable (%s): serving %s as last known", e, model)
+                return known[1], known[2]
+            raise
+        self.registry_failed_at = None
+        record, split = found
+        if record is not None and _immutable(model):
+            self._immutable[model] = record
+        self._last_known[key] = (time.monotonic(), record, split)
+        self._last_known.move_to_end(key)
+        while len(self._last_known) > 10_000:
+            self._last_known.popitem(last=False)
+        return record, split
+
     async def acquire(self, model: str, caller: str | None = None) -> Lease:
-        record, split_alias = self._resolve(model, caller)
+        record, split_alias = await self.resolve_async(model, caller)
         if record is None:
             return Lease(model, None, None, name=self.base_name)
         key = self.key_of(record)
@@ -255,6 +309,14 @@ class AdapterManager:
         opened.require_compatible(self.engine.base_identity.get("id") or self.base_name,
                                   engine_problems(opened.path, self.engine))
         return opened.path, opened.template, (opened.manifest.training or {}).get("tool_parser")
+
+
+def _immutable(model: str) -> bool:
+    """``name@N`` and ``name@sha256:…`` always mean the same content."""
+    try:
+        return parse_ref(model).selector in ("version", "hash")
+    except ValueError:
+        return False
 
 
 def engine_problems(path: Path, engine: Engine) -> list[str]:

@@ -96,7 +96,8 @@ def build_service(config: ServeConfig, settings: Settings | None = None, *, engi
     base_name = base_name or config.served_name or engine.base_identity["id"]
     metrics = Metrics()
     manager = AdapterManager(engine, registry, base_name=base_name, metrics=metrics,
-                             max_slot_waiters=config.max_waiting)
+                             max_slot_waiters=config.max_waiting, registry_timeout_s=config.registry_timeout_s,
+                             registry_staleness_s=config.registry_staleness_s)
     get_parser(config.tool_parser)  # an unknown parser fails at start, not at the first request
     return ServingStack(config, engine, registry, manager, metrics,
                         media=MediaPolicy(tuple(config.allowed_media_domains), config.max_image_bytes,

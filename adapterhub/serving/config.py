@@ -44,6 +44,10 @@ class ServeConfig(BaseModel):
     max_image_bytes: int = Field(10 * 2**20, ge=1, description="Largest image accepted, in bytes.")
     max_images: int = Field(8, ge=1, description="Most images in one request.")
     media_timeout_s: float = Field(5.0, gt=0, description="Time limit for fetching one image URL.")
+    registry_timeout_s: float = Field(5.0, gt=0, description="Time limit of one registry lookup while serving; "
+                                      "past it a request is answered from memory or gets 503.")
+    registry_staleness_s: float = Field(300.0, ge=0, description="How long an alias's last known target is served "
+                                        "while the registry cannot be reached.")
     responses_retention_days: float = Field(30.0, gt=0, description="How long /v1/responses keeps stored "
                                             "responses (for GET and previous_response_id), in days.")
     default_max_tokens: int = Field(512, ge=1, description="Completion budget when the request sets none.")

@@ -248,7 +248,7 @@ def test_health_and_metrics(server):
     url, _ = server
     chat(client(url), "ad0", max_tokens=3)
     # with --api-key: anyone gets ok / not ok, the details and the metrics need the key
-    assert httpx.get(url + "/health").json() == {"status": "ok"}
+    assert httpx.get(url + "/health").json() == {"status": "ok", "registry": "ok"}
     auth = {"Authorization": "Bearer sk-test"}
     assert httpx.get(url + "/health", headers=auth).json()["engine"] == "hf"
     for path in ("/metrics", "/openapi.json", "/docs", "/redoc"):

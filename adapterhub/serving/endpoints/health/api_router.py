@@ -17,9 +17,12 @@ router = APIRouter()
 async def health(request: Request) -> dict[str, Any]:
     """ok for load balancers; the details (engine, base, load) only with the API key when one is set."""
     st = stack_of(request)
+    # The registry being away is "degraded", not down: the base and every version known by number or hash
+    # still answer (from memory), aliases from their last known value for a bounded time.
+    public = {"status": "ok", "registry": st.manager.registry_state}
     if not has_api_key(request):
-        return {"status": "ok"}
-    return {"status": "ok", "engine": st.engine.name, "base": st.manager.base_name,
+        return public
+    return {**public, "engine": st.engine.name, "base": st.manager.base_name,
             "loaded_adapters": len(st.engine.loaded_adapters()), "queue_depth": st.engine.queue_depth()}
 
 

@@ -14,9 +14,9 @@ router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], respon
 
 @router.get("/models", response_model=ModelList)
 async def models(svc: ModelsService = Depends(service(ModelsService))) -> ModelList:
-    return svc.list()
+    return await svc.stack.manager.registry_call(svc.list)  # registry I/O: off the event loop, time-limited
 
 
 @router.get("/models/{model_id:path}", response_model=ModelCard)
 async def model(model_id: str, svc: ModelsService = Depends(service(ModelsService))) -> ModelCard:
-    return svc.card(model_id)
+    return await svc.stack.manager.registry_call(svc.card, model_id)
