@@ -54,6 +54,12 @@ class PostgresServer:
             log = (self.root / "log").read_text() if (self.root / "log").exists() else ""
             raise RuntimeError(f"{tool} failed: {out.stderr or out.stdout}\n{log}")
 
+    def restart(self) -> None:
+        """Stop and start the server (fast shutdown: open connections are terminated, as in a real restart)."""
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60", "-m", "fast",
+                  "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                  "-c max_connections=200", "restart")
+
     def url(self, db: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
 

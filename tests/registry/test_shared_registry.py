@@ -261,3 +261,15 @@ def test_stored_responses_are_shared_between_machines_and_expire(shared_registry
     assert two.get_response("resp_old") is None and two.delete_response("resp_old") is False
     assert two.delete_response("resp_1") is True
     assert one.get_response("resp_1") is None and one.delete_response("resp_1") is False
+
+
+def test_the_first_call_after_a_database_restart_succeeds(shared_registry, pg_server, tiny_adapters, tmp_path):
+    """The connection the store held died with the server: after idling it is checked and replaced, so the
+    first lookup after a restart answers instead of failing with 'terminating connection'."""
+    store = RemoteStore(*shared_registry, tmp_path / "cache")
+    reg = Registry(store)
+    reg.register(tiny_adapters[0], "ad")
+    assert store.get("ad", 1) is not None
+    pg_server.restart()
+    time.sleep(5.5)  # the store pings a connection idle for more than 5 s before using it
+    assert store.get("ad", 1) is not None
