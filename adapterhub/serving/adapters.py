@@ -176,12 +176,29 @@ class AdapterManager:
                 self._wake_slot_waiter()
 
     def _wake_slot_waiter(self) -> None:
-        """A slot may be free: the longest-waiting request looks first."""
+        """A slot may be free: the longest-waiting request looks first. With nobody waiting, adapters that
+        were draining for a waiter that got its slot another way take requests again."""
         while self._slot_waiters:
             waiter = self._slot_waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
+        self._undrain_extra()
+
+    def _undrain_extra(self) -> None:
+        """At most one draining adapter per waiting request: the oldest extra ones take requests again."""
+        while len(self._draining) > self.slot_waiting:
+            key = next(iter(self._draining))
+            self._draining.pop(key).set()  # its waiting requests go on (it is still loaded)
+
+    def in_flight(self) -> dict[tuple[str, str], float]:
+        """Requests holding each loaded version (queued in the engine or decoding)."""
+        out: dict[tuple[str, str], float] = {}
+        for key, n in self._in_use.items():
+            record = self._lru.get(key)
+            if record is not None:
+                out[(record.name, str(record.version))] = float(n)
+        return out
 
     @property
     def slot_waiting(self) -> int:
@@ -284,13 +301,17 @@ class AdapterManager:
             try:
                 await waiter
             except BaseException:  # the request went away: the next in line gets its chance
+                if waiter in self._slot_waiters:
+                    self._slot_waiters.remove(waiter)
                 if waiter.done() and not waiter.cancelled():
                     self._wake_slot_waiter()
+                self._undrain_extra()
                 raise
             finally:
                 if waiter in self._slot_waiters:
                     self._slot_waiters.remove(waiter)
             first_try = False
+        self._undrain_extra()  # this request has its slot: one waiter fewer
 
     async def _evict(self, key: str) -> None:
         evicted = self._lru.pop(key)

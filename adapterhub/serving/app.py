@@ -31,6 +31,8 @@ def make_app(stack: ServingStack) -> FastAPI:
     metrics.gauge("queue_depth", "Requests waiting for the engine.", engine.queue_depth)
     metrics.gauge("slot_waiting", "Requests waiting for an adapter slot (every slot busy).",
                   lambda: manager.slot_waiting)
+    metrics.labeled_gauge("requests_in_flight", "Requests holding a loaded version (queued in the engine or "
+                          "decoding), per version.", ["name", "version"], manager.in_flight)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -47,6 +48,20 @@ class Metrics:
 
     def gauge(self, name: str, doc: str, fn: Callable[[], float]) -> None:
         Gauge(f"adapterhub_{name}", doc, registry=self.registry).set_function(fn)
+
+    def labeled_gauge(self, name: str, doc: str, labels: list[str],
+                      fn: Callable[[], dict[tuple[str, ...], float]]) -> None:
+        """A gauge whose series are read from ``fn`` at scrape time (label values → value)."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        class _Collector:
+            def collect(self) -> Any:
+                family = GaugeMetricFamily(f"adapterhub_{name}", doc, labels=labels)
+                for values, v in sorted(fn().items()):
+                    family.add_metric(list(values), v)
+                yield family
+
+        self.registry.register(_Collector())  # type: ignore[arg-type]
 
     # ---------------------------------------------------------------- requests
     def observe(self, endpoint: str, name: str, version: str, status: int, seconds: float,

@@ -8,7 +8,6 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 import httpx
-import pytest
 
 from adapterhub.loading.bases import resolve_model
 from adapterhub.registry import Registry

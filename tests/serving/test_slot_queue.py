@@ -6,6 +6,7 @@ registry and adapters; the assertions are about order and completion, never time
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -156,5 +157,58 @@ def test_all_slots_pinned_is_a_503_with_retry_after(six):
             r = httpx.post(url + "/v1/completions", json={"model": "ad1", "prompt": "hi", "max_tokens": 2}, timeout=60)
             assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
             assert "pinned" in r.json()["error"]["message"]
+    finally:
+        engine.stop()
+
+
+def test_requests_in_flight_per_version_are_a_gauge(six):
+    m, registry = six
+    engine = _engine(m, 2)
+    app = create_app(ServeConfig(base="tiny", max_loaded=2, max_lora_rank=8), engine=engine, registry=registry,
+                     base_name="tiny")
+    try:
+        with running_server(app) as url:
+            seen = []
+            with httpx.stream("POST", url + "/v1/completions", timeout=120, json={
+                    "model": "ad2", "prompt": "hi", "max_tokens": 480, "n": 8, "ignore_eos": True,
+                    "stream": True}) as r:
+                for line in r.iter_lines():  # scrape while the answer streams (it holds ad2 until it ends)
+                    if line.startswith("data: {") and not seen:
+                        text = httpx.get(url + "/metrics").text
+                        seen = [x for x in text.splitlines() if x.startswith("adapterhub_requests_in_flight{")]
+                assert seen == ['adapterhub_requests_in_flight{name="ad2",version="1"} 1.0'], seen
+            text = ""
+            for _ in range(100):  # the stream was closed: the request leaves
+                text = httpx.get(url + "/metrics").text
+                if 'adapterhub_requests_in_flight{name="ad2"' not in text:
+                    break
+                time.sleep(0.05)
+            assert 'adapterhub_requests_in_flight{name="ad2"' not in text
+    finally:
+        engine.stop()
+
+
+def test_an_adapter_drained_for_a_waiter_served_otherwise_takes_requests_again(six):
+    """ad0 is marked to drain for the waiting ad2, but ad1 frees first and ad2 takes its slot: ad0 must not
+    stay closed to new requests (it did: its new requests waited forever)."""
+    m, registry = six
+    engine = _engine(m, 2)
+
+    async def scenario():
+        mgr = AdapterManager(engine, registry, base_name="tiny")
+        a0 = await mgr.acquire("ad0")
+        a1 = await mgr.acquire("ad1")
+        w2 = asyncio.create_task(mgr.acquire("ad2"))
+        await _settle()
+        assert not w2.done()
+        mgr.release(a1)  # ad1 frees first: ad2 takes its slot
+        lease2 = await asyncio.wait_for(w2, 60)
+        again = await asyncio.wait_for(mgr.acquire("ad0"), 60)  # ad0 serves new requests again
+        assert again.name == "ad0"
+        for lease in (a0, again, lease2):
+            mgr.release(lease)
+
+    try:
+        asyncio.run(scenario())
     finally:
         engine.stop()
