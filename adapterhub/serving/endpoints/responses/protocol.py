@@ -10,6 +10,7 @@ from pydantic import ConfigDict, Field, StrictBool, ValidationInfo, field_valida
 from adapterhub.serving.protocol.requests import (
     BaseRequest,
     FiniteFloat,
+    FunctionDef,
     StrictInt,
     StrictModel,
     valid_text,
@@ -117,12 +118,10 @@ def _typed(item: Any) -> Any:
 
 
 # ------------------------------------------------------------------ request: tools and formats
-class FunctionTool(StrictModel):
+class FunctionTool(FunctionDef):
+    """A function tool as the Responses API writes it: chat's function definition, flat, with ``type``."""
+
     type: Literal["function"]
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    description: str | None = None
-    parameters: dict[str, Any] | None = Field(None, description="JSON schema of the arguments.")
-    strict: StrictBool | None = None
 
 
 class FunctionChoice(StrictModel):
