@@ -123,11 +123,16 @@ def _add_model(comps: dict[str, Any], model: type[BaseModel]) -> None:
 _STREAMED: list[type[BaseModel]] = []  # the chunk models of streaming endpoints (documented as components)
 
 
-def stream_of(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
-    """The 200 response of an endpoint that streams ``model`` chunks as server-sent events."""
-    if model not in _STREAMED:
-        _STREAMED.append(model)
-    event = {"anyOf": [{"$ref": f"#/components/schemas/{model.__name__}"},
-                       {"$ref": "#/components/schemas/ErrorResponse"}, {"type": "string", "enum": ["[DONE]"]}]}
-    return {200: {"content": {"text/event-stream": {"schema": event}},
-                  "description": f"The completion; with stream: true, server-sent events of {model.__name__}"}}
+def stream_of(*models: type[BaseModel], openai_chunks: bool = True) -> dict[int | str, dict[str, Any]]:
+    """The 200 response of an endpoint that streams ``models`` as server-sent events. ``openai_chunks``: the
+    chat/completions form (an error body or ``[DONE]`` may also come); otherwise every event is one of
+    ``models`` (the Responses API's typed events, its error event among them)."""
+    for model in models:
+        if model not in _STREAMED:
+            _STREAMED.append(model)
+    refs: list[dict[str, Any]] = [{"$ref": f"#/components/schemas/{m.__name__}"} for m in models]
+    if openai_chunks:
+        refs += [{"$ref": "#/components/schemas/ErrorResponse"}, {"type": "string", "enum": ["[DONE]"]}]
+    names = ", ".join(m.__name__ for m in models)
+    return {200: {"content": {"text/event-stream": {"schema": {"anyOf": refs}}},
+                  "description": f"The answer; with stream: true, server-sent events of {names}"}}

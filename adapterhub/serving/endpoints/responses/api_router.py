@@ -9,19 +9,28 @@ from fastapi import APIRouter, Depends, Query, Request
 from adapterhub.serving.auth import require_api_key
 from adapterhub.serving.endpoints.http import ERRORS, service, sse, unless_disconnected
 from adapterhub.serving.endpoints.responses.protocol import (
+    ArgumentsDeltaEvent,
+    ArgumentsDoneEvent,
     DeletedResponse,
+    ErrorEvent,
     InputItemList,
+    ItemEvent,
+    PartEvent,
+    ResponseEvent,
     ResponseObject,
     ResponsesRequest,
+    TextDeltaEvent,
+    TextDoneEvent,
 )
 from adapterhub.serving.endpoints.responses.serving import ResponsesService
+from adapterhub.serving.middleware import stream_of
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=ERRORS)
 
 
-@router.post("/responses", response_model=ResponseObject, responses={
-    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-          "description": "With stream: the typed events (response.created … response.completed)."}})
+@router.post("/responses", response_model=ResponseObject, responses=stream_of(
+    ResponseEvent, ItemEvent, PartEvent, TextDeltaEvent, TextDoneEvent, ArgumentsDeltaEvent, ArgumentsDoneEvent,
+    ErrorEvent, openai_chunks=False))
 async def create_response(req: ResponsesRequest, request: Request,
                           responses: ResponsesService = Depends(service(ResponsesService))) -> Any:
     caller = request.headers.get("x-session-id")

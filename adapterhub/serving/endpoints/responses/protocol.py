@@ -421,3 +421,12 @@ class ArgumentsDoneEvent(Event):
     name: str
     arguments: str
 
+
+class ErrorEvent(Event):
+    """A stream that fails after its first event (OpenAI's fields at the top, Open Responses' under error)."""
+
+    type: str = "error"
+    code: str | None = None
+    message: str
+    param: str | None = None
+    error: dict[str, Any] | None = None
