@@ -74,6 +74,8 @@ CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arg
     ("/v1/chat/completions", chat(tools=[weather(MARK)]), None, "tools[0].function.description"),
     ("/v1/chat/completions", chat(logit_bias={MARK: 1}), None, "a key"),
     ("/v1/responses", raw({"model": "tiny", "input": "x" + MARK}), None, "input"),
+    ("/v1/responses", raw({"model": "tiny", "input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "x" + MARK}]}]}), None, "input[0].content[0].text"),
     # a schema the grammar library accepts and fails on when matching starts
     ("/v1/chat/completions", chat(response_format={"type": "json_schema", "json_schema": {
         "name": "x", "schema": {"$ref": "#"}}}), "response_format", "cannot use the JSON schema"),

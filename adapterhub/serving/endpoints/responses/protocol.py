@@ -13,7 +13,6 @@ from adapterhub.serving.protocol.requests import (
     FunctionDef,
     StrictInt,
     StrictModel,
-    valid_text,
 )
 from adapterhub.serving.protocol.responses import ResponseModel
 
@@ -26,11 +25,6 @@ class InputText(StrictModel):
     type: Literal["input_text"]
     text: str
 
-    @field_validator("text")
-    @classmethod
-    def _text(cls, v: str) -> str:
-        return valid_text(v, "text")
-
 
 class OutputTextIn(StrictModel):
     """An earlier answer's text, sent back as part of the conversation."""
@@ -39,11 +33,6 @@ class OutputTextIn(StrictModel):
     text: str
     annotations: list[Any] = Field(default_factory=list, max_length=0)
     logprobs: list[Any] | None = None
-
-    @field_validator("text")
-    @classmethod
-    def _text(cls, v: str) -> str:
-        return valid_text(v, "text")
 
 
 class InputImage(StrictModel):
@@ -71,11 +60,6 @@ class MessageItem(StrictModel):
     id: str | None = None
     status: Literal["in_progress", "completed", "incomplete"] | None = None
 
-    @field_validator("content")
-    @classmethod
-    def _content(cls, v: Any) -> Any:
-        return valid_text(v, "message content") if isinstance(v, str) else v
-
 
 class FunctionCallItem(StrictModel):
     type: Literal["function_call"]
@@ -85,11 +69,6 @@ class FunctionCallItem(StrictModel):
     id: str | None = None
     status: Literal["in_progress", "completed", "incomplete"] | None = None
 
-    @field_validator("arguments")
-    @classmethod
-    def _args(cls, v: str) -> str:
-        return valid_text(v, "arguments")
-
 
 class FunctionCallOutputItem(StrictModel):
     type: Literal["function_call_output"]
@@ -97,11 +76,6 @@ class FunctionCallOutputItem(StrictModel):
     output: str | list[InputText]
     id: str | None = None
     status: Literal["in_progress", "completed", "incomplete"] | None = None
-
-    @field_validator("output")
-    @classmethod
-    def _output(cls, v: Any) -> Any:
-        return valid_text(v, "output") if isinstance(v, str) else v
 
     def text(self) -> str:
         return self.output if isinstance(self.output, str) else "".join(p.text for p in self.output)
@@ -162,6 +136,8 @@ REFUSED = {
 
 
 class ResponsesRequest(BaseRequest):
+    """Every string in the body is checked for valid Unicode once, by BaseRequest, before these fields."""
+
     model: str = Field(description="Base name, 'base', an adapter 'name', 'name@3', 'name@alias' or 'name@sha256:…'.")
     input: str | list[Annotated[InputItem, Field()]] = Field(description="Text, or a list of input items.")
     instructions: str | None = Field(None, description="A system message before the input (not carried over to "
@@ -199,16 +175,9 @@ class ResponsesRequest(BaseRequest):
     @field_validator("input")
     @classmethod
     def _input(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return valid_text(v, "input")
-        if not v:
+        if isinstance(v, list) and not v:
             raise ValueError("input is empty")
         return v
-
-    @field_validator("instructions")
-    @classmethod
-    def _instructions(cls, v: str | None) -> str | None:
-        return None if v is None else valid_text(v, "instructions")
 
     @field_validator("tools")
     @classmethod
