@@ -130,6 +130,15 @@ class AuthenticationError(AdapterHubError):
     code = "invalid_api_key"
 
 
+class PermissionDeniedError(AdapterHubError):
+    """A valid key that may not do this (an admin route with a tenant's key)."""
+
+    exit_code = 2
+    http_status = 403
+    error_type = "permission_error"
+    code = "insufficient_permissions"
+
+
 class OverloadedError(AdapterHubError):
     """The server's queue is full; the client should retry later."""
 

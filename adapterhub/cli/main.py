@@ -62,9 +62,9 @@ def quiet_third_party() -> None:
 
 
 def _register_commands() -> None:
-    from adapterhub.cli import chat, demo, deploy, hub, merge, models, registry, rollout, serve, train
+    from adapterhub.cli import chat, demo, deploy, hub, keys, merge, models, registry, rollout, serve, train
 
-    for mod in (models, registry, rollout, train, serve, merge, chat, hub, deploy, demo):
+    for mod in (models, registry, rollout, keys, train, serve, merge, chat, hub, deploy, demo):
         mod.register(app)
 
 

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from adapterhub.registry.keytables import SQLITE_DDL, KeyTables
 from adapterhub.registry.manifest import MANIFEST
 from adapterhub.registry.store import AliasEvent, RegistryStore, VersionRecord
 
@@ -114,7 +115,7 @@ def _split(text: str | None) -> dict[int, int] | None:
     return {int(v): int(w) for v, w in json.loads(text).items()} if text else None
 
 
-class LocalStore(RegistryStore):
+class LocalStore(KeyTables, RegistryStore):
     """Files + SQLite under ``root``; safe for many processes on one machine."""
 
     def __init__(self, root: Path) -> None:
@@ -128,9 +129,9 @@ class LocalStore(RegistryStore):
         self._conn = sqlite3.connect(self._db_path, timeout=60, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(_SCHEMA)
-        self._responses_conn: sqlite3.Connection | None = None
-        self._responses_lock = threading.Lock()
+        self._conn.executescript(_SCHEMA + SQLITE_DDL)
+        self._side_conn: sqlite3.Connection | None = None
+        self._side_lock = threading.Lock()
         self._migrate()
         self._recover()
 
@@ -151,10 +152,10 @@ class LocalStore(RegistryStore):
 
     def close(self) -> None:
         self._conn.close()
-        with self._responses_lock:
-            if self._responses_conn is not None:
-                self._responses_conn.close()
-                self._responses_conn = None
+        with self._side_lock:
+            if self._side_conn is not None:
+                self._side_conn.close()
+                self._side_conn = None
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -332,31 +333,42 @@ class LocalStore(RegistryStore):
                            "requirements=excluded.requirements, updated_at=excluded.updated_at, "
                            "updated_by=excluded.updated_by", (name, alias, json.dumps(requirements), time.time(), by))
 
-    # Stored responses: their own connection (a serving process writes one per request, while the
-    # registry's connection may be inside a version's write transaction on another thread).
+    # Stored responses and keys: their own connection (a serving process writes them per request, while
+    # the registry's connection may be inside a version's write transaction on another thread).
     @contextmanager
-    def _responses_db(self) -> Iterator[sqlite3.Connection]:
-        with self._responses_lock:
-            if self._responses_conn is None:
-                self._responses_conn = sqlite3.connect(self._db_path, timeout=60, isolation_level=None,
+    def _side_db(self) -> Iterator[sqlite3.Connection]:
+        with self._side_lock:
+            if self._side_conn is None:
+                self._side_conn = sqlite3.connect(self._db_path, timeout=60, isolation_level=None,
                                                        check_same_thread=False)
-            yield self._responses_conn
+            yield self._side_conn
+
+    @contextmanager
+    def _key_tx(self) -> Iterator[sqlite3.Connection]:
+        with self._side_db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def put_response(self, response_id: str, record: dict[str, Any], expires_at: float) -> None:
         now = time.time()
-        with self._responses_db() as db:
+        with self._side_db() as db:
             db.execute("INSERT OR REPLACE INTO responses VALUES (?,?,?,?)",
                        (response_id, now, expires_at, json.dumps(record)))
             db.execute("DELETE FROM responses WHERE expires_at < ?", (now,))
 
     def get_response(self, response_id: str) -> dict[str, Any] | None:
-        with self._responses_db() as db:
+        with self._side_db() as db:
             row = db.execute("SELECT record FROM responses WHERE id=? AND expires_at >= ?",
                              (response_id, time.time())).fetchone()
         return json.loads(row[0]) if row else None
 
     def delete_response(self, response_id: str) -> bool:
-        with self._responses_db() as db:
+        with self._side_db() as db:
             cur = db.execute("DELETE FROM responses WHERE id=? AND expires_at >= ?", (response_id, time.time()))
         return cur.rowcount > 0
 

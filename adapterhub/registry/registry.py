@@ -27,6 +27,7 @@ from adapterhub.errors import (
     UserInputError,
 )
 from adapterhub.refs import LATEST, AdapterRef, parse_ref, validate_alias, validate_name
+from adapterhub.registry.keys import Keys
 from adapterhub.registry.local import LocalStore
 from adapterhub.registry.manifest import MANIFEST, BaseModelRef, Manifest, hash_files, read_manifest
 from adapterhub.registry.peft_config import ADAPTER_CONFIG
@@ -78,6 +79,11 @@ class Registry:
         """The registry ``settings`` name: a shared PostgreSQL + object-store one when
         ``ADAPTERHUB_REGISTRY_URL`` is set, else the embedded one under the home directory."""
         return cls(open_store(settings), actor=settings.actor)
+
+    @property
+    def keys(self) -> Keys:
+        """Tenants' API keys (kept in this registry's database)."""
+        return Keys(self.store, self.actor)
 
     # ---------------------------------------------------------------- writing
     def register(

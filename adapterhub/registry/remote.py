@@ -53,6 +53,7 @@ from adapterhub.errors import (
     UserInputError,
 )
 from adapterhub.models import sha256_file
+from adapterhub.registry.keytables import POSTGRES_DDL, KeyTables
 from adapterhub.registry.manifest import MANIFEST
 from adapterhub.registry.store import AliasEvent, RegistryStore, VersionRecord
 
@@ -92,6 +93,7 @@ CREATE TABLE responses (
 );
 CREATE INDEX responses_expiry ON responses (expires_at);
 """),
+    (3, POSTGRES_DDL),
 ]
 _MIGRATION_LOCK = 0x616470_68756220  # any constant: "adp hub "
 _COLS = "name, version, content_hash, kind, base_model, rank, size, created_at, metrics, base_fingerprint"
@@ -262,7 +264,7 @@ class VersionCache:
         return removed
 
 
-class RemoteStore(RegistryStore):
+class RemoteStore(KeyTables, RegistryStore):
     """PostgreSQL rows + S3 objects + a local cache; safe for many processes on many machines."""
 
     def __init__(self, db_url: str, artifacts_url: str, cache_dir: Path, *, cache_max_bytes: int = 20 << 30,
@@ -317,6 +319,13 @@ class RemoteStore(RegistryStore):
             except psycopg.OperationalError as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise StoreUnavailableError(f"registry database {self._where}: {first}") from e
+
+    _placeholder = "%s"
+
+    @contextlib.contextmanager
+    def _key_tx(self) -> Iterator[Any]:
+        with self._db() as db, db.transaction():
+            yield db
 
     def close(self) -> None:
         with self._mutex:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapterhub.registry.keys import KeyEvent, KeyRecord, UsageRow
+
 
 @dataclass(frozen=True)
 class VersionRecord:
@@ -137,6 +139,36 @@ class RegistryStore(abc.ABC):
     @abc.abstractmethod
     def delete_response(self, response_id: str) -> bool:
         """Remove a stored response; False when there was none (or it had expired)."""
+
+    # API keys of tenants (:mod:`adapterhub.registry.keys`), shared by every replica on this registry. Only
+    # a secret's hash is stored. ``share_key_counts`` exchanges the replicas' last-minute counts per key.
+    @abc.abstractmethod
+    def put_key(self, record: KeyRecord) -> None:
+        """Add a key; ConflictError when its name exists."""
+
+    @abc.abstractmethod
+    def update_key(self, name: str, *, models: tuple[str, ...], rpm: int | None, tpm: int | None) -> None: ...
+
+    @abc.abstractmethod
+    def revoke_key(self, name: str, at: float) -> None: ...
+
+    @abc.abstractmethod
+    def list_keys(self) -> builtins.list[KeyRecord]: ...
+
+    @abc.abstractmethod
+    def add_key_event(self, event: KeyEvent) -> None: ...
+
+    @abc.abstractmethod
+    def key_events(self, name: str | None = None) -> builtins.list[KeyEvent]: ...
+
+    @abc.abstractmethod
+    def add_key_usage(self, rows: builtins.list[UsageRow], last_used: dict[str, float]) -> None: ...
+
+    @abc.abstractmethod
+    def key_usage(self, name: str | None = None) -> builtins.list[UsageRow]: ...
+
+    @abc.abstractmethod
+    def share_key_counts(self, replica: str, counts: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]: ...
 
     def put_exact(self, name: str, version: int, src: Path, content_hash: str, summary: dict[str, Any],
                   manifest: bytes, created_at: float | None = None) -> bool:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import OrderedDict, deque
@@ -28,6 +29,7 @@ from adapterhub.registry.peft_config import PeftConfigError, read_peft_config
 from adapterhub.registry.validation import validate_adapter_dir
 from adapterhub.serving.engines.base import Engine
 from adapterhub.serving.metrics import Metrics
+from adapterhub.serving.tenants import check_scope
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,7 @@ class AdapterManager:
 
     def _resolve(self, model: str, caller: str | None) -> tuple[VersionRecord | None, str | None]:
         """(version or None for the base, the split alias that picked it)."""
+        check_scope(model, self.base_names, self.base_name)  # a tenant's key: 404 outside its names
         if model in self.base_names:
             return None, None
         if self.registry is None:
@@ -119,8 +122,9 @@ class AdapterManager:
     async def registry_call(self, fn: Any, *args: Any) -> Any:
         """``fn(*args)`` (registry I/O) on the registry threads with the time limit; a 503 past it."""
         loop = asyncio.get_running_loop()
+        ctx = contextvars.copy_context()  # the request's caller goes along (scopes are checked there too)
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self._registry_pool, fn, *args),
+            return await asyncio.wait_for(loop.run_in_executor(self._registry_pool, ctx.run, fn, *args),
                                           self.registry_timeout_s)
         except TimeoutError:
             self.registry_failed_at = time.monotonic()
@@ -128,6 +132,7 @@ class AdapterManager:
 
     async def resolve_async(self, model: str, caller: str | None = None) -> tuple[VersionRecord | None, str | None]:
         """:meth:`_resolve` off the event loop with a time limit, falling back to what is known."""
+        check_scope(model, self.base_names, self.base_name)
         if model in self.base_names:
             return None, None
         if model in self._immutable:

@@ -33,6 +33,7 @@ from adapterhub.serving.engines.base import Engine
 from adapterhub.serving.media import MediaPolicy
 from adapterhub.serving.metrics import Metrics
 from adapterhub.serving.stack import ServingStack
+from adapterhub.serving.tenants import KeyRing
 from adapterhub.settings import Settings
 from adapterhub.tools import get_parser, load_tool_template
 
@@ -99,10 +100,15 @@ def build_service(config: ServeConfig, settings: Settings | None = None, *, engi
                              max_slot_waiters=config.max_waiting, registry_timeout_s=config.registry_timeout_s,
                              registry_staleness_s=config.registry_staleness_s)
     get_parser(config.tool_parser)  # an unknown parser fails at start, not at the first request
+    keys = None
+    if config.auth == "keys":
+        if registry is None:
+            raise UserInputError("--auth keys needs the registry (where the keys are kept)")
+        keys = KeyRing(registry.store, manager.registry_call, metrics)
     return ServingStack(config, engine, registry, manager, metrics,
                         media=MediaPolicy(tuple(config.allowed_media_domains), config.max_image_bytes,
                                           config.max_images, config.media_timeout_s),
-                        tool_template=load_tool_template(config.tool_template))
+                        tool_template=load_tool_template(config.tool_template), keys=keys)
 
 
 def create_app(config: ServeConfig, *, engine: Engine | None = None, registry: Registry | None = None,

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapterhub import __version__
 from adapterhub.errors import AdapterHubError
-from adapterhub.serving.auth import require_metrics_key
+from adapterhub.serving.auth import require_docs_key
 from adapterhub.serving.endpoints import routers
 from adapterhub.serving.metrics import current_target
 from adapterhub.serving.middleware import BodySizeLimit, RequestId, openai_error_schema
@@ -37,9 +37,13 @@ def make_app(stack: ServingStack) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         engine.start()
+        if stack.keys is not None:
+            await stack.keys.start()
         for ref in stack.config.adapters:
             await manager.load(ref, pin=True)
         yield
+        if stack.keys is not None:
+            await stack.keys.stop()
         engine.stop()
 
     # /openapi.json, /docs and /redoc are routes of our own so that, with --api-key, they need a key too
@@ -47,15 +51,15 @@ def make_app(stack: ServingStack) -> FastAPI:
     app = FastAPI(title="adapterhub", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None,
                   redoc_url=None)
 
-    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_metrics_key)])
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_docs_key)])
     async def _openapi() -> JSONResponse:
         return JSONResponse(app.openapi())
 
-    @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_metrics_key)])
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_docs_key)])
     async def _docs() -> HTMLResponse:
         return get_swagger_ui_html(openapi_url="/openapi.json", title="adapterhub")
 
-    @app.get("/redoc", include_in_schema=False, dependencies=[Depends(require_metrics_key)])
+    @app.get("/redoc", include_in_schema=False, dependencies=[Depends(require_docs_key)])
     async def _redoc() -> HTMLResponse:
         return get_redoc_html(openapi_url="/openapi.json", title="adapterhub")
 
@@ -75,7 +79,8 @@ def make_app(stack: ServingStack) -> FastAPI:
     @app.exception_handler(AdapterHubError)
     async def _ah_error(request: Request, exc: AdapterHubError) -> JSONResponse:
         metrics.observe(_endpoint(request), *current_target.get(), exc.http_status, 0.0)
-        headers = {"Retry-After": "1"} if exc.http_status == 503 else None  # overloaded: worth retrying soon
+        headers = {"Retry-After": "1"} if exc.http_status == 503 else {}  # overloaded: worth retrying soon
+        headers.update(getattr(exc, "headers", None) or {})  # a rate limit's x-ratelimit-* and Retry-After
         return JSONResponse(error_body(exc.message, exc.error_type, exc.code, exc.param), status_code=exc.http_status,
                             headers=headers)
 

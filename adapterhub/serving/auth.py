@@ -1,4 +1,13 @@
-"""Bearer-key checks for the API and the admin endpoints."""
+"""Who may call what. Two modes (``--auth``):
+
+* ``key`` (default): one ``--api-key`` for the API (open when unset), ``--admin-key`` for the admin routes
+  (default: the API key) and ``--metrics-key`` for /metrics and the API description;
+* ``keys``: tenants' keys from the registry (:mod:`adapterhub.serving.tenants`), each scoped to adapter
+  names with its own limits; ``--api-key`` / ``--admin-key`` keep working as all-access keys. Admin routes
+  and /metrics need an ``--admin`` key (or ``--metrics-key`` for /metrics); the API description any key.
+
+Secrets are compared with ``hmac.compare_digest`` and never logged.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +15,8 @@ import hmac
 
 from fastapi import Request
 
-from adapterhub.errors import AuthenticationError
+from adapterhub.errors import AuthenticationError, PermissionDeniedError
+from adapterhub.serving.tenants import Caller, current_caller
 
 
 def _bearer(request: Request) -> str | None:
@@ -16,35 +26,90 @@ def _bearer(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
+def _same(got: str, expected: str | None) -> bool:
+    return expected is not None and hmac.compare_digest(got.encode("utf-8", "surrogatepass"),
+                                                        expected.encode("utf-8", "surrogatepass"))
+
+
 def _check(request: Request, expected: str | None, what: str) -> None:
     if expected is None:
         return
     got = _bearer(request)
     if got is None:
         raise AuthenticationError(f"Missing {what} key: send 'Authorization: Bearer <key>'")
-    if not hmac.compare_digest(got.encode(), expected.encode()):
+    if not _same(got, expected):
         raise AuthenticationError(f"Incorrect {what} key provided")
 
 
-def require_api_key(request: Request) -> None:
-    _check(request, request.app.state.stack.config.api_key, "API")
+async def _tenant(request: Request) -> Caller:
+    """``--auth keys``: the caller behind this request's key (401 without a valid one)."""
+    cfg, keys = request.app.state.stack.config, request.app.state.stack.keys
+    got = _bearer(request)
+    if not got:
+        raise AuthenticationError("Missing API key: send 'Authorization: Bearer <key>'")
+    if _same(got, cfg.admin_key):
+        caller = Caller(admin=True)
+    elif _same(got, cfg.api_key):
+        caller = Caller(admin=cfg.admin_key is None)
+    else:
+        key = await keys.authenticate(got)
+        caller = Caller(key, admin=key.admin)
+    request.state.caller = caller  # for the middleware: the x-ratelimit-* headers of the response
+    current_caller.set(caller)  # for the services: scopes and limits
+    return caller
 
 
-def require_admin_key(request: Request) -> None:
+def _keys_mode(request: Request) -> bool:
+    return request.app.state.stack.keys is not None
+
+
+async def require_api_key(request: Request) -> None:
+    if _keys_mode(request):
+        await _tenant(request)
+    else:
+        _check(request, request.app.state.stack.config.api_key, "API")
+
+
+async def require_admin_key(request: Request) -> None:
     cfg = request.app.state.stack.config
-    _check(request, cfg.admin_key or cfg.api_key, "admin")
+    if not _keys_mode(request):
+        _check(request, cfg.admin_key or cfg.api_key, "admin")
+        return
+    caller = await _tenant(request)
+    if not caller.admin:
+        raise PermissionDeniedError(f"key '{caller.name}' is not an admin key (create one with --admin)")
+    if caller.key is not None and request.method != "GET":
+        await request.app.state.stack.keys.record_admin_use(caller.key, f"{request.method} {request.url.path}")
 
 
-def require_metrics_key(request: Request) -> None:
-    """/metrics and the API description: --metrics-key, else the API key (open when neither is set)."""
+async def require_metrics_key(request: Request) -> None:
+    """/metrics: --metrics-key, else the admin key (with --auth keys: an --admin key); open when none is set."""
     cfg = request.app.state.stack.config
-    _check(request, cfg.metrics_key or cfg.api_key, "metrics")
+    if not _keys_mode(request):
+        _check(request, cfg.metrics_key or cfg.api_key, "metrics")
+        return
+    got = _bearer(request)
+    if got is not None and _same(got, cfg.metrics_key):
+        return
+    await require_admin_key(request)
 
 
-def has_api_key(request: Request) -> bool:
-    """Whether the request may see details (no key configured, or the right one sent)."""
+async def require_docs_key(request: Request) -> None:
+    """The API description: like /metrics; with --auth keys, any valid key."""
+    cfg = request.app.state.stack.config
+    if not _keys_mode(request):
+        _check(request, cfg.metrics_key or cfg.api_key, "metrics")
+        return
+    got = _bearer(request)
+    if got is not None and _same(got, cfg.metrics_key):
+        return
+    await _tenant(request)
+
+
+async def has_api_key(request: Request) -> bool:
+    """Whether the request may see details (no key configured, or a valid one sent)."""
     try:
-        require_api_key(request)
+        await require_api_key(request)
     except AuthenticationError:
         return False
     return True

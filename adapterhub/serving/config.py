@@ -21,6 +21,9 @@ class ServeConfig(BaseModel):
     served_name: str | None = Field(None, description="Name of the base in the API (default: its id).")
     host: str = Field("127.0.0.1", description="Interface to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
+    auth: Literal["key", "keys"] = Field("key", description="key: one --api-key (open when unset); keys: the "
+                                         "registry's tenant keys ('adapterhub keys create'), each scoped to "
+                                         "adapter names with rate limits (--api-key stays an all-access key).")
     api_key: str | None = Field(None, description="Require 'Authorization: Bearer <key>' on /v1.")
     metrics_key: str | None = Field(None, description="Key for /metrics, /openapi.json, /docs and /redoc "
                                     "(default: api_key; open when neither is set).")

@@ -17,7 +17,8 @@ Scope = dict[str, Any]
 
 
 class RequestId:
-    """Echo the caller's ``X-Request-Id`` (or a new one) on every response."""
+    """Echo the caller's ``X-Request-Id`` (or a new one) on every response, with the headers the request's
+    caller collected (``x-ratelimit-*`` of a tenant's key)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -27,11 +28,16 @@ class RequestId:
             return await self.app(scope, receive, send)
         given = dict(scope.get("headers") or []).get(b"x-request-id", b"")
         rid = given.decode("latin-1")[:128] if given else f"req-{uuid.uuid4().hex}"
-        scope.setdefault("state", {})["request_id"] = rid
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
 
         async def send_with_id(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
+                caller = state.get("caller")
+                have = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k.encode(), v.encode()) for k, v in (caller.headers.items() if caller else ())
+                         if k.encode() not in have]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1")), *extra]
             await send(message)
 
         await self.app(scope, receive, send_with_id)

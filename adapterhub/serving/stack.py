@@ -16,6 +16,7 @@ from adapterhub.serving.config import ServeConfig
 from adapterhub.serving.engines.base import Engine
 from adapterhub.serving.media import MediaPolicy
 from adapterhub.serving.metrics import Metrics
+from adapterhub.serving.tenants import KeyRing
 
 T = TypeVar("T")
 
@@ -29,6 +30,7 @@ class ServingStack:
     metrics: Metrics
     media: MediaPolicy = field(default_factory=MediaPolicy)
     tool_template: str | None = None  # --tool-template, loaded: for chats with tools on templates without them
+    keys: KeyRing | None = None  # --auth keys: the registry's tenant keys, limits and usage
     _endpoints: dict[type, Any] = field(default_factory=dict, repr=False)
 
     @property

@@ -188,3 +188,35 @@ def test_split_aliases_and_gates(open_store, tmp_path):
     assert open_store().get_gate("lumen", "production") == ["identity>=0.95"]
     store.set_gate("lumen", "production", None, "alice")
     assert store.get_gate("lumen", "production") is None
+
+
+def test_keys_are_shared_unique_and_metered(open_store):
+    from adapterhub.errors import ConflictError
+    from adapterhub.registry.keys import KeyEvent, KeyRecord, UsageRow
+
+    store, other = open_store(), open_store()  # e.g. the CLI on one machine, a server on another
+    record = KeyRecord("team-a", ("team-a-*",), rpm=5, created_at=1.0, created_by="ops", secret_hash="ab" * 32)
+    store.put_key(record)
+    with pytest.raises(ConflictError):
+        other.put_key(KeyRecord("team-a", ("*",), secret_hash="cd" * 32))
+    [seen] = other.list_keys()
+    assert (seen.name, seen.models, seen.rpm, seen.tpm, seen.secret_hash) == ("team-a", ("team-a-*",), 5, None, "ab" * 32)
+    store.update_key("team-a", models=("team-a-*", "shared"), rpm=None, tpm=100)
+    store.revoke_key("team-a", 7.0)
+    [seen] = other.list_keys()
+    assert (seen.models, seen.rpm, seen.tpm, seen.revoked_at) == (("team-a-*", "shared"), None, 100, 7.0)
+    # Usage adds up across writers (two replicas flushing the same key, model and day).
+    store.add_key_usage([UsageRow("team-a", "lumen@1", "2026-12-03", 2, 10, 4)], {"team-a": 5.0})
+    other.add_key_usage([UsageRow("team-a", "lumen@1", "2026-12-03", 1, 3, 1),
+                         UsageRow("team-a", "tiny", "2026-12-03", 1, 2, 2)], {"team-a": 4.0})
+    assert store.key_usage("team-a") == [UsageRow("team-a", "lumen@1", "2026-12-03", 3, 13, 5),
+                                         UsageRow("team-a", "tiny", "2026-12-03", 1, 2, 2)]
+    assert store.key_usage("nobody") == [] and store.list_keys()[0].last_used_at == 5.0  # latest use wins
+    store.add_key_event(KeyEvent(1.0, "team-a", "created", "ops", "models=team-a-*"))
+    other.add_key_event(KeyEvent(2.0, "team-a", "revoked", "ops"))
+    assert [(e.action, e.by) for e in store.key_events("team-a")] == [("created", "ops"), ("revoked", "ops")]
+    # Replicas see each other's last-minute counts, never their own.
+    assert store.share_key_counts("r1", {"team-a": (3, 30)}) == {}
+    assert other.share_key_counts("r2", {"team-a": (2, 5)}) == {"team-a": (3, 30)}
+    assert store.share_key_counts("r1", {"team-a": (4, 31)}) == {"team-a": (2, 5)}
+    assert other.share_key_counts("r2", {}) == {"team-a": (4, 31)}

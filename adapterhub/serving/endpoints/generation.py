@@ -26,6 +26,7 @@ from adapterhub.serving.protocol.responses import new_id
 from adapterhub.serving.stack import ServingStack
 from adapterhub.serving.structured import Constraint
 from adapterhub.serving.structured import from_request as constraint_of
+from adapterhub.serving.tenants import Charge, current_caller
 from adapterhub.tools import supports_tools
 
 
@@ -68,6 +69,12 @@ class Job:
     gens: list[GenerationRequest]
     prompt_of: list[int]  # gens[i] answers prompts[prompt_of[i]]
     plan: Any = None  # what the endpoint decided before encoding (chat: its tool plan)
+    charge: Charge | None = None  # what it counts against the caller's key (--auth keys)
+
+    @property
+    def model(self) -> str:
+        """The version it ran on (``name@N``) or the base, for usage by key."""
+        return self.lease.ref if self.lease.key is not None and self.lease.ref else self.lease.name
 
 
 class GeneratingService:
@@ -81,6 +88,7 @@ class GeneratingService:
         self.manager = stack.manager
         self.metrics = stack.metrics
         self.default_max_tokens = stack.config.default_max_tokens
+        self.keys = stack.keys
 
     def check_ids(self, ids: list[int], param: str) -> None:
         vocab = self.engine.vocab_size
@@ -146,6 +154,8 @@ class GeneratingService:
         requested = constraint_of(req)
         if requested is not None:  # compiling a grammar can take a second: never on the event loop
             await asyncio.to_thread(self.engine.check_constraint, requested)
+        if self.keys is not None:  # a key whose requests per minute are used up: refused before any work
+            self.keys.precheck(current_caller.get())
         lease = await self.manager.acquire(req.model, req.user or caller)
         current_target.set((lease.name, lease.version))
         if lease.split_alias:
@@ -167,7 +177,11 @@ class GeneratingService:
                     gens.append(GenerationRequest(prompt, params, lease.key, f"{rid}-{p_i}-{i}", inputs=inputs))
                     prompt_of.append(p_i)
             self.admit(len(gens))
-            return Job(lease, prompts, gens, prompt_of, decided)
+            charge = None
+            if self.keys is not None:  # reserves prompt + completion budget against the key's limits
+                charge = self.keys.admit(current_caller.get(),
+                                         sum(len(g.prompt_ids) + g.params.max_tokens for g in gens))
+            return Job(lease, prompts, gens, prompt_of, decided, charge)
         except BaseException:
             self.manager.release(lease)
             raise
@@ -196,6 +210,7 @@ class GeneratingService:
                 g.cancel()
             for t in tasks:
                 t.cancel()
+            self.settle(job, [], "cancelled")  # its prompt was read: charged, with no completion
             raise
         finally:
             self.manager.release(job.lease)
@@ -213,14 +228,23 @@ class GeneratingService:
             self.record(job, t0, results)
         except (asyncio.CancelledError, GeneratorExit):  # the client went away mid-stream
             self.metrics.cancelled(self.endpoint, job.lease.name, job.lease.version)
+            self.settle(job, results, "cancelled")  # charged what was generated before it left
             raise
         finally:
             for g in job.gens:
                 g.cancel()
             self.manager.release(job.lease)
+            self.settle(job, results, "error")  # no-op when recorded or cancelled above
+
+    def settle(self, job: Job, results: list[Result], status: str = "200") -> None:
+        """Charge the caller's key what the request used (its prompts and the tokens generated)."""
+        if self.keys is not None:
+            self.keys.settle(job.charge, job.model, sum(len(p) for p in job.prompts),
+                             sum(r.tokens for r in results), status)
 
     def record(self, job: Job, t0: float, results: list[Result]) -> None:
         lease = job.lease
+        self.settle(job, results)
         completion = sum(r.tokens for r in results)
         self.metrics.observe(self.endpoint, lease.name, lease.version, 200, time.perf_counter() - t0,
                              sum(len(p) for p in job.prompts), completion)

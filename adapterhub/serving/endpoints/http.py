@@ -27,7 +27,10 @@ T = TypeVar("T")
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in ((400, "Invalid request (the message names the parameter)"), (401, "Missing or wrong API key"),
-                       (404, "Unknown model"), (413, "Request body too large"), (503, "Overloaded: retry later"))
+                       (403, "A tenant key on an admin route (--auth keys)"), (404, "Unknown model"),
+                       (413, "Request body too large"),
+                       (429, "A key's requests or tokens per minute are used up (--auth keys): see Retry-After"),
+                       (503, "Overloaded: retry later"))
 }
 
 

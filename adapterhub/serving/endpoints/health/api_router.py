@@ -20,7 +20,7 @@ async def health(request: Request) -> dict[str, Any]:
     # The registry being away is "degraded", not down: the base and every version known by number or hash
     # still answer (from memory), aliases from their last known value for a bounded time.
     public = {"status": "ok", "registry": st.manager.registry_state}
-    if not has_api_key(request):
+    if not await has_api_key(request):
         return public
     return {**public, "engine": st.engine.name, "base": st.manager.base_name,
             "loaded_adapters": len(st.engine.loaded_adapters()), "queue_depth": st.engine.queue_depth()}

@@ -8,6 +8,7 @@ from adapterhub.errors import ModelNotFoundError
 from adapterhub.loading.versions import same_base
 from adapterhub.serving.endpoints.models.protocol import ModelCard, ModelList
 from adapterhub.serving.stack import ServingStack
+from adapterhub.serving.tenants import check_scope, visible
 
 
 class ModelsService:
@@ -38,14 +39,15 @@ class ModelsService:
         return cards
 
     def list(self) -> ModelList:
-        return ModelList(data=self.catalog())
+        return ModelList(data=[c for c in self.catalog() if visible(c.root)])  # a tenant sees its own names
 
     def card(self, model_id: str) -> ModelCard:
+        manager = self.stack.manager
+        check_scope(model_id, manager.base_names, manager.base_name)
         cards = self.catalog()
         for m in cards:
             if m.id == model_id:
                 return m
-        manager = self.stack.manager
         if model_id in manager.base_names:  # "base" and other names of the base model
             return cards[0].model_copy(update={"id": model_id})
         manager.resolve(model_id)  # raises 404 with the reason

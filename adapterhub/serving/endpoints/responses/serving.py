@@ -51,6 +51,7 @@ from adapterhub.serving.endpoints.responses.protocol import (
     TextDoneEvent,
 )
 from adapterhub.serving.protocol.responses import Usage, now
+from adapterhub.serving.tenants import current_caller
 
 # Chat-side parameter names as the Responses API calls them (in errors raised by the chat service).
 _PARAMS = (("response_format", "text.format"), ("max_tokens", "max_output_tokens"), ("messages", "input"))
@@ -61,6 +62,12 @@ def _renamed(e: AdapterHubError) -> AdapterHubError:
         if e.param and e.param.startswith(chat_name):
             e.param = name + e.param[len(chat_name):] if chat_name != "messages" else name
     return e
+
+
+def _owner() -> str | None:
+    """The key that stores a response (--auth keys); only that key reads, continues or deletes it."""
+    caller = current_caller.get()
+    return caller.key.name if caller is not None and caller.key is not None else None
 
 
 def _id(prefix: str) -> str:
@@ -102,7 +109,7 @@ class ResponsesService:
     # ---------------------------------------------------------------- storage (off the event loop)
     async def _load(self, rid: str, param: str | None = None) -> dict[str, Any]:
         record = await asyncio.to_thread(self.store.get_response, rid)
-        if record is None:
+        if record is None or record.get("owner") != _owner():  # another tenant's: as if it did not exist
             raise NotFoundError(f"no stored response '{rid}' (never stored, deleted, or past its retention)",
                                 param=param)
         return record  # type: ignore[no-any-return]
@@ -114,6 +121,7 @@ class ResponsesService:
         return (await self._load(rid))["response"]  # type: ignore[no-any-return]
 
     async def delete(self, rid: str) -> DeletedResponse:
+        await self._load(rid)  # exists and is the caller's
         if not await asyncio.to_thread(self.store.delete_response, rid):
             raise NotFoundError(f"no stored response '{rid}'")
         return DeletedResponse(id=rid)
@@ -277,7 +285,8 @@ class ResponsesService:
                 answer.setdefault("tool_calls", []).append({"id": item.call_id, "type": "function", "function": {
                     "name": item.name, "arguments": item.arguments}})
         await self._save(resp.id, {"response": resp.model_dump(mode="json"), "input_items": context["input_items"],
-                                   "messages": context["convo"] + [answer], "pinned": context["pinned"]})
+                                   "messages": context["convo"] + [answer], "pinned": context["pinned"],
+                                   "owner": _owner()})
 
     # ---------------------------------------------------------------- whole responses
     async def create(self, req: ResponsesRequest, caller: str | None = None) -> ResponseObject:
