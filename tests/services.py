@@ -135,6 +135,8 @@ class PausableProxy:
         self._sock.listen(64)
         self.port = self._sock.getsockname()[1]
         self._conns: list = []
+        self._upstreams: set = set()
+        self._drop_at: bytes | None = None
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -148,6 +150,7 @@ class PausableProxy:
                 return
             upstream = socket.create_connection(self.target)
             self._conns += [client, upstream]
+            self._upstreams.add(upstream)
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
@@ -165,6 +168,17 @@ class PausableProxy:
                         pass
                 return
             self._open.wait()  # paused: hold the bytes (and the sender waits with them)
+            if self._drop_at is not None and src in self._upstreams and self._drop_at in data:
+                self._drop_at = None  # once: the server did the work, its answer never arrives
+                import socket
+
+                for s in (src, dst):  # shutdown first: the other pump thread is blocked reading these
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                        s.close()
+                    except OSError:
+                        pass
+                return
             try:
                 dst.sendall(data)
             except OSError:
@@ -172,6 +186,11 @@ class PausableProxy:
 
     def pause(self) -> None:
         self._open.clear()
+
+    def drop_reply(self, marker: bytes) -> None:
+        """Cut the connection (once) instead of forwarding the server's next reply that contains
+        ``marker``: e.g. b"COMMIT" — the transaction is committed, the client never hears so."""
+        self._drop_at = marker
 
     def resume(self) -> None:
         self._open.set()

@@ -116,14 +116,19 @@ def export_cmd(ref: str, dest: Path) -> None:
     typer.echo(f"exported {ref} to {out}")
 
 
-def verify_cmd(ref: str = typer.Argument(None, help="One version; all when omitted.")) -> None:
-    """Re-check checksums of one or every version."""
+def verify_cmd(
+    ref: str = typer.Argument(None, help="One version; all when omitted."),
+    remote: bool = typer.Option(None, "--remote/--local", help="Also download and re-hash the shared store's "
+                                "objects (default on a shared registry), or check only this machine's copies."),
+) -> None:
+    """Re-check checksums of one or every version (a corrupt local copy of a shared version is fetched again)."""
     reg = _registry()
     records = [reg.resolve(ref)] if ref else reg.list()
+    remote = reg.store.shared if remote is None else remote
     bad = 0
     for rec in records:
         try:
-            reg.verify(rec)
+            reg.verify(rec, remote=remote)
             typer.echo(f"ok   {rec.ref}")
         except AdapterHubError as e:
             bad += 1
@@ -162,9 +167,9 @@ def gc_cmd(
                                                       "(default: ADAPTERHUB_GC_GRACE_S, 3600).", min=0),
 ) -> None:
     """Remove what killed writers left behind: uploads no version references (shared registry), staging
-    directories (local registry), and this machine's cache leftovers."""
+    directories and copies of killed imports, this machine's cache leftovers; quarantine corrupt cache entries."""
     settings = Settings()
-    counts = _registry().store.gc(settings.gc_grace_s if grace is None else grace)
+    counts = _registry().gc(settings.gc_grace_s if grace is None else grace)
     typer.echo(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in counts.items()) or "nothing to remove")
 
 

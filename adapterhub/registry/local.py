@@ -99,7 +99,7 @@ def _rmtree(path: Path) -> None:
         shutil.rmtree(path, onerror=onerror)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
     try:
@@ -178,7 +178,7 @@ class LocalStore(KeyTables, RegistryStore):
         removed = {"staging_removed": 0, "uncommitted_versions_removed": 0}
         for d in self._staging.iterdir():
             pid = d.name.split("-", 1)[0]
-            if not pid.isdigit() or not _pid_alive(int(pid)) or int(pid) == os.getpid():
+            if not pid.isdigit() or not pid_alive(int(pid)) or int(pid) == os.getpid():
                 _rmtree(d)
                 removed["staging_removed"] += 1
         if not any(self._pending.iterdir()):

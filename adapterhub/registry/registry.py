@@ -28,7 +28,7 @@ from adapterhub.errors import (
 )
 from adapterhub.refs import LATEST, AdapterRef, parse_ref, validate_alias, validate_name
 from adapterhub.registry.keys import Keys
-from adapterhub.registry.local import LocalStore
+from adapterhub.registry.local import LocalStore, pid_alive
 from adapterhub.registry.manifest import MANIFEST, BaseModelRef, Manifest, hash_files, read_manifest
 from adapterhub.registry.peft_config import ADAPTER_CONFIG
 from adapterhub.registry.rollout import parse_requirement, pick
@@ -43,6 +43,7 @@ from adapterhub.registry.validation import (
 from adapterhub.settings import Settings
 
 log = logging.getLogger(__name__)
+STAGING_PREFIX = "adapterhub-register-"  # import staging copies in the temp directory: <prefix><pid>-<random>
 MAX_VERSION = 2**63 - 1  # stores keep versions as signed 64-bit integers; anything above exists nowhere
 
 # Files copied from a source directory; anything else (optimizer states, checkpoints, peft's template
@@ -136,7 +137,8 @@ class Registry:
             raise UserInputError(f"unknown kind {kind!r}: 'adapter', 'model' or 'bundle'")
         template = chat_template if chat_template is not None else _read_chat_template(src)
 
-        staged = Path(tempfile.mkdtemp(prefix="adapterhub-register-"))
+        # The pid in the name lets gc tell a live writer's staging copy from a killed one's.
+        staged = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
         try:
             for f in files:
                 shutil.copy2(src / f, staged / f)
@@ -282,20 +284,40 @@ class Registry:
         return self.store.alias_history(validate_name(name))
 
     def remove(self, ref: str, *, force: bool = False) -> VersionRecord:
-        """Delete one version. Refuses a version an alias points to (also as part of a split) unless ``force``."""
+        """Delete one version. Refuses a version an alias points to (also as part of a split) unless ``force``;
+        with ``force``, no alias is left pointing at it: a split drops the version (a split of one left
+        becomes a plain alias), a plain alias is removed, each change recorded in the alias history."""
         record = self.resolve(ref)
-        in_splits = [a for r in self.store.list(record.name) for a in r.aliases
-                     if record.version in (self.store.alias_split(record.name, a) or {})]
-        if in_splits and not force:
-            raise ConflictError(f"{record.ref} is part of the split alias {', '.join('@' + a for a in in_splits)}: "
+        splits = {a: s for r in self.store.list(record.name) for a in r.aliases
+                  if record.version in (s := self.store.alias_split(record.name, a) or {})}
+        if splits and not force:
+            raise ConflictError(f"{record.ref} is part of the split alias {', '.join('@' + a for a in splits)}: "
                                 "move the alias first or pass --force")
         if record.aliases and not force:
             raise ConflictError(
                 f"{record.ref} is aliased as {', '.join('@' + a for a in record.aliases)}: "
                 "move the alias first or pass --force"
             )
+        note = f"{record.ref} removed (rm --force)"
+        for alias, split in splits.items():
+            rest = {v: w for v, w in split.items() if v != record.version}
+            if len(rest) > 1:
+                primary = max(rest, key=lambda v: (rest[v], v))
+                self.store.set_alias(record.name, alias, primary, self.actor, split=rest, note=note)
+            elif rest:
+                self.store.set_alias(record.name, alias, next(iter(rest)), self.actor, note=note)
+        for alias in record.aliases:
+            if alias not in splits or len(splits[alias]) <= 1:
+                self.store.remove_alias(record.name, alias, self.actor)
         self.store.delete(record.name, record.version)
         return record
+
+    def gc(self, grace_s: float) -> dict[str, int]:
+        """The store's upkeep plus this machine's staging copies of imports that were killed (their
+        process is gone, or they are older than ``grace_s`` where the name carries no process id)."""
+        counts = dict(self.store.gc(grace_s))
+        counts["staging_copies_removed"] = remove_stale_staging(grace_s)
+        return counts
 
     def add_metrics(self, ref: str, metrics: dict[str, Any]) -> VersionRecord:
         """Attach evaluation results to a version (kept beside the immutable files)."""
@@ -363,10 +385,26 @@ class Registry:
             self.verify(record)
         return self.store.open(record)
 
-    def verify(self, ref: str | VersionRecord) -> Manifest:
-        """Check every file against the manifest. Raises :class:`IntegrityError` naming the bad file."""
+    def verify(self, ref: str | VersionRecord, *, remote: bool = False) -> Manifest:
+        """Check every file against the manifest. Raises :class:`IntegrityError` naming the bad file.
+
+        With ``remote`` (a shared store), the store's own objects are downloaded and re-hashed first. A
+        corrupt local copy of a shared version (this machine's cache) is set aside and fetched again: it
+        heals; only a corrupt object in the store itself is an error."""
         record = ref if isinstance(ref, VersionRecord) else self.resolve(ref)
+        if remote:
+            self.store.verify_objects(record)
         root = self.store.open(record)
+        try:
+            return self._verify_dir(record, root)
+        except IntegrityError as e:
+            if not self.store.quarantine(root):
+                raise
+            log.warning("%s: this machine's copy was corrupt (%s): set aside, fetching it again", record.ref,
+                        e.message)
+        return self._verify_dir(record, self.store.open(record))
+
+    def _verify_dir(self, record: VersionRecord, root: Path) -> Manifest:
         try:
             manifest = read_manifest(root)
         except (OSError, ValueError) as e:
@@ -430,6 +468,21 @@ def _target(event: AliasEvent) -> str:
     if event.split:
         return ",".join(f"{v}={w}" for v, w in sorted(event.split.items()))
     return str(event.version)
+
+
+def remove_stale_staging(grace_s: float, root: Path | None = None) -> int:
+    """Remove ``adapterhub-register-*`` copies in the temp directory whose writer is gone."""
+    removed = 0
+    for d in Path(root or tempfile.gettempdir()).glob(STAGING_PREFIX + "*"):
+        pid = d.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        try:
+            stale = not pid_alive(int(pid)) if pid.isdigit() else time.time() - d.stat().st_mtime > grace_s
+        except FileNotFoundError:
+            continue
+        if stale and d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def _whoami() -> str:

@@ -34,12 +34,14 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,8 @@ from adapterhub.models import sha256_file
 from adapterhub.registry.keytables import POSTGRES_DDL, KeyTables
 from adapterhub.registry.manifest import MANIFEST
 from adapterhub.registry.store import AliasEvent, RegistryStore, VersionRecord
+
+log = logging.getLogger(__name__)
 
 # Versioned SQL, applied in order inside one transaction under an advisory lock (so two processes
 # starting against an empty database apply each migration once). Never edit a shipped entry: append.
@@ -94,6 +98,10 @@ CREATE TABLE responses (
 CREATE INDEX responses_expiry ON responses (expires_at);
 """),
     (3, POSTGRES_DDL),
+    (4, """
+ALTER TABLE alias_history ADD COLUMN move_id TEXT;
+CREATE INDEX alias_history_move ON alias_history (move_id);
+"""),
 ]
 _MIGRATION_LOCK = 0x616470_68756220  # any constant: "adp hub "
 _COLS = "name, version, content_hash, kind, base_model, rank, size, created_at, metrics, base_fingerprint"
@@ -143,7 +151,7 @@ class ObjectStore:
 
     def age(self, sha: str) -> float | None:
         """Seconds since the object was written, or None when it does not exist."""
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self.key(sha))
@@ -151,7 +159,23 @@ class ObjectStore:
             if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise StoreUnavailableError(f"object store {self.url}: cannot read {self.key(sha)}: {e}") from e
+        except BotoCoreError as e:  # unreachable, timed out: the same one-line outage as an upload's
+            raise StoreUnavailableError(f"object store {self.url}: existence check of {self.key(sha)} failed: "
+                                        f"{e}") from e
         return time.time() - head["LastModified"].timestamp()
+
+    def intact(self, sha: str, scratch: Path) -> bool:
+        """Whether the object's bytes still hash to its name (downloaded into ``scratch`` and hashed)."""
+        dest = scratch / sha
+        try:
+            self.download(sha, dest)
+            return sha256_file(dest) == sha
+        except StoreUnavailableError as e:
+            if "404" in str(e) or "Not Found" in str(e) or "NoSuchKey" in str(e):
+                return False
+            raise
+        finally:
+            dest.unlink(missing_ok=True)
 
     def upload(self, path: Path, sha: str) -> None:
         digest = base64.b64encode(bytes.fromhex(sha)).decode()
@@ -253,10 +277,34 @@ class VersionCache:
                     removed += 1
         return removed
 
+    def quarantine(self, entry: Path) -> bool:
+        """Move a (corrupt) entry aside, so the next open fetches the version again; False when ``entry`` is
+        not one of this cache's entries. Quarantined entries stay for inspection until ``clean``."""
+        entry = Path(entry)
+        if entry.parent != self.root or entry.name.startswith("."):
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(entry, self.root / f".quarantine-{entry.name}-{time.time_ns()}")
+        return True
+
+    def check(self) -> int:
+        """Re-hash every entry against its manifest; quarantine the corrupt ones. Returns how many."""
+        bad = 0
+        for _, _, d in self.entries():
+            try:
+                listed = json.loads((d / MANIFEST).read_text())["files"]
+                ok = all(sha256_file(d / rel) == entry["sha256"] for rel, entry in listed.items())
+            except (OSError, ValueError, KeyError, TypeError):
+                ok = False
+            if not ok and self.quarantine(d):
+                log.warning("cache entry %s was corrupt: quarantined (the next use fetches it again)", d.name)
+                bad += 1
+        return bad
+
     def clean(self, grace_s: float) -> int:
-        """Remove temp/trash directories a crashed process left (older than ``grace_s``)."""
+        """Remove temp/trash/quarantined directories (older than ``grace_s``)."""
         removed = 0
-        for d in self.root.glob(".t*-*"):
+        for d in [*self.root.glob(".t*-*"), *self.root.glob(".quarantine-*")]:
             with contextlib.suppress(FileNotFoundError):
                 if time.time() - d.stat().st_mtime > grace_s:
                     shutil.rmtree(d, ignore_errors=True)
@@ -350,22 +398,33 @@ class RemoteStore(KeyTables, RegistryStore):
 
     # ---------------------------------------------------------------- writing
     def _upload(self, src: Path) -> dict[str, dict[str, Any]]:
+        """Upload ``src``'s files as objects; an object already there is downloaded and re-hashed first, and
+        uploaded again when its bytes no longer match its name (a corrupt store is repaired, not trusted)."""
         files: dict[str, dict[str, Any]] = {}
+        with tempfile.TemporaryDirectory(prefix="adapterhub-check-") as tmp:
+            self._upload_into(src, files, Path(tmp))
+        return files
+
+    def _upload_into(self, src: Path, files: dict[str, dict[str, Any]], scratch: Path) -> None:
         for p in sorted(src.rglob("*")):
             if p.is_file() and p.name != MANIFEST:
                 sha = sha256_file(p)
                 files[p.relative_to(src).as_posix()] = {"sha256": sha, "size": p.stat().st_size}
                 age = self.objects.age(sha)
+                if age is not None and not self.objects.intact(sha, scratch):  # never trust what is there
+                    log.warning("object %s in %s was corrupt: uploaded again from %s", sha[:12], self.objects.url,
+                                p.relative_to(src).as_posix())
+                    age = None
                 # Re-upload an object that gc might be about to take (old and perhaps unreferenced).
                 if age is None or age > 60:
                     self.objects.upload(p, sha)
-        return files
 
     def put(self, name: str, src: Path, content_hash: str, summary: dict[str, Any],
             manifest_for: Callable[[int], bytes]) -> tuple[VersionRecord, bool]:
         existing = self._one(f"SELECT {_COLS} FROM versions WHERE name=%s AND content_hash=%s "
                              "ORDER BY version LIMIT 1", (name, content_hash))
         if existing is not None:
+            self._upload(Path(src))  # the same content again: its objects are checked, and repaired if corrupt
             return existing, False
         files = self._upload(Path(src))
         return self._insert(name, None, content_hash, summary, files, manifest_for)
@@ -471,6 +530,34 @@ class RemoteStore(KeyTables, RegistryStore):
     # ---------------------------------------------------------------- aliases
     def set_alias(self, name: str, alias: str, version: int, by: str, *, split: dict[int, int] | None = None,
                   note: str | None = None) -> int | None:
+        """The move, tagged with an id of its own: when the connection breaks, the history says whether the
+        commit happened before it did (then the move is reported done) or not (then it is made once more)."""
+        move = uuid.uuid4().hex
+        try:
+            return self._set_alias(name, alias, version, by, split, note, move)
+        except StoreUnavailableError as e:
+            try:
+                done, prev = self._committed_move(name, alias, move)
+            except StoreUnavailableError:
+                raise StoreUnavailableError(f"{e.message}; whether {name}@{alias} moved is unknown: see "
+                                            f"'adapterhub history {name}'") from e
+            if done:
+                log.warning("%s@%s: the connection broke after the move was committed (%s); it is done", name,
+                            alias, e.message)
+                return prev
+            return self._set_alias(name, alias, version, by, split, note, move)
+
+    def _committed_move(self, name: str, alias: str, move: str) -> tuple[bool, int | None]:
+        with self._db() as db:
+            row = db.execute("SELECT id FROM alias_history WHERE move_id=%s", (move,)).fetchone()
+            if row is None:
+                return False, None
+            before = db.execute("SELECT a.version FROM alias_history a WHERE a.name=%s AND a.alias=%s AND a.id < %s "
+                                "ORDER BY a.id DESC LIMIT 1", (name, alias, row[0])).fetchone()
+        return True, (int(before[0]) if before and before[0] is not None else None)
+
+    def _set_alias(self, name: str, alias: str, version: int, by: str, split: dict[int, int] | None,
+                   note: str | None, move: str) -> int | None:
         now, split_json = time.time(), _split_json(split)
         with self._db() as db, db.transaction():
             prev = db.execute("SELECT version FROM aliases WHERE name=%s AND alias=%s FOR UPDATE",
@@ -480,8 +567,9 @@ class RemoteStore(KeyTables, RegistryStore):
                 "VALUES (%s,%s,%s,%s,%s,%s::jsonb) ON CONFLICT (name, alias) DO UPDATE SET "
                 "version=excluded.version, updated_at=excluded.updated_at, updated_by=excluded.updated_by, "
                 "split=excluded.split", (name, alias, version, now, by, split_json))
-            db.execute("INSERT INTO alias_history (name, alias, version, at, moved_by, split, note) "
-                       "VALUES (%s,%s,%s,%s,%s,%s::jsonb,%s)", (name, alias, version, now, by, split_json, note))
+            db.execute("INSERT INTO alias_history (name, alias, version, at, moved_by, split, note, move_id) "
+                       "VALUES (%s,%s,%s,%s,%s,%s::jsonb,%s,%s)", (name, alias, version, now, by, split_json, note,
+                                                                   move))
         return int(prev[0]) if prev else None
 
     def alias_split(self, name: str, alias: str) -> dict[int, int] | None:
@@ -566,8 +654,28 @@ class RemoteStore(KeyTables, RegistryStore):
                 "SELECT DISTINCT f.value->>'sha256' FROM versions, jsonb_each(files) AS f")}
         orphans = [key for key, sha, age in self.objects.objects() if sha not in referenced and age > grace_s]
         self.objects.delete(orphans)
-        return {"orphan_objects_removed": len(orphans), "cache_leftovers_removed": self.cache.clean(grace_s),
-                "cache_entries_evicted": self.cache.evict()}
+        return {"orphan_objects_removed": len(orphans), "cache_entries_quarantined": self.cache.check(),
+                "cache_leftovers_removed": self.cache.clean(grace_s), "cache_entries_evicted": self.cache.evict()}
+
+    # ---------------------------------------------------------------- integrity
+    shared = True
+
+    def quarantine(self, path: Path) -> bool:
+        return self.cache.quarantine(path)
+
+    def verify_objects(self, record: VersionRecord) -> None:
+        """Download every object of the version from the store and re-hash it (not this machine's cache)."""
+        with self._db() as db:
+            row = db.execute("SELECT files FROM versions WHERE name=%s AND version=%s",
+                             (record.name, record.version)).fetchone()
+        if row is None:
+            raise IntegrityError(f"{record.ref} is no longer in the registry")
+        with tempfile.TemporaryDirectory(prefix="adapterhub-check-") as tmp:
+            for rel, entry in sorted(row[0].items()):
+                if not self.objects.intact(entry["sha256"], Path(tmp)):
+                    raise IntegrityError(f"{record.ref}: {rel} is missing or corrupt in the object store "
+                                         f"({self.objects.key(entry['sha256'])}); re-import the version's files "
+                                         "to repair it", path=self.objects.key(entry["sha256"]))
 
     def describe(self) -> str:
         return f"postgresql://{self._where} + {self.objects.url}"

@@ -92,4 +92,8 @@ def parse_requirement(text: str) -> Requirement:
     m = _REQ.match(text)
     if not m:
         raise UserInputError(f"--require: expected METRIC>=VALUE (or >, <=, <, ==), got {text!r}")
-    return Requirement(m.group(1), m.group(2), float(m.group(3)))
+    try:
+        value = float(m.group(3))
+    except ValueError:
+        raise UserInputError(f"--require: {m.group(3)!r} is not a number in {text!r}") from None
+    return Requirement(m.group(1), m.group(2), value)

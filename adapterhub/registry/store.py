@@ -177,6 +177,17 @@ class RegistryStore(abc.ABC):
         it holds other content. Stores that cannot do this are not migration targets."""
         raise NotImplementedError(f"{type(self).__name__} cannot be the target of a registry migration")
 
+    shared = False  # whether other machines use the same store (verify then checks the store's own copy)
+
+    def quarantine(self, path: Path) -> bool:
+        """Set aside a corrupt local copy that ``open`` returned, so the next ``open`` fetches the version
+        again; False when ``path`` is the only copy (a local store: corruption there is real)."""
+        return False
+
+    def verify_objects(self, record: VersionRecord) -> None:
+        """Re-hash the store's own copy of the version (an object store's objects), not a local cache;
+        raises IntegrityError naming the bad object. Nothing to do where ``open`` is the store itself."""
+
     def gc(self, grace_s: float) -> dict[str, int]:
         """Remove what crashed writers left behind (older than ``grace_s`` where the store cannot tell
         whether the writer is alive); returns counts by kind."""

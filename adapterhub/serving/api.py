@@ -140,7 +140,7 @@ def serve(config: ServeConfig, settings: Settings | None = None,
     stack = build_service(config, settings)
     if stack.registry is not None:
         # The janitor: what writers killed on any machine left behind (past the grace period).
-        removed = stack.registry.store.gc(settings.gc_grace_s)
+        removed = stack.registry.gc(settings.gc_grace_s)
         if any(removed.values()):
             log.warning("registry gc at start: %s", ", ".join(f"{k}={v}" for k, v in removed.items()))
     announce(f"serving '{stack.base_name}' with the {config.engine} engine on http://{config.host}:{config.port}/v1")

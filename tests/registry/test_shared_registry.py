@@ -84,7 +84,7 @@ def test_a_corrupted_object_is_refused_and_never_cached(shared_registry, tiny_ad
     cache = Settings(home=tmp_path / "machine-b").versions_cache_dir
     assert [p.name for p in cache.iterdir() if not p.name.startswith(".")] == []
     out = _cli("verify", env={**_env(tmp_path / "machine-b")})
-    assert out.returncode == 3 and "BAD  lumen@1: checksum mismatch" in out.stdout
+    assert out.returncode == 3 and "BAD  lumen@1: adapter_model.safetensors is missing or corrupt in the object store" in out.stdout
 
 
 _WORKER = """
