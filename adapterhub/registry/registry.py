@@ -114,6 +114,11 @@ class Registry:
         """
         validate_name(name)
         aliases = [validate_alias(a) for a in aliases]
+        for alias in aliases:  # a gated alias the new version cannot take: refused before anything is stored
+            missed = _shortfalls([parse_requirement(r) for r in self.gate(name, alias)], metrics or {})
+            if missed:
+                raise GateError(f"{name} (the version being registered) cannot take @{alias}; nothing was "
+                                "registered", missed)
         src = Path(src)
         if isinstance(base_model, dict):
             base_model = BaseModelRef.model_validate(base_model)
@@ -202,9 +207,8 @@ class Registry:
             return None, []
         shortfalls = []
         for record in records:
-            metrics = self.manifest(record).metrics
             shortfalls += [f"{record.ref}: {m}" if len(records) > 1 else m
-                           for m in (r.shortfall(metrics) for r in requirements) if m]
+                           for m in _shortfalls(requirements, self.manifest(record).metrics)]
         if shortfalls and not force:
             what = records[0].ref if len(records) == 1 else ", ".join(r.ref for r in records)
             raise GateError(f"{what} cannot be promoted to @{alias}", shortfalls)
@@ -468,6 +472,10 @@ def _target(event: AliasEvent) -> str:
     if event.split:
         return ",".join(f"{v}={w}" for v, w in sorted(event.split.items()))
     return str(event.version)
+
+
+def _shortfalls(requirements: list[Any], metrics: dict[str, Any]) -> list[str]:
+    return [m for m in (r.shortfall(metrics) for r in requirements) if m]
 
 
 def remove_stale_staging(grace_s: float, root: Path | None = None) -> int:
