@@ -70,6 +70,7 @@ class Job:
     prompt_of: list[int]  # gens[i] answers prompts[prompt_of[i]]
     plan: Any = None  # what the endpoint decided before encoding (chat: its tool plan)
     charge: Charge | None = None  # what it counts against the caller's key (--auth keys)
+    endpoint: str | None = None  # the metrics label when another endpoint runs it (responses → chat)
 
     @property
     def model(self) -> str:
@@ -227,7 +228,7 @@ class GeneratingService:
             yield results
             self.record(job, t0, results)
         except (asyncio.CancelledError, GeneratorExit):  # the client went away mid-stream
-            self.metrics.cancelled(self.endpoint, job.lease.name, job.lease.version)
+            self.metrics.cancelled(job.endpoint or self.endpoint, job.lease.name, job.lease.version)
             self.settle(job, results, "cancelled")  # charged what was generated before it left
             raise
         finally:
@@ -246,7 +247,7 @@ class GeneratingService:
         lease = job.lease
         self.settle(job, results)
         completion = sum(r.tokens for r in results)
-        self.metrics.observe(self.endpoint, lease.name, lease.version, 200, time.perf_counter() - t0,
+        self.metrics.observe(job.endpoint or self.endpoint, lease.name, lease.version, 200, time.perf_counter() - t0,
                              sum(len(p) for p in job.prompts), completion)
         for g, r in zip(job.gens, results):
             queued = g.started_at - g.created_at if g.started_at is not None else None

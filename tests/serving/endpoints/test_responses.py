@@ -308,6 +308,23 @@ def test_max_output_tokens_makes_an_incomplete_response(server):
     assert check_events(events)["status"] == "incomplete" and events[-1]["type"] == "response.incomplete"
 
 
+def test_responses_are_counted_as_responses_in_metrics(server):
+    url, _ = server
+
+    def served() -> tuple[float, float]:
+        text = httpx.get(url + "/metrics").text
+        def count(endpoint: str) -> float:
+            line = f'adapterhub_requests_total{{endpoint="{endpoint}",name="tiny",status="200",version="base"}}'
+            return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(line))
+        return count("responses"), count("chat")
+
+    before = served()
+    client(url).responses.create(model="tiny", input="hi", max_output_tokens=2)
+    raw_events(url, {"model": "tiny", "input": "hi", "max_output_tokens": 2})
+    after = served()
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 0)
+
+
 def test_openai_agents_sdk_on_its_default_responses_model(server):
     agents = pytest.importorskip("agents")
     from openai import AsyncOpenAI

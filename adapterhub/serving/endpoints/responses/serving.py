@@ -227,6 +227,7 @@ class ResponsesService:
         chat_req, convo = self._chat_request(req, model, history)
         try:
             job = await self.chat.prepare(chat_req, caller)
+            job.endpoint = "responses"  # counted as a Responses request, not a chat one
         except AdapterHubError as e:
             raise _renamed(e) from None
         items = [self._with_id(item.model_dump(exclude_none=True, by_alias=True)) for item in req.items()]
