@@ -76,6 +76,7 @@ class AdapterManager:
         # beyond max_slot_waiters a request gets 503 with Retry-After.
         self.max_slot_waiters = max_slot_waiters
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._waiting: dict[tuple[str, str], int] = {}  # (name, version) → requests not yet holding it
         # Busy adapters chosen to make room: they take no new requests until their running ones finish and
         # they are evicted (set when evicted), so a popular adapter cannot hold a slot forever.
         self._draining: dict[str, asyncio.Event] = {}
@@ -162,13 +163,20 @@ class AdapterManager:
         if record is None:
             return Lease(model, None, None, name=self.base_name)
         key = self.key_of(record)
-        while True:
-            if key in self._draining:  # making room for a waiting adapter: load again after it is evicted
-                await self._draining[key].wait()
-                continue
-            key = await self._ensure_loaded(record)
-            if key not in self._draining:
-                break
+        version = (record.name, str(record.version))
+        self._waiting[version] = self._waiting.get(version, 0) + 1  # until it holds its version
+        try:
+            while True:
+                if key in self._draining:  # making room for a waiting adapter: load again after it is evicted
+                    await self._draining[key].wait()
+                    continue
+                key = await self._ensure_loaded(record)
+                if key not in self._draining:
+                    break
+        finally:
+            self._waiting[version] -= 1
+            if not self._waiting[version]:
+                del self._waiting[version]
         self._in_use[key] = self._in_use.get(key, 0) + 1
         return Lease(model, key, self._templates.get(key), record.ref, record.name, str(record.version),
                      split_alias, self._parsers.get(key))
@@ -195,6 +203,10 @@ class AdapterManager:
         while len(self._draining) > self.slot_waiting:
             key = next(iter(self._draining))
             self._draining.pop(key).set()  # its waiting requests go on (it is still loaded)
+
+    def waiting(self) -> dict[tuple[str, str], float]:
+        """Requests per version still waiting for it to be loaded (a free slot, its turn, its load)."""
+        return {v: float(n) for v, n in self._waiting.items()}
 
     def in_flight(self) -> dict[tuple[str, str], float]:
         """Requests holding each loaded version (queued in the engine or decoding)."""

@@ -33,6 +33,8 @@ def make_app(stack: ServingStack) -> FastAPI:
                   lambda: manager.slot_waiting)
     metrics.labeled_gauge("requests_in_flight", "Requests holding a loaded version (queued in the engine or "
                           "decoding), per version.", ["name", "version"], manager.in_flight)
+    metrics.labeled_gauge("requests_waiting", "Requests waiting for their version to be loaded (a free adapter "
+                          "slot, their turn in line, the load), per version.", ["name", "version"], manager.waiting)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]

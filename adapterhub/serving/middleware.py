@@ -112,10 +112,29 @@ def openai_error_schema(app: FastAPI) -> None:
                 responses = op.get("responses", {})
                 if responses.pop("422", None) is not None or op.get("requestBody"):
                     responses.setdefault("400", {"description": "Invalid request", **ref})
+        _standard_bounds(spec)
         app.openapi_schema = spec
         return spec
 
     app.openapi = schema  # type: ignore[method-assign]
+
+
+_BOUNDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+
+
+def _standard_bounds(node: Any) -> None:
+    """Bounds as JSON Schema writes them: pydantic leaves a constrained strict int inside ``X | None``
+    as ``{"type": "integer", "ge": 0}`` (its own words), which clients and schemathesis ignore."""
+    if isinstance(node, dict):
+        if "type" in node:
+            for short, word in _BOUNDS.items():
+                if short in node and not isinstance(node[short], (dict, list)):
+                    node.setdefault(word, node.pop(short))
+        for v in node.values():
+            _standard_bounds(v)
+    elif isinstance(node, list):
+        for v in node:
+            _standard_bounds(v)
 
 
 def _add_model(comps: dict[str, Any], model: type[BaseModel]) -> None:

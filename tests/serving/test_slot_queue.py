@@ -65,6 +65,7 @@ def test_waiting_requests_get_slots_in_arrival_order_and_a_busy_adapter_drains(s
             waiting.append(asyncio.create_task(want(name)))
             await _settle()
         assert mgr.slot_waiting == 3 and not order
+        assert mgr.waiting() == {("ad2", "1"): 1, ("ad3", "1"): 1, ("ad4", "1"): 1}  # per version, for /metrics
         # the line is full: the next request is refused, not queued
         with pytest.raises(OverloadedError, match="already waiting"):
             await mgr.acquire("ad5")
@@ -86,7 +87,7 @@ def test_waiting_requests_get_slots_in_arrival_order_and_a_busy_adapter_drains(s
         assert order == ["ad2", "ad3", "ad4", "ad0"]
         mgr.release(waiting[2].result())
         mgr.release(late_ad0.result())
-        assert mgr.slot_waiting == 0
+        assert mgr.slot_waiting == 0 and mgr.waiting() == {}
 
     try:
         asyncio.run(scenario())

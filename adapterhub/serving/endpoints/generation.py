@@ -54,6 +54,7 @@ class Result:
     first_at: float | None = None  # monotonic time of the first generated token
     last_at: float | None = None
     gaps: list[float] = field(default_factory=list)  # seconds per token between later deltas
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # when the prompt was scored
 
     @property
     def cumulative_logprob(self) -> float:
@@ -137,8 +138,12 @@ class GeneratingService:
             frequency_penalty=req.frequency_penalty, repetition_penalty=req.repetition_penalty,
             logit_bias=req.logit_bias_ids(), min_tokens=req.min_tokens, ignore_eos=req.ignore_eos,
             skip_special_tokens=req.skip_special_tokens if skip_special_tokens is None else skip_special_tokens,
-            logprobs=logprobs, constraint=constraint,
+            logprobs=logprobs, constraint=constraint, prompt_logprobs=self.prompt_logprobs(req),
         )
+
+    def prompt_logprobs(self, req: Any) -> int | None:
+        """How many alternatives to report for each prompt token (None: the prompt is not scored)."""
+        return None
 
     def constrain(self, req: Any, plan: Any, constraint: Constraint | None) -> tuple[Constraint | None, bool | None]:
         """The constraint the engine applies and whether to keep special tokens; the chat endpoint turns a
@@ -290,6 +295,8 @@ async def collect(engine: Engine, req: GenerationRequest) -> Result:
     parts: list[str] = []
     async for d in engine.generate(req):
         timed(r, d)
+        if d.prompt_logprobs is not None:
+            r.prompt_logprobs = d.prompt_logprobs
         parts.append(d.text)
         r.logprobs.extend(d.logprobs)
         if d.finish_reason is not None:

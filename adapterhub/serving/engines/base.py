@@ -41,6 +41,7 @@ class SamplingParams:
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     logprobs: int | None = None  # None: none; k: the chosen token's logprob and the top k
+    prompt_logprobs: int | None = None  # the same for each prompt token (the first has none): scoring prompts
     constraint: Constraint | None = None  # structured output: the row's text must match it
 
     @property
@@ -83,6 +84,8 @@ class Delta:
     finish_reason: str | None = None  # "stop" | "length" | "cancelled"
     completion_tokens: int = 0
     logprobs: tuple[TokenLogprob, ...] = ()
+    # With the first delta, when asked for: one entry per prompt token, None for the first (nothing precedes it).
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -187,10 +187,13 @@ class VLLMEngine(TokenizerEngine):
         from vllm.inputs import TokensPrompt
 
         sp = vllm_sampling_params(SamplingParams, request.params)
+        score_only = request.params.max_tokens == 0  # vLLM generates at least one token: dropped below
+        want_prompt = request.params.prompt_logprobs
         lora = self._loras.get(request.adapter_key) if request.adapter_key else None
         rid = request.request_id or f"req-{next(_ids)}"
         sent = 0
         sent_lps = 0
+        sent_prompt = False
         finished = False
         try:
             prompt = TokensPrompt(prompt_token_ids=request.prompt_ids)
@@ -203,13 +206,21 @@ class VLLMEngine(TokenizerEngine):
                 text = comp.text
                 request.started_at = request.started_at or time.monotonic()
                 lps = _token_logprobs(comp, sent_lps, request.params.logprobs) if request.params.logprobs is not None else ()
+                first = None
+                if want_prompt is not None and not sent_prompt:
+                    first, sent_prompt = _prompt_logprobs(out, request.prompt_ids, want_prompt), True
+                if score_only:  # the prompt's scores only: what vLLM generated is not part of the answer
+                    finished = out.finished  # if not, the finally aborts the rest
+                    push(Delta("", "length", 0, (), first))
+                    break
                 if out.finished:
                     finished = True
                     reason = "length" if comp.finish_reason == "length" else "stop"
-                    push(Delta(text[sent:], reason, len(comp.token_ids), lps))
+                    push(Delta(text[sent:], reason, len(comp.token_ids), lps, first))
                     break
-                if (len(text) > sent and not text.endswith("\ufffd")) or lps:
-                    push(Delta(text[sent:] if not text.endswith("\ufffd") else "", None, len(comp.token_ids), lps))
+                if (len(text) > sent and not text.endswith("\ufffd")) or lps or first is not None:
+                    push(Delta(text[sent:] if not text.endswith("\ufffd") else "", None, len(comp.token_ids), lps,
+                               first))
                     sent = len(text) if not text.endswith("\ufffd") else sent
                     sent_lps += len(lps)
         except Exception as e:  # noqa: BLE001 - handed to the caller's loop, raised there
@@ -239,13 +250,13 @@ class VLLMEngine(TokenizerEngine):
 def vllm_sampling_params(cls: Any, p: Params) -> Any:
     """vLLM's ``SamplingParams`` for ours: every field maps to vLLM's own (same semantics)."""
     return cls(
-        max_tokens=p.max_tokens, temperature=0.0 if p.greedy else p.temperature, top_p=p.top_p,
+        max_tokens=max(p.max_tokens, 1), temperature=0.0 if p.greedy else p.temperature, top_p=p.top_p,
         top_k=p.top_k if p.top_k > 0 else -1, min_p=p.min_p, seed=p.seed, stop=list(p.stop) or None,
         stop_token_ids=list(p.stop_token_ids) or None, include_stop_str_in_output=p.include_stop_str_in_output,
         presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,
         repetition_penalty=p.repetition_penalty, logit_bias=dict(p.logit_bias) or None, min_tokens=p.min_tokens,
         ignore_eos=p.ignore_eos, skip_special_tokens=p.skip_special_tokens, logprobs=p.logprobs,
-        **_structured(p),
+        prompt_logprobs=p.prompt_logprobs, **_structured(p),
     )
 
 
@@ -265,6 +276,18 @@ def _structured(p: Params) -> dict[str, Any]:
     else:
         so = StructuredOutputsParams(grammar=c.spec)
     return {"structured_outputs": so}
+
+
+def _prompt_logprobs(out: Any, prompt: list[int], k: int) -> tuple[TokenLogprob | None, ...]:
+    """Our entries for each prompt token (vLLM: None for the first, then one dict per token)."""
+    tables = out.prompt_logprobs or []
+    entries: list[TokenLogprob | None] = [None]
+    for tid, table in zip(prompt[1:], tables[1:]):
+        top = sorted(((t, lp) for t, lp in table.items() if lp.rank is not None and lp.rank > 0),
+                     key=lambda x: x[1].rank)[:k]
+        entries.append(TokenLogprob(int(tid), float(table[tid].logprob),
+                                    tuple((int(t), float(lp.logprob)) for t, lp in top)))
+    return tuple(entries)
 
 
 def _token_logprobs(comp: Any, start: int, k: int) -> tuple[TokenLogprob, ...]:

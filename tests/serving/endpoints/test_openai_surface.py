@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -343,3 +344,12 @@ def test_openapi_documents_errors_as_answered(setup):
     assert "422" not in chat_post and chat_post["400"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "ErrorResponse")
     assert "ChatCompletionResponse" in json.dumps(chat_post["200"])
+
+
+def test_openapi_writes_bounds_as_json_schema(setup):
+    """A client generator or fuzzer reads minimum/maximum; pydantic's own ge/le (left inside ``X | null``
+    for strict ints) would be ignored by them."""
+    spec = httpx.get(setup[0] + "/openapi.json").json()
+    assert not re.search(r'"(ge|le|gt|lt)":', json.dumps(spec))
+    logprobs = spec["components"]["schemas"]["CompletionRequest"]["properties"]["logprobs"]["anyOf"][0]
+    assert (logprobs["minimum"], logprobs["maximum"]) == (0, 20)

@@ -47,8 +47,11 @@ print(json.dumps({"after_op": len(after_op), "after_init": len(after_init), "aft
                     reason="needs OpenMP with at least 2 intra-op threads")
 def test_loading_thread_keeps_no_openmp_pool(tiny_model, tiny_adapters):
     proc = subprocess.run([sys.executable, "-c", PROBE, str(tiny_model), str(tiny_adapters[0])],
-                          capture_output=True, text=True, timeout=300, env={"PYTHONPATH": pythonpath(),
-                                                                             "PATH": "/usr/bin:/bin"})
+                          capture_output=True, text=True, timeout=300, env={
+                              "PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin",
+                              # scipy (imported by transformers once installed, e.g. by lm-eval) starts an
+                              # OpenBLAS worker thread at import: not an OpenMP pool, and not what this counts
+                              "OPENBLAS_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     counts = json.loads(proc.stdout.strip().splitlines()[-1])
     assert counts["after_op"] >= 1, counts  # the probe does create a pool: otherwise the rest proves nothing

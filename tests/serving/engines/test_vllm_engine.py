@@ -78,6 +78,36 @@ def test_mixed_batch_matches_each_request_alone(engine):
         assert _run(engine, keys * 2) == alone * 2
 
 
+def test_prompt_scoring_matches_transformers(engine):
+    """echo + logprobs (lm-evaluation-harness's loglikelihood): each prompt token's log-probability, the
+    first one None; with max_tokens 0 nothing is generated."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
+
+    prompt = engine.encode("The sea is wide and the sky is blue.")
+
+    async def score(max_tokens):
+        deltas = [d async for d in engine.generate(GenerationRequest(
+            prompt, SamplingParams(max_tokens=max_tokens, prompt_logprobs=2), None, f"s{next(_COUNTER)}"))]
+        return deltas
+
+    for max_tokens in (0, 1):
+        deltas = asyncio.run(score(max_tokens))
+        scored = deltas[0].prompt_logprobs
+        assert scored is not None and len(scored) == len(prompt) and scored[0] is None
+        assert deltas[-1].completion_tokens == max_tokens and [d.prompt_logprobs for d in deltas[1:]] == \
+            [None] * (len(deltas) - 1)
+    model = AutoModelForCausalLM.from_pretrained(DEMO, dtype=torch.float32).eval()
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([prompt])).logits[0].float(), dim=-1)
+    want = [float(lp[i - 1, prompt[i]]) for i in range(1, len(prompt))]
+    got = [e.logprob for e in scored[1:]]
+    assert got == pytest.approx(want, abs=0.02), (got, want)
+    assert all(len(e.top) == 2 and e.top[0][1] >= e.top[1][1] for e in scored[1:])
+
+
 def test_rank_is_rounded_up_to_a_size_vllm_takes(engine):
     assert engine.capabilities.max_lora_rank == 16  # asked for 12; vLLM takes 1, 8, 16, 32, …
 

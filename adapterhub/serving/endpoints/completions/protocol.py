@@ -12,7 +12,8 @@ from adapterhub.serving.protocol.responses import FinishReason, ResponseModel, U
 
 class CompletionRequest(SamplingRequest):
     prompt: str | list[str] | list[StrictInt] | list[list[StrictInt]]
-    max_tokens: StrictInt | None = Field(16, ge=1)  # OpenAI's default for completions
+    max_tokens: StrictInt | None = Field(16, ge=0, description="OpenAI's default 16; 0 (with echo) scores the "
+                                         "prompt without generating, as lm-evaluation-harness asks")
     echo: StrictBool = False
     logprobs: StrictInt | None = Field(None, ge=0, le=20)
     best_of: StrictInt | None = Field(None, ge=1, le=128)
@@ -28,6 +29,13 @@ class CompletionRequest(SamplingRequest):
             elif isinstance(p, list) and not p:
                 raise ValueError("a token-id prompt must not be empty")
         return v
+
+    @model_validator(mode="after")
+    def _score_only(self) -> CompletionRequest:
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens 0 generates nothing: use it with echo: true (and logprobs) to score "
+                             "the prompt")
+        return self
 
     @model_validator(mode="after")
     def _best_of(self) -> CompletionRequest:

@@ -37,15 +37,27 @@ class CompletionsService(GeneratingService):
         given = req.prompts()[index]
         return given if isinstance(given, str) else self.engine.decode(prompt)
 
-    def logprobs(self, lps: list[TokenLogprob], offset: int) -> CompletionLogprobs:
-        ids = [lp.token_id for lp in lps] + [t for lp in lps for t, _ in lp.top]
+    def prompt_logprobs(self, req: CompletionRequest) -> int | None:
+        """echo with logprobs: the prompt's tokens are scored too (vLLM's and lm-evaluation-harness's way)."""
+        return req.logprobs if req.echo and req.logprobs is not None else None
+
+    def logprobs(self, lps: list[TokenLogprob], offset: int, prompt: list[int] | None = None,
+                 scored: tuple[TokenLogprob | None, ...] | None = None) -> CompletionLogprobs:
+        """The legacy shape for generated tokens ``lps``, after the prompt's tokens when it was scored
+        (``prompt`` ids and their entries, the first one null: nothing precedes it)."""
+        entries: list[tuple[int, TokenLogprob | None]] = []
+        if prompt is not None and scored is not None:
+            entries = list(zip(prompt, scored))
+            offset = 0
+        entries += [(lp.token_id, lp) for lp in lps]
+        ids = [t for t, _ in entries] + [t for _, lp in entries if lp for t, _ in lp.top]
         by_id = dict(zip(ids, self.engine.token_texts(ids)))
         out = CompletionLogprobs()
-        for lp in lps:
-            tok = by_id[lp.token_id]
+        for t, lp in entries:
+            tok = by_id[t]
             out.tokens.append(tok)
-            out.token_logprobs.append(lp.logprob)
-            out.top_logprobs.append({by_id[t]: v for t, v in lp.top} if lp.top else None)
+            out.token_logprobs.append(lp.logprob if lp else None)
+            out.top_logprobs.append({by_id[a]: v for a, v in lp.top} if lp and lp.top else None)
             out.text_offset.append(offset)
             offset += len(tok)
         return out
@@ -62,7 +74,8 @@ class CompletionsService(GeneratingService):
                 mine = sorted(mine, key=lambda r: r.cumulative_logprob, reverse=True)[: req.n]
             echo = self.echo(req, prompt, p_i)
             for i, r in enumerate(mine):
-                lps = self.logprobs(r.logprobs, len(echo)) if req.logprobs is not None else None
+                lps = self.logprobs(r.logprobs, len(echo), prompt, r.prompt_logprobs) \
+                    if req.logprobs is not None else None
                 choices.append(CompletionChoice(index=p_i * req.n + i, text=echo + r.text, finish_reason=r.reason,
                                                 logprobs=lps))
         return CompletionResponse(id=new_id("cmpl"), created=now(), model=job.lease.answered_by, choices=choices,
@@ -83,7 +96,8 @@ class CompletionsService(GeneratingService):
         async def frames() -> AsyncIterator[CompletionResponse]:
             offsets = [0] * len(job.gens)
             async with self.streaming(job) as results:
-                if req.echo:
+                scored = self.prompt_logprobs(req) is not None  # the echo goes out with the prompt's scores
+                if req.echo and not scored:
                     for g_i, p_i in enumerate(job.prompt_of):
                         text = self.echo(req, job.prompts[p_i], p_i)
                         offsets[g_i] = len(text)
@@ -92,6 +106,11 @@ class CompletionsService(GeneratingService):
                     timed(results[g_i], d)
                     if d.finish_reason is not None:
                         results[g_i].tokens = d.completion_tokens
+                    if scored and d.prompt_logprobs is not None:
+                        p_i = job.prompt_of[g_i]
+                        text = self.echo(req, job.prompts[p_i], p_i)
+                        offsets[g_i] = len(text)
+                        yield frame(g_i, text, None, self.logprobs([], 0, job.prompts[p_i], d.prompt_logprobs))
                     if d.text or d.logprobs or (d.finish_reason and d.finish_reason != "cancelled"):
                         lps = self.logprobs(list(d.logprobs), offsets[g_i]) if req.logprobs is not None else None
                         offsets[g_i] += len(d.text)

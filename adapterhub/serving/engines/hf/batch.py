@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from adapterhub.serving.engines.base import TokenLogprob
 from adapterhub.serving.engines.hf.lora import LoraSlots
 
 
@@ -84,6 +85,23 @@ def prefill(model: Any, lora: LoraSlots, rows: list[Any], prompts: Sequence[list
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                 past_key_values=batch.cache, use_cache=True, logits_to_keep=1, **inputs)
     return batch, out.logits[:, -1, :].float()
+
+
+def prompt_logprobs(model: Any, lora: LoraSlots, prompt: list[int], slot: int, top: int,
+                    device: torch.device) -> tuple[TokenLogprob | None, ...]:
+    """Each prompt token's log-probability given the tokens before it (and the ``top`` most likely tokens
+    there), from one forward pass over the prompt alone; None for the first token."""
+    lora.ctx.indices = torch.tensor([slot], dtype=torch.long, device=device) if slot != 0 else None
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([prompt], dtype=torch.long, device=device), use_cache=False)
+    lp = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)  # position i predicts token i + 1
+    nxt = torch.tensor(prompt[1:], dtype=torch.long, device=lp.device)
+    chosen = lp.gather(1, nxt.view(-1, 1)).view(-1).tolist()
+    tops: list[tuple[tuple[int, float], ...]] = [()] * len(chosen)
+    if top > 0 and chosen:
+        values, idx = torch.topk(lp, min(top, lp.shape[1]), dim=-1)
+        tops = [tuple(zip(i, v)) for i, v in zip(idx.tolist(), values.tolist())]
+    return (None, *(TokenLogprob(t, c, tp) for t, c, tp in zip(prompt[1:], chosen, tops)))
 
 
 def decode_step(model: Any, lora: LoraSlots, batch: Batch, device: torch.device) -> torch.Tensor:

@@ -52,6 +52,8 @@ class _Row:
     state: RowState
     done: bool = False
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet sent with a delta
+    prompt_lps: tuple[TokenLogprob | None, ...] | None = None  # computed at prefill, sent with the first delta
+    prompt_lps_sent: bool = False
 
     @property
     def n_generated(self) -> int:
@@ -327,6 +329,18 @@ class HFEngine(TokenizerEngine):
             slots = [self.slots.slot_of(r.req.adapter_key) for r in rows]
         except KeyError:
             raise RuntimeError("adapter unloaded while queued") from None
+        for r, slot in zip(rows, slots):  # scoring the prompt (lm-eval's loglikelihood): its own forward pass
+            if r.req.params.prompt_logprobs is not None and r.prompt_lps is None and not r.prompt_lps_sent:
+                r.prompt_lps = batching.prompt_logprobs(self.model, self.slots, r.req.prompt_ids, slot,
+                                                        r.req.params.prompt_logprobs, self.device)
+        if any(r.req.params.max_tokens == 0 for r in rows):  # nothing to generate: done after the prompt
+            for r in rows:
+                if r.req.params.max_tokens == 0:
+                    self._emit(r, Delta("", "length", 0))
+            slots = [s for r, s in zip(rows, slots) if not r.done]
+            rows = [r for r in rows if not r.done]
+            if not rows:
+                return None
         with_images = [i for i, r in enumerate(rows) if r.req.inputs]
         if with_images and len(rows) > 1:  # rows with images are prefilled alone, then join the batch
             joined: batching.Batch | None = None
@@ -399,9 +413,11 @@ class HFEngine(TokenizerEngine):
         return False
 
     def _emit(self, row: _Row, delta: Delta) -> None:
-        if row.pending_logprobs:
-            delta = Delta(delta.text, delta.finish_reason, delta.completion_tokens, tuple(row.pending_logprobs))
+        if row.pending_logprobs or row.prompt_lps is not None:
+            delta = Delta(delta.text, delta.finish_reason, delta.completion_tokens, tuple(row.pending_logprobs),
+                          row.prompt_lps)
             row.pending_logprobs.clear()
+            row.prompt_lps, row.prompt_lps_sent = None, row.prompt_lps_sent or row.prompt_lps is not None
         try:
             row.loop.call_soon_threadsafe(row.out.put_nowait, delta)
             if delta.finish_reason is not None:
