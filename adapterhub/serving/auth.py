@@ -82,28 +82,27 @@ async def require_admin_key(request: Request) -> None:
         await request.app.state.stack.keys.record_admin_use(caller.key, f"{request.method} {request.url.path}")
 
 
-async def require_metrics_key(request: Request) -> None:
-    """/metrics: --metrics-key, else the admin key (with --auth keys: an --admin key); open when none is set."""
+def _opened_by_metrics_key(request: Request) -> bool:
+    """Without --auth keys the metrics key (else the API key) decides (401 when wrong): True. With keys: True
+    only when --metrics-key itself was sent (else the caller's key decides)."""
     cfg = request.app.state.stack.config
     if not _keys_mode(request):
         _check(request, cfg.metrics_key or cfg.api_key, "metrics")
-        return
+        return True
     got = _bearer(request)
-    if got is not None and _same(got, cfg.metrics_key):
-        return
-    await require_admin_key(request)
+    return got is not None and _same(got, cfg.metrics_key)
+
+
+async def require_metrics_key(request: Request) -> None:
+    """/metrics: --metrics-key, else the admin key (with --auth keys: an --admin key); open when none is set."""
+    if not _opened_by_metrics_key(request):
+        await require_admin_key(request)
 
 
 async def require_docs_key(request: Request) -> None:
     """The API description: like /metrics; with --auth keys, any valid key."""
-    cfg = request.app.state.stack.config
-    if not _keys_mode(request):
-        _check(request, cfg.metrics_key or cfg.api_key, "metrics")
-        return
-    got = _bearer(request)
-    if got is not None and _same(got, cfg.metrics_key):
-        return
-    await _tenant(request)
+    if not _opened_by_metrics_key(request):
+        await _tenant(request)
 
 
 async def has_api_key(request: Request) -> bool:
