@@ -214,7 +214,8 @@ class KeyRing:
         except BaseException:
             for u in rows:  # not written: add back, for the next round
                 self._count(u.key, u.model, u.day, u.requests, u.prompt_tokens, u.completion_tokens)
-            self._last_used.update(used)
+            for name, at in used.items():  # keeping a newer use noted meanwhile
+                self._last_used[name] = max(at, self._last_used.get(name, at))
             raise
         self._others = await self._call(self.store.share_key_counts, self.replica, self._counts())
         await self.refresh()
