@@ -78,6 +78,13 @@ NOTES = {
             "process, are the cost (goal: ≤ 1% of a 16-token request). Revocation: a second server on the same "
             "(SQLite) registry, seconds from `keys revoke` until it answers 401, polled every 20 ms. "
             "`python -m benchmarks.keys`.",
+    "deterministic": "Issue 31: what `--deterministic` (the hf engine decodes one sequence at a time) costs. 4 "
+                     "different greedy chat requests × 32 tokens (ignore_eos) on the demo model: sent alone one "
+                     "after another, then together; differ_from_alone counts answers that changed when sent "
+                     "together; wall time of the 4 together against default batching in the same run. On this "
+                     "AVX2 machine the model computes in fp32, where default batching changed no answer here; "
+                     "the issue's 2 of 4 changed answers were on bf16, which this machine cannot run natively. "
+                     "`python -m benchmarks.deterministic`.",
     "training_packing": "Goal (issue 22): padding-free packing ≥ 1.5× the real tokens/s of today's grouped dynamic padding "
                         "on a mixed-length dataset at equal or lower final loss. The built-in identity records plus "
                         "40 long 'restate this passage' records, demo model bf16, LoRA r=16 all-linear, same LR "
@@ -99,7 +106,7 @@ def main() -> None:
     parts = [INTRO]
     for name in ("registry", "registry_shared", "serving", "serving_sampler", "lora_ops", "serving_random_gpt_neox",
                  "structured", "serving_cuda_random",
-                 "serving_vllm_cpu", "load", "keys", "training", "training_packing"):
+                 "serving_vllm_cpu", "load", "keys", "deterministic", "training", "training_packing"):
         path = DOCS / f"bench_{name}.json"
         if not path.exists():
             continue

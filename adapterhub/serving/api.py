@@ -59,6 +59,9 @@ def derived_max_rank(refs: list[str], registry: Registry | None) -> int:
 
 def build_engine(config: ServeConfig, settings: Settings, registry: Registry | None) -> tuple[Engine, str]:
     """Build the engine named by ``config``; returns (engine, served base name)."""
+    if config.deterministic and config.engine != "hf":
+        raise UserInputError("--deterministic is built for the hf engine only (it decodes one sequence at a time); "
+                             "the vllm engine batches inside vLLM")
     if config.merged:
         if registry is None:
             raise UserInputError("--merged needs the registry")
@@ -79,7 +82,7 @@ def build_engine(config: ServeConfig, settings: Settings, registry: Registry | N
         return VLLMEngine(path, bits=config.bits, extra_args=config.engine_args(), **common), name
     from adapterhub.serving.engines.hf import HFEngine
 
-    engine = HFEngine(path, bits=config.bits, max_batch_size=config.max_batch_size,
+    engine = HFEngine(path, bits=config.bits, max_batch_size=1 if config.deterministic else config.max_batch_size,
                       max_waiting=config.max_waiting, trust_remote_code=config.trust_remote_code, **common)
     return engine, name
 

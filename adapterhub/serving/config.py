@@ -33,6 +33,9 @@ class ServeConfig(BaseModel):
                                       "(default: the largest rank among --adapters, at least 16).")
     max_batch_size: int = Field(8, ge=1, description="Requests decoded together per batch.")
     max_waiting: int = Field(256, ge=1, description="Queue size beyond which requests get 503.")
+    deterministic: bool = Field(False, description="hf engine: decode one sequence at a time, so an answer never "
+                                "depends on what else runs (greedy answers are the same sent alone or together); "
+                                "costs throughput under concurrent load.")
     bits: Literal[4, 8] | None = Field(None, description="Load the base in 4- or 8-bit (bitsandbytes).")
     dtype: str = Field("auto", description="bf16, fp16, fp32 or auto (from the model config).")
     trust_remote_code: bool = Field(False, description="Allow a base that ships its own modeling code to run it "

@@ -107,6 +107,7 @@ class HFEngine(TokenizerEngine):
         self._vocab = int(self.model.get_input_embeddings().num_embeddings)
         self.grammars = GrammarCompiler(self.tokenizer, self._vocab, self.eos_ids)
         self.max_batch_size = max_batch_size
+        self.peak_rows = 0  # the most rows one forward pass has carried (1 with --deterministic)
         self.batch_window_s = batch_window_s
         self.continuous = continuous  # False: static batches (the benchmark's baseline)
         self.batch_quiet_s = 0.004
@@ -365,6 +366,7 @@ class HFEngine(TokenizerEngine):
 
     def _after_forward(self, batch: batching.Batch, logits: torch.Tensor) -> batching.Batch | None:
         """Sample, stream, then drop finished or cancelled rows from the batch (None when none is left)."""
+        self.peak_rows = max(self.peak_rows, len(batch.rows))
         picks = self.sampler(logits, [None if r.done else r.state for r in batch.rows])
         batch.next_ids = picks.ids
         for i, r in enumerate(batch.rows):
