@@ -166,14 +166,12 @@ class ObjectStore:
 
     def intact(self, sha: str, scratch: Path) -> bool:
         """Whether the object's bytes still hash to its name (downloaded into ``scratch`` and hashed)."""
+        if self.age(sha) is None:  # missing (the HEAD's 404), not an outage
+            return False
         dest = scratch / sha
         try:
             self.download(sha, dest)
             return sha256_file(dest) == sha
-        except StoreUnavailableError as e:
-            if "404" in str(e) or "Not Found" in str(e) or "NoSuchKey" in str(e):
-                return False
-            raise
         finally:
             dest.unlink(missing_ok=True)
 
