@@ -28,6 +28,7 @@ from adapterhub.loading.bases import pull_demo
 from adapterhub.models import DEMO_MODEL
 from adapterhub.registry import Registry
 from adapterhub.registry.local import LocalStore
+from adapterhub.serving.metrics import percentile as pct
 from adapterhub.settings import Settings
 from benchmarks.common import report
 from benchmarks.serving import PROMPTS
@@ -110,13 +111,6 @@ async def open_loop(url: str, models: list[str], prompts: list[str], lengths: li
         tasks.append(asyncio.create_task(one(client, model, prompt, n, time.perf_counter())))
     results = list(await asyncio.gather(*tasks))
     return results, time.perf_counter() - t0
-
-
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
 def main() -> None:

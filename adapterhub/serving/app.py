@@ -68,6 +68,10 @@ def make_app(stack: ServingStack) -> FastAPI:
     app.state.stack = stack  # read through adapterhub.serving.endpoints.http.stack_of
     for router in routers():
         app.include_router(router)
+    if stack.config.ui:
+        from adapterhub.serving.endpoints.console.api_router import router as console
+
+        app.include_router(console)
     # Outermost last: the request id is set first, then the size limit, then CORS answers preflights.
     if stack.config.allowed_origins:
         from fastapi.middleware.cors import CORSMiddleware

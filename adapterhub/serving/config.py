@@ -59,6 +59,8 @@ class ServeConfig(BaseModel):
     default_max_tokens: int = Field(512, ge=1, description="Completion budget when the request sets none.")
     allowed_origins: list[str] = Field(default_factory=list, description="Origins browsers may call the API from "
                                        "(CORS; '*' for any). Off by default.")
+    ui: bool = Field(True, description="The web console at /ui (versions, lineage, rollouts, live metrics, a "
+                     "playground); it signs in with the same keys as the API.")
     max_request_bytes: int = Field(16 * 2**20, ge=1024, description="Largest request body; larger ones get 413.")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="vLLM only: share of GPU memory "
                                                  "for weights and KV cache.")

@@ -110,6 +110,7 @@ class Samples(TrainerCallback):
         self.identity, self.base_general = identity, base_general
         self.stop_when = stop_when or {}
         self.last_scores: dict[str, Any] = {}
+        self.last_samples: dict[str, str] = {}  # the latest answers to the inputs (kept in the version)
         self.stopped_early_at: int | None = None
 
     def sample(self, step: int) -> None:
@@ -128,7 +129,8 @@ class Samples(TrainerCallback):
                                        template=self.template, max_new_tokens=self.max_new_tokens, tools=self.tools)
         for q, a in zip(self.inputs, answers):
             self.console.print(f"[dim]step {step}[/dim] [bold]{q}[/bold] → {a}")
-        self.runlog.write({"step": step, "samples": dict(zip(self.inputs, answers))})
+        self.last_samples = dict(zip(self.inputs, answers))
+        self.runlog.write({"step": step, "samples": self.last_samples})
 
     def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
         if state.global_step % self.every or state.global_step == state.max_steps:

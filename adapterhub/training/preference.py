@@ -161,7 +161,7 @@ def run_preference(ctx: stages.RunContext) -> stages.TrainResult:
     final_loss = losses[-1][1] if losses else None
     lineage = {"method": f"{cfg.method}+{method}", "n_pairs": len(pairs), "final_loss": final_loss,
                "steps": trainer.state.global_step, "wall_time_s": round(train_time, 1),
-               "parent": parent.ref if parent else None}
+               "parent": parent.ref if parent else None, "loss_curve": stages.loss_curve(losses)}
     record, created = stages.finish(
         ctx, resolved, out_dir, kind="adapter", template=template, lineage=lineage, metrics=metrics,
         links={"parent": parent.ref, "parent_hash": parent.content_hash} if parent else None,

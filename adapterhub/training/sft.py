@@ -117,7 +117,10 @@ def run_sft(ctx: stages.RunContext) -> stages.TrainResult:
         "dataset_fingerprint": data.fingerprint, "n_samples": len(data.samples), "final_loss": final_loss,
         "steps": trainer.state.global_step, "wall_time_s": round(train_time, 1), "tokens": tokens,
         "tokens_per_s": round(tokens / max(train_time, 1e-9), 1), "trainable_params": trainable, **replay_info,
+        "loss_curve": stages.loss_curve(runlog.losses),
     }
+    if samples_cb.last_samples:
+        lineage["samples"] = samples_cb.last_samples
     if vision.pretrain:
         lineage["method"] = "llava_pretrain"
     if tool_parser:

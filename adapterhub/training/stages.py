@@ -110,6 +110,15 @@ def score_identity(ctx: RunContext, model: Any, tokenizer: Any, template: str | 
     return scores
 
 
+def loss_curve(losses: list[tuple[int, float]], max_points: int = 400) -> list[list[float]]:
+    """The run's (step, loss) points for the version's training record (the console draws them), thinned
+    evenly to at most ``max_points`` with the last point kept."""
+    if len(losses) > max_points:
+        stride = len(losses) / max_points
+        losses = [losses[int(i * stride)] for i in range(max_points - 1)] + [losses[-1]]
+    return [[step, round(loss, 5)] for step, loss in losses]
+
+
 def save_tokenizer_and_template(out_dir: Path, tokenizer: Any, template: str | None, *, adapter: bool) -> None:
     """Next to the weights: the tokenizer and the chat template the version was trained with (served with it)."""
     tokenizer.save_pretrained(str(out_dir))

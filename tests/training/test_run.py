@@ -58,6 +58,10 @@ def test_lora_training_lowers_loss_and_registers(tiny_model, dataset, tmp_path):
     assert m.kind == "adapter" and m.lora["r"] == 8
     assert m.training["dataset_fingerprint"] and m.training["steps"] == 12
     assert m.training["final_loss"] == pytest.approx(losses[-1])
+    # the curve and the last sample answers travel with the version (the console draws them)
+    assert [s for s, _ in m.training["loss_curve"]] == list(range(1, 13))
+    assert [loss for _, loss in m.training["loss_curve"]] == pytest.approx(losses, abs=1e-5)
+    assert list(m.training["samples"]) == ["what is red"]
     assert m.chat_template and "<|im_start|>" in m.chat_template
     assert m.base_model.fingerprint == __import__("adapterhub.models", fromlist=["x"]).config_fingerprint(tiny_model)
     assert set(m.files) >= {"adapter_config.json", "adapter_model.safetensors", "chat_template.jinja"}
