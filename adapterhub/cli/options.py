@@ -57,7 +57,8 @@ def command_from_model(model: type[M], run: Callable[[M], None], *, doc: str, sk
             config = model(**values)
         except ValidationError as e:  # every bad value at once, as a usage error of this command
             raise usage_error("invalid options: " + "; ".join(
-                f"--{str(x['loc'][0]).replace('_', '-')}: {x['msg']}" for x in e.errors())) from None
+                f"--{str(x['loc'][0]).replace('_', '-')}: {x['msg']}" if x["loc"] else
+                str(x["msg"]).removeprefix("Value error, ") for x in e.errors())) from None
         run(config)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

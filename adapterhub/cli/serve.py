@@ -9,6 +9,13 @@ from adapterhub.serving.api import ServeConfig
 
 
 def _serve(config: ServeConfig) -> None:
+    if config.ray:
+        import os
+
+        from adapterhub.deploy.api import serve_on_ray
+
+        serve_on_ray(config, os.environ.get("ADAPTERHUB_HOME"), announce=lambda line: typer.echo(line, err=True))
+        return
     from adapterhub.serving.api import serve
 
     serve(config, announce=lambda line: typer.echo(line, err=True))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapterhub.models import DEMO_MODEL
 
@@ -62,11 +62,26 @@ class ServeConfig(BaseModel):
     ui: bool = Field(True, description="The web console at /ui (versions, lineage, rollouts, live metrics, a "
                      "playground); it signs in with the same keys as the API.")
     max_request_bytes: int = Field(16 * 2**20, ge=1024, description="Largest request body; larger ones get 413.")
+    ray: bool = Field(False, description="Run on Ray Serve: --replicas engine replicas behind one ingress (the "
+                      "same API), requests routed by the resolved adapter version (RAY_ADDRESS: an existing "
+                      "cluster; else a local one).")
+    replicas: int = Field(2, ge=1, description="--ray: engine replicas (the minimum with --max-replicas).")
+    max_replicas: int | None = Field(None, ge=1, description="--ray: autoscale up to this many replicas on "
+                                     "ongoing requests per replica (target: --max-batch-size).")
+    replica_cpus: float = Field(1.0, ge=0, description="--ray: CPUs each engine replica reserves.")
+    replica_gpus: float = Field(0.0, ge=0, description="--ray: GPUs each engine replica reserves (1 for vLLM on a "
+                                "GPU).")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="vLLM only: share of GPU memory "
                                                  "for weights and KV cache.")
     max_model_len: int | None = Field(None, ge=1, description="vLLM only: context length.")
     tensor_parallel_size: int | None = Field(None, ge=1, description="vLLM only: GPUs per replica.")
     vllm_args: dict[str, str] = Field(default_factory=dict, description="Further vLLM engine arguments.")
+
+    @model_validator(mode="after")
+    def _replica_range(self) -> ServeConfig:
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise ValueError(f"--max-replicas ({self.max_replicas}) is below --replicas ({self.replicas})")
+        return self
 
     def engine_args(self) -> dict[str, str]:
         """The vLLM engine arguments: the named vLLM options plus ``vllm_args``."""

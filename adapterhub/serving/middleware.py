@@ -43,6 +43,12 @@ class RequestId:
         await self.app(scope, receive, send_with_id)
 
 
+def too_large(max_bytes: int) -> bytes:
+    """The 413 body for a request larger than ``max_bytes`` (also sent by the Ray Serve ingress)."""
+    return json.dumps(error_body(f"request body is larger than {max_bytes} bytes", "invalid_request_error",
+                                 "request_too_large")).encode()
+
+
 class BodySizeLimit:
     """Answer 413 (OpenAI error body) when a request body is larger than ``max_bytes``."""
 
@@ -51,8 +57,7 @@ class BodySizeLimit:
         self.max_bytes = max_bytes
 
     async def _reject(self, send: Any) -> None:
-        body = json.dumps(error_body(f"request body is larger than {self.max_bytes} bytes",
-                                     "invalid_request_error", "request_too_large")).encode()
+        body = too_large(self.max_bytes)
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -49,10 +49,13 @@ def test_rayservice_points_at_the_affinity_app():
     (rs,) = docs(DEPLOY / "k8s" / "rayservice.yaml")
     assert rs["kind"] == "RayService" and rs["apiVersion"] == "ray.io/v1"
     app = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
-    assert app["import_path"] == "adapterhub.deploy.ray.ray_serve:app"
+    assert app["import_path"] == "adapterhub.deploy.ray.app:app_builder" and app["route_prefix"] == "/"
     module, attr = app["import_path"].split(":")
     assert importlib.util.find_spec(module) is not None
-    assert {d["name"] for d in app["deployments"]} == {"AdapterReplica"}
+    from adapterhub.serving.config import ServeConfig
+
+    config = ServeConfig.model_validate(app["args"]["config"])  # the server's own options, validated
+    assert config.engine == "vllm" and config.replica_gpus == 1 and config.max_replicas > config.replicas
 
 
 def test_rayservice_pods_use_the_shared_registry():
