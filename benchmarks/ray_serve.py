@@ -123,8 +123,9 @@ def main() -> None:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         url = f"http://127.0.0.1:{port}"
         for replicas in (1, 2):
-            serve.run(build_app(config.model_copy(update={"replicas": replicas}), home=str(home)), name="adapterhub",
-                      route_prefix="/")
+            # two replicas on 2 cores: one torch thread each (two threads each would oversubscribe the cores)
+            scaled = config.model_copy(update={"replicas": replicas, "replica_cpus": 2 / replicas})
+            serve.run(build_app(scaled, home=str(home)), name="adapterhub", route_prefix="/")
             row: dict[str, float] = _sequential(url, args.rounds) if replicas == 1 else {}
             row["tok_s"] = asyncio.run(_concurrent(url, args.clients, args.concurrent_rounds))
             results[f"Ray Serve, {replicas} replica{'s' if replicas > 1 else ''}"] = row

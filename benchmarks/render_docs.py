@@ -13,7 +13,7 @@ shared 2-core VM whose speed varies between runs, so compare ratios within a tab
 across tables. Until commit e0ef755 the hf engine's worker thread decoded up to 1.8× slower than the same
 loop on the main thread (OpenMP kept a second helper pool for the thread that loaded the model; see
 `adapterhub/serving/engines/hf/threads.py`): tables run before it say so.
-Commands: `python -m benchmarks.registry`, `python -m benchmarks.registry_shared`, `python -m benchmarks.serving`, `python -m benchmarks.structured`, `python -m benchmarks.lora_ops`, `python -m benchmarks.load`, `python -m benchmarks.training`
+Commands: `python -m benchmarks.registry`, `python -m benchmarks.registry_shared`, `python -m benchmarks.serving`, `python -m benchmarks.structured`, `python -m benchmarks.lora_ops`, `python -m benchmarks.load`, `python -m benchmarks.ray_serve`, `python -m benchmarks.training`
 (or `make bench`); then `python -m benchmarks.render_docs` rewrites this file.
 """
 
@@ -85,6 +85,13 @@ NOTES = {
                      "AVX2 machine the model computes in fp32, where default batching changed no answer here; "
                      "the issue's 2 of 4 changed answers were on bf16, which this machine cannot run natively. "
                      "`python -m benchmarks.deterministic`.",
+    "ray_serve": "Issue 34: what Ray Serve costs in front of the same server (`adapterhub serve --ray`), demo model "
+                 "on this 2-core machine, one run: streamed 16-token answers one at a time (request time, time "
+                 "to first token, gap between tokens) and 8 concurrent non-streamed requests (output tok/s), "
+                 "single server (uvicorn) vs one engine replica (proxy → ingress → replica → the same app; 2 "
+                 "torch threads, as the single server) vs two replicas (1 thread each: 2 cores). Goal: ≤ 10% "
+                 "over the single server; missed on this machine (see docs/ray.md for what the 17% is made of). "
+                 "`python -m benchmarks.ray_serve`.",
     "training_packing": "Goal (issue 22): padding-free packing ≥ 1.5× the real tokens/s of today's grouped dynamic padding "
                         "on a mixed-length dataset at equal or lower final loss. The built-in identity records plus "
                         "40 long 'restate this passage' records, demo model bf16, LoRA r=16 all-linear, same LR "
@@ -106,7 +113,7 @@ def main() -> None:
     parts = [INTRO]
     for name in ("registry", "registry_shared", "serving", "serving_sampler", "lora_ops", "serving_random_gpt_neox",
                  "structured", "serving_cuda_random",
-                 "serving_vllm_cpu", "load", "keys", "deterministic", "training", "training_packing"):
+                 "serving_vllm_cpu", "load", "keys", "deterministic", "ray_serve", "training", "training_packing"):
         path = DOCS / f"bench_{name}.json"
         if not path.exists():
             continue

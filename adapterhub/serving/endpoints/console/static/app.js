@@ -578,7 +578,7 @@ async function pagePlayground(_, current) {
       ? bodies.map((b) => `curl ${base}/v1/chat/completions \\\n  -H 'Content-Type: application/json' \\\n` +
           (state.key ? "  -H \"Authorization: Bearer $ADAPTERHUB_API_KEY\" \\\n" : "") +
           `  -d '${JSON.stringify(b).replace(/'/g, "'\\''")}'`).join("\n\n")
-      : "import os\nfrom openai import OpenAI\n\n" +
+      : (state.key ? "import os\n" : "") + "from openai import OpenAI\n\n" +
         `client = OpenAI(base_url="${base}/v1", api_key=${state.key ? 'os.environ["ADAPTERHUB_API_KEY"]' : `"${auth}"`})\n` +
         bodies.map((b) => {
           const { model, messages, ...rest } = b;
