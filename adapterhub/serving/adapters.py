@@ -165,6 +165,7 @@ class AdapterManager:
         key = self.key_of(record)
         version = (record.name, str(record.version))
         self._waiting[version] = self._waiting.get(version, 0) + 1  # until it holds its version
+        t0 = time.perf_counter()
         try:
             while True:
                 if key in self._draining:  # making room for a waiting adapter: load again after it is evicted
@@ -177,6 +178,8 @@ class AdapterManager:
             self._waiting[version] -= 1
             if not self._waiting[version]:
                 del self._waiting[version]
+        if self.metrics is not None:  # 0 when it was loaded: the time a version's requests lose to slots and loads
+            self.metrics.adapter_wait(*version, time.perf_counter() - t0)
         self._in_use[key] = self._in_use.get(key, 0) + 1
         return Lease(model, key, self._templates.get(key), record.ref, record.name, str(record.version),
                      split_alias, self._parsers.get(key))

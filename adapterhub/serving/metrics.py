@@ -41,6 +41,9 @@ class Metrics:
                                nv, buckets=_LATENCY, registry=r)
         self.load_seconds = Histogram("adapterhub_adapter_load_seconds", "Adapter load time.", nv,
                                       buckets=_TOKEN, registry=r)
+        self.wait_seconds = Histogram("adapterhub_adapter_wait_seconds", "Time a request waited for its version to "
+                                      "be ready (a free adapter slot, its turn, the load); 0 when it was loaded.",
+                                      nv, buckets=(0.001, *_LATENCY), registry=r)
         self.loads = Counter("adapterhub_adapter_loads", "Adapter loads.", nv, registry=r)
         self.evictions = Counter("adapterhub_adapter_evictions", "Adapters evicted (LRU) or unloaded.", nv,
                                  registry=r)
@@ -94,6 +97,10 @@ class Metrics:
         self.recent.add("timing", name, version, ttft=ttft, gaps=list(gaps))
 
     # ---------------------------------------------------------------- adapters
+    def adapter_wait(self, name: str, version: str, seconds: float) -> None:
+        self.wait_seconds.labels(name, version).observe(seconds)
+        self.recent.add("wait", name, version, seconds=seconds)
+
     def loaded(self, name: str, version: str, seconds: float, pinned: bool) -> None:
         self.loads.labels(name, version).inc()
         self.load_seconds.labels(name, version).observe(seconds)
@@ -150,7 +157,7 @@ class Recent:
             if name == "-" or not visible(name):
                 continue
             row = rows.setdefault((name, version), {"requests": 0, "errors": 0, "cancelled": 0, "tokens": 0,
-                                                    "ttft": [], "gaps": [], "loads": [],
+                                                    "ttft": [], "gaps": [], "loads": [], "waits": [],
                                                     "series": [0] * n_buckets})
             if kind == "request":
                 status = data["status"]
@@ -165,13 +172,16 @@ class Recent:
                 row["gaps"].extend(data["gaps"])
             elif kind == "load":
                 row["loads"].append(data["seconds"])
+            elif kind == "wait":
+                row["waits"].append(data["seconds"])
         out = []
         for (name, version), row in sorted(rows.items()):
             out.append({"name": name, "version": version, "requests": row["requests"], "errors": row["errors"],
                         "cancelled": row["cancelled"], "completion_tokens": row["tokens"],
                         "ttft_p50": percentile(row["ttft"], 50), "ttft_p99": percentile(row["ttft"], 99),
                         "itl_p50": percentile(row["gaps"], 50), "itl_p99": percentile(row["gaps"], 99),
-                        "loads": len(row["loads"]), "load_p50": percentile(row["loads"], 50), "series": row["series"]})
+                        "loads": len(row["loads"]), "load_p50": percentile(row["loads"], 50),
+                        "wait_p99": percentile(row["waits"], 99), "series": row["series"]})
         return {"window_s": window_s, "bucket_s": bucket_s, "now": now, "versions": out}
 
 

@@ -143,7 +143,12 @@ def test_six_adapters_on_two_slots_all_answer_through_the_server(six):
             alone = httpx.post(url + "/v1/completions", json={"model": "ad3", "prompt": "hello", "max_tokens": 6,
                                                               "temperature": 0}, timeout=60).json()
             assert alone["choices"][0]["text"] == answers[3].json()["choices"][0]["text"]  # its own adapter
-            assert 'adapterhub_slot_waiting 0.0' in httpx.get(url + "/metrics").text
+            metrics = httpx.get(url + "/metrics").text
+            assert 'adapterhub_slot_waiting 0.0' in metrics
+            # every request's wait for its version is counted, per version: 12 + 1 requests over six versions
+            waits = {line.split('name="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                     for line in metrics.splitlines() if line.startswith("adapterhub_adapter_wait_seconds_count")}
+            assert waits == {f"ad{i}": 2.0 + (i == 3) for i in range(6)}
     finally:
         engine.stop()
 

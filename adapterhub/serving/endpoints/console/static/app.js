@@ -92,8 +92,8 @@ async function boot() {
   const s = state.session;
   const who = document.getElementById("who");
   who.replaceChildren();
-  if (s.signed_in_as) {
-    append(who, [`signed in as ${s.signed_in_as === "-" ? "the server's key" : s.signed_in_as}`,
+  if (s.signed_in_as || state.key) {
+    append(who, [`signed in as ${!s.signed_in_as || s.signed_in_as === "-" ? "the server's key" : s.signed_in_as}`,
       s.admin ? " (admin)" : "",
       h("button", { class: "secondary", id: "signout", onclick: signOut }, "Sign out")]);
   } else append(who, [`base: ${s.base}`]);
@@ -398,8 +398,8 @@ async function pageLive(_, current) {
   const stamp = h("span", { class: "muted", id: "updated" });
   main(h("h1", {}, "Live"), h("div", { class: "toolbar" }, windowSel, stamp),
     h("table", { id: "live" }, h("thead", {}, h("tr", {}, ["Version", "Requests", "Errors", "Cancelled", "Tokens",
-      "TTFT p50", "TTFT p99", "Inter-token p50", "Inter-token p99", "Loads", "Requests over time"]
-      .map((t, i) => h("th", { class: i && i < 10 ? "num" : "" }, t)))), body),
+      "TTFT p50", "TTFT p99", "Inter-token p50", "Inter-token p99", "Wait for slot p99", "Loads", "Requests over time"]
+      .map((t, i) => h("th", { class: i && i < 11 ? "num" : "" }, t)))), body),
     h("h2", {}, "Loaded now"), loaded);
 
   async function refresh() {
@@ -418,9 +418,10 @@ async function pageLive(_, current) {
       h("td", { class: "num" }, r.cancelled), h("td", { class: "num" }, r.completion_tokens),
       h("td", { class: "num" }, fmtMs(r.ttft_p50)), h("td", { class: "num" }, fmtMs(r.ttft_p99)),
       h("td", { class: "num" }, fmtMs(r.itl_p50)), h("td", { class: "num" }, fmtMs(r.itl_p99)),
+      h("td", { class: "num" }, fmtMs(r.wait_p99)),
       h("td", { class: "num" }, r.loads ? `${r.loads} (${fmtMs(r.load_p50)})` : "0"),
       h("td", {}, spark(r.series))))
-      : [h("tr", {}, h("td", { colspan: 11, class: "muted" }, "No requests in this window."))]));
+      : [h("tr", {}, h("td", { colspan: 12, class: "muted" }, "No requests in this window."))]));
     loaded.replaceChildren();
     append(loaded, [d.loaded.length ? h("table", {}, h("tr", {}, h("th", {}, "Version"), h("th", {}, "Pinned"),
       h("th", { class: "num" }, "In flight")), d.loaded.map((l) => h("tr", {}, h("td", {}, l.id),
