@@ -242,7 +242,13 @@ def test_playground_streams_two_versions_side_by_side(console, browser):
         w.page.select_option("select.model[data-col='0']", "lumen@1")
         w.page.select_option("select.model[data-col='1']", "lumen@2")
         w.page.fill("#max_tokens", "12")
+        w.page.click("details summary")  # a schema that is not JSON is refused before anything is sent
+        w.page.fill("#schema", "{not json")
         w.page.fill("#user", "hello world")
+        w.page.click("#send")
+        assert "not valid JSON" in w.page.inner_text("#play-status")
+        assert w.page.query_selector(".answer .turn") is None
+        w.page.fill("#schema", "")
         w.page.click("#copy-python")
         snippet = w.page.inner_text("#snippet")
         w.page.click("#send")

@@ -332,7 +332,8 @@ def serve_on_ray(config: ServeConfig, home: str | None, announce: Any) -> None:
     serve.start(http_options={"host": config.host, "port": config.port})
     serve.run(build_app(config, home=home), name="adapterhub", route_prefix="/")
     scale = (f"{config.replicas}–{config.max_replicas} replicas (autoscaling)"
-             if config.max_replicas and config.max_replicas > config.replicas else f"{config.replicas} replicas")
+             if config.max_replicas and config.max_replicas > config.replicas
+             else f"{config.replicas} replica{'s' if config.replicas > 1 else ''}")
     announce(f"serving '{config.served_name or config.base}' on Ray Serve, {scale}, on "
              f"http://{config.host}:{config.port}/v1")
     try:

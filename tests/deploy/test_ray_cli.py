@@ -1,0 +1,58 @@
+"""``adapterhub serve --ray`` as a user runs it: the command starts a local Ray cluster, serves the API on the
+given port, and stops (cluster and all) on Ctrl-C."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray[serve] not installed")]
+
+
+def test_serve_ray_from_the_command_line(tiny_model, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "ADAPTERHUB_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "adapterhub.cli.main", "serve", "--ray", "--replicas", "1",
+                             "--replica-cpus", "0.5", "--base", str(tiny_model), "--served-name", "tiny",
+                             "--dtype", "fp32", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                r = httpx.get(url + "/v1/models", timeout=5)
+                if r.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "serve --ray did not come up"
+            time.sleep(1)
+        assert [m["id"] for m in r.json()["data"]] == ["tiny"]
+        assert r.headers["x-adapterhub-replica"]
+        chat = httpx.post(url + "/v1/chat/completions", json={"model": "tiny", "max_tokens": 3,
+                                                              "messages": [{"role": "user", "content": "hi"}]},
+                          timeout=120)
+        assert chat.status_code == 200 and chat.json()["usage"]["completion_tokens"] >= 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    assert proc.returncode == 0, out
+    assert f"serving 'tiny' on Ray Serve, 1 replica, on http://127.0.0.1:{port}/v1" in out
