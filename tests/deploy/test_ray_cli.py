@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -29,18 +30,17 @@ def test_serve_ray_from_the_command_line(tiny_model, tmp_path):
                              "--dtype", "fp32", "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    announce = f"serving 'tiny' on Ray Serve, 1 replica, on {url}/v1"
     try:
         deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                r = httpx.get(url + "/v1/models", timeout=5)
-                if r.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+        while not any(announce in line for line in lines):  # what the user waits for
+            assert proc.poll() is None, "".join(lines)
             assert time.monotonic() < deadline, "serve --ray did not come up"
             time.sleep(1)
+        r = httpx.get(url + "/v1/models", timeout=30)
         assert [m["id"] for m in r.json()["data"]] == ["tiny"]
         assert r.headers["x-adapterhub-replica"]
         chat = httpx.post(url + "/v1/chat/completions", json={"model": "tiny", "max_tokens": 3,
@@ -50,9 +50,14 @@ def test_serve_ray_from_the_command_line(tiny_model, tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            out, _ = proc.communicate(timeout=120)
+            proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, _ = proc.communicate()
-    assert proc.returncode == 0, out
-    assert f"serving 'tiny' on Ray Serve, 1 replica, on http://127.0.0.1:{port}/v1" in out
+            proc.wait()
+        reader.join(timeout=10)
+        out = "".join(lines)
+    # Ctrl-C stops it: a clean exit, or 130 (the shell's code for SIGINT) when the interrupt lands while Ray
+    # itself is shutting down; either way nothing answers on the port any more
+    assert proc.returncode in (0, 130), out
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(url + "/v1/models", timeout=5)
