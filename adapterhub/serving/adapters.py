@@ -81,6 +81,7 @@ class AdapterManager:
         # they are evicted (set when evicted), so a popular adapter cannot hold a slot forever.
         self._draining: dict[str, asyncio.Event] = {}
         self._loading: set[str] = set()  # adapters being copied into a slot
+        self._checked: OrderedDict[str, tuple[Path, str | None, str | None]] = OrderedDict()  # verified versions
         # Registry lookups run on threads of their own, with a time limit, never on the event loop: a
         # stalled database must not stop the base model, loaded versions or /health. Immutable refs
         # (name@N, name@sha256:…) are answered from memory once known; aliases from their last known value
@@ -273,8 +274,24 @@ class AdapterManager:
                 self._lru.move_to_end(key)
                 return key
             assert self.registry is not None
-            path, template, parser = await asyncio.to_thread(self._check, record)
+            # Fetched, verified and read into host memory as soon as the request arrives, while the batch
+            # decodes and before waiting for a slot; a version still in the engine's host cache skips all
+            # three. After the wait only the copy into the slot is left.
+            t_fetch = time.perf_counter()
+            checked = self._checked.get(key)
+            hit = checked is not None and self.engine.adapter_prepared(key)
+            if checked is None or not hit:
+                checked = await asyncio.to_thread(self._check, record)
+                hit = await asyncio.to_thread(self.engine.prepare_adapter, key, checked[0])
+                self._checked[key] = checked
+                while len(self._checked) > 10_000:
+                    self._checked.popitem(last=False)
+            fetch_s = time.perf_counter() - t_fetch
+            path, template, parser = checked
+            t_slot = time.perf_counter()
             await self._make_room()
+            if self.metrics:
+                self.metrics.fetched(record.name, str(record.version), hit, fetch_s, time.perf_counter() - t_slot)
             self._loading.add(key)  # the slot is taken from here on (another waiter must not count it free)
             t0 = time.perf_counter()
             try:

@@ -62,6 +62,9 @@ def build_engine(config: ServeConfig, settings: Settings, registry: Registry | N
     if config.deterministic and config.engine != "hf":
         raise UserInputError("--deterministic is built for the hf engine only (it decodes one sequence at a time); "
                              "the vllm engine batches inside vLLM")
+    if config.adapter_cache_mb is not None and config.engine != "hf":
+        raise UserInputError("--adapter-cache-mb sizes the hf engine's host cache; the vllm engine keeps adapters in "
+                             "host memory itself (max_cpu_loras, set from --max-loaded)")
     if config.merged:
         if registry is None:
             raise UserInputError("--merged needs the registry")
@@ -83,7 +86,8 @@ def build_engine(config: ServeConfig, settings: Settings, registry: Registry | N
     from adapterhub.serving.engines.hf import HFEngine
 
     engine = HFEngine(path, bits=config.bits, max_batch_size=1 if config.deterministic else config.max_batch_size,
-                      max_waiting=config.max_waiting, trust_remote_code=config.trust_remote_code, **common)
+                      max_waiting=config.max_waiting, trust_remote_code=config.trust_remote_code,
+                      adapter_cache_mb=1024 if config.adapter_cache_mb is None else config.adapter_cache_mb, **common)
     return engine, name
 
 

@@ -29,6 +29,11 @@ def make_app(stack: ServingStack) -> FastAPI:
     engine, manager, metrics = stack.engine, stack.manager, stack.metrics
     metrics.gauge("loaded_adapters", "Adapters loaded on the engine.", lambda: len(engine.loaded_adapters()))
     metrics.gauge("queue_depth", "Requests waiting for the engine.", engine.queue_depth)
+    cache = getattr(engine, "host_cache", None)  # the hf engine's adapters in host memory
+    if cache is not None:
+        metrics.gauge("adapter_host_cache_bytes", "Bytes of adapters held in host memory (--adapter-cache-mb).",
+                      lambda: float(cache.bytes))
+        metrics.gauge("adapter_host_cache_adapters", "Adapters held in host memory.", lambda: float(len(cache)))
     metrics.gauge("slot_waiting", "Requests waiting for an adapter slot (every slot busy).",
                   lambda: manager.slot_waiting)
     metrics.labeled_gauge("requests_in_flight", "Requests holding a loaded version (queued in the engine or "

@@ -31,6 +31,10 @@ class ServeConfig(BaseModel):
     max_loaded: int = Field(8, ge=1, description="Adapters kept loaded at once (LRU beyond).")
     max_lora_rank: int | None = Field(None, ge=1, description="Largest adapter rank the engine accepts "
                                       "(default: the largest rank among --adapters, at least 16).")
+    adapter_cache_mb: float | None = Field(None, ge=0, description="hf engine: host memory for adapters read and "
+                                           "checked but not in a slot, in MiB (default 1024; 0: none): an adapter "
+                                           "evicted from its slot comes back from here without reading its files "
+                                           "again. The vllm engine keeps its own (max_cpu_loras).")
     max_batch_size: int = Field(8, ge=1, description="Requests decoded together per batch.")
     max_waiting: int = Field(256, ge=1, description="Queue size beyond which requests get 503.")
     deterministic: bool = Field(False, description="hf engine: decode one sequence at a time, so an answer never "

@@ -33,14 +33,23 @@ class Metrics:
         self.completion_tokens = Counter("adapterhub_completion_tokens", "Generated tokens.", nv, registry=r)
         self.latency = Histogram("adapterhub_request_seconds", "Request latency.", ["endpoint", *nv],
                                  buckets=_LATENCY, registry=r)
-        self.ttft = Histogram("adapterhub_time_to_first_token_seconds", "Time to the first generated token.", nv,
+        self.ttft = Histogram("adapterhub_time_to_first_token_seconds", "Time from the request's start to its first "
+                              "generated token (the wait for its version included).", nv,
                               buckets=_LATENCY, registry=r)
         self.itl = Histogram("adapterhub_inter_token_latency_seconds", "Time between generated tokens.", nv,
                              buckets=_TOKEN, registry=r)
-        self.queue = Histogram("adapterhub_queue_seconds", "Time a request waited before its first forward pass.",
-                               nv, buckets=_LATENCY, registry=r)
-        self.load_seconds = Histogram("adapterhub_adapter_load_seconds", "Adapter load time.", nv,
-                                      buckets=_TOKEN, registry=r)
+        self.queue = Histogram("adapterhub_queue_seconds", "Time a request waited for the batch: from entering the "
+                               "engine's queue to its first forward pass (the wait for its version is "
+                               "adapterhub_adapter_wait_seconds).", nv, buckets=_LATENCY, registry=r)
+        self.load_seconds = Histogram("adapterhub_adapter_load_seconds", "Copying a version into its adapter slot.",
+                                      nv, buckets=_TOKEN, registry=r)
+        self.fetch_seconds = Histogram("adapterhub_adapter_fetch_seconds", "Fetching, verifying and reading a version "
+                                       "into host memory (host-cache misses only).", nv, buckets=_TOKEN, registry=r)
+        self.slot_wait_seconds = Histogram("adapterhub_adapter_slot_wait_seconds", "Time a load waited for a free "
+                                           "adapter slot (every slot busy).", nv, buckets=(0.001, *_LATENCY),
+                                           registry=r)
+        self.host_cache = Counter("adapterhub_adapter_host_cache", "Loads by where the version came from: hit (the "
+                                  "host cache) or miss (its files).", [*nv, "result"], registry=r)
         self.wait_seconds = Histogram("adapterhub_adapter_wait_seconds", "Time a request waited for its version to "
                                       "be ready (a free adapter slot, its turn, the load); 0 when it was loaded.",
                                       nv, buckets=(0.001, *_LATENCY), registry=r)
@@ -100,6 +109,13 @@ class Metrics:
     def adapter_wait(self, name: str, version: str, seconds: float) -> None:
         self.wait_seconds.labels(name, version).observe(seconds)
         self.recent.add("wait", name, version, seconds=seconds)
+
+    def fetched(self, name: str, version: str, hit: bool, seconds: float, slot_wait: float) -> None:
+        """How a load began: from the host cache or the files (how long that took), and the wait for a slot."""
+        self.host_cache.labels(name, version, "hit" if hit else "miss").inc()
+        if not hit:
+            self.fetch_seconds.labels(name, version).observe(seconds)
+        self.slot_wait_seconds.labels(name, version).observe(slot_wait)
 
     def loaded(self, name: str, version: str, seconds: float, pinned: bool) -> None:
         self.loads.labels(name, version).inc()

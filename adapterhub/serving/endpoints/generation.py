@@ -72,6 +72,7 @@ class Job:
     plan: Any = None  # what the endpoint decided before encoding (chat: its tool plan)
     charge: Charge | None = None  # what it counts against the caller's key (--auth keys)
     endpoint: str | None = None  # the metrics label when another endpoint runs it (responses → chat)
+    arrived: float = 0.0  # time.monotonic() when the request started: TTFT counts from here
 
     @property
     def model(self) -> str:
@@ -154,6 +155,7 @@ class GeneratingService:
                     plan: Callable[[Lease], Any] | None = None, inputs: dict[str, Any] | None = None) -> Job:
         """Refuse unsupported fields, lease the model, encode the prompts, build the engine requests; the
         lease is released if any step fails. The caller releases it when the last choice ends."""
+        arrived = time.monotonic()  # waiting for the adapter (a slot, its load) is part of the user's wait
         refuse_unsupported(req)
         self.check_ids(list(req.stop_token_ids), "stop_token_ids")
         self.check_ids([i for i, _ in req.logit_bias_ids()], "logit_bias")
@@ -187,7 +189,7 @@ class GeneratingService:
             if self.keys is not None:  # reserves prompt + completion budget against the key's limits
                 charge = self.keys.admit(current_caller.get(),
                                          sum(len(g.prompt_ids) + g.params.max_tokens for g in gens))
-            return Job(lease, prompts, gens, prompt_of, decided, charge)
+            return Job(lease, prompts, gens, prompt_of, decided, charge, arrived=arrived)
         except BaseException:
             self.manager.release(lease)
             raise
@@ -255,8 +257,8 @@ class GeneratingService:
         self.metrics.observe(job.endpoint or self.endpoint, lease.name, lease.version, 200, time.perf_counter() - t0,
                              sum(len(p) for p in job.prompts), completion)
         for g, r in zip(job.gens, results):
-            queued = g.started_at - g.created_at if g.started_at is not None else None
-            ttft = r.first_at - g.created_at if r.first_at is not None else None
+            queued = g.started_at - g.created_at if g.started_at is not None else None  # waiting for the batch
+            ttft = r.first_at - (job.arrived or g.created_at) if r.first_at is not None else None
             self.metrics.timing(lease.name, lease.version, ttft=ttft, gaps=r.gaps, queued=queued)
 
 

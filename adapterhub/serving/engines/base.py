@@ -161,6 +161,15 @@ class Engine(abc.ABC):
     def load_adapter(self, key: str, path: Path) -> None:
         """Load a validated PEFT LoRA directory under ``key`` (blocking; call in a thread)."""
 
+    def prepare_adapter(self, key: str, path: Path) -> bool:
+        """Read an adapter into host memory ahead of its slot, while the batch decodes (blocking; call in a
+        thread); True when it was there already. Engines without a host cache of their own do nothing."""
+        return False
+
+    def adapter_prepared(self, key: str) -> bool:
+        """Whether ``key`` is in host memory, read and checked (its files need not be opened again)."""
+        return False
+
     @abc.abstractmethod
     def unload_adapter(self, key: str) -> None: ...
 

@@ -34,7 +34,7 @@ from adapterhub.serving.engines.hf import batch as batching
 from adapterhub.serving.engines.hf.detokenizer import IncrementalDetokenizer
 from adapterhub.serving.engines.hf.grammar import GrammarCompiler, GrammarMask
 from adapterhub.serving.engines.hf.loading import load_model
-from adapterhub.serving.engines.hf.lora import LoraSlots
+from adapterhub.serving.engines.hf.lora import HostCache, LoraSlots
 from adapterhub.serving.engines.hf.sampler import RowState, Sampler, default_pipeline
 from adapterhub.serving.engines.hf.threads import release_pool
 from adapterhub.serving.structured import Constraint
@@ -81,6 +81,7 @@ class HFEngine(TokenizerEngine):
         batch_window_s: float = 0.02,
         continuous: bool = True,
         trust_remote_code: bool = False,
+        adapter_cache_mb: float = 1024,
     ) -> None:
         self.model_id = model_id
         loaded = load_model(Path(model_path), dtype=dtype, bits=bits, device=device,
@@ -92,6 +93,7 @@ class HFEngine(TokenizerEngine):
         lora_dtype = torch.float32 if self.device.type == "cpu" else loaded.dtype
         self.slots = LoraSlots(self.model, max_loaded=max_loaded, max_rank=max_lora_rank, dtype=lora_dtype,
                                device=self.device)
+        self.host_cache = HostCache(int(adapter_cache_mb * 2**20))
         cfg = self.model.config
         cfg = getattr(cfg, "text_config", None) or cfg  # a vision-language model: its language model's
         self.processor = loaded.processor
@@ -146,9 +148,24 @@ class HFEngine(TokenizerEngine):
         extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
         return enc["input_ids"][0].tolist(), extra
 
+    def prepare_adapter(self, key: str, path: Path) -> bool:
+        """Read and check an adapter into the host cache while the batch decodes; True if it was there."""
+        if self.host_cache.get(key) is not None:
+            return True
+        self.host_cache.put(key, self.slots.read(path))
+        release_pool()
+        return False
+
+    def adapter_prepared(self, key: str) -> bool:
+        return key in self.host_cache
+
     def load_adapter(self, key: str, path: Path) -> None:
+        host = self.host_cache.get(key)
+        if host is None:  # not prepared (a direct load) or dropped from the cache since
+            host = self.slots.read(path)
+            self.host_cache.put(key, host)
         with self._lock:
-            self.slots.load(key, path)
+            self.slots.load_host(key, host)
             projector = self._adapter_projector(path)
             if projector is not None:
                 self._projectors[key] = projector

@@ -5,13 +5,26 @@ output head) is wrapped once at start-up by :class:`BatchedLoraLinear`, which ow
 ``A[slots, r_max, in]`` and ``B[slots, out, r_max]``, allocated while some loaded adapter targets it. Slot 0 stays zero (the
 base model). A batch carries one slot index per row; each layer adds ``bmm(bmm(x, A[idx]ᵀ), B[idx]ᵀ)``
 — one gathered matmul pair per layer for all adapters in the batch, instead of peft's loop over the
-adapters present. Loading an adapter is copying its safetensors into a free slot (scaling folded into
-B); zero-padding up to ``r_max`` is exact.
+adapters present.
+
+Ranks: a layer computes at the largest rank among the batch's rows, not the server's ``r_max``
+(zero-padding is exact, so slicing it off changes nothing), and when the batch mixes ranks so that
+padding to the largest would cost at least twice the rows' own ranks, it runs one bmm pair per rank
+instead (rows of rank 8 beside one of rank 64 then cost rank 8).
+
+Loading is two steps: :meth:`LoraSlots.read` parses and checks an adapter's safetensors into
+:class:`HostAdapter` tensors (scaling folded into B, the stacks' dtype; pinned memory on CUDA), which
+:class:`HostCache` keeps in host memory bounded in bytes; :meth:`LoraSlots.load_host` copies them into a
+free slot (on CUDA on a side stream). Neither touches a slot a running row uses, so the decode loop
+never waits for them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,14 +43,15 @@ _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?
 class SlotContext:
     """Per-forward state shared by all wrapped layers: the slot index of each batch row.
 
-    ``version`` changes whenever the indices (a new tensor: rows joined or left the batch) or the slot
-    contents (a load or unload) change; layers keep their gathered per-row A/B until it does, so
-    decode steps of an unchanged batch skip the gather.
+    ``version`` changes whenever the indices change (a new tensor: rows joined or left the batch); layers
+    keep their gathered per-row A/B until it does, so decode steps of an unchanged batch skip the gather.
+    Loads and unloads do not change it: they write only slots no row of the batch uses.
     """
 
     def __init__(self) -> None:
         self._indices: torch.Tensor | None = None
         self._last: torch.Tensor | None = None  # held, so a new tensor can never reuse its identity
+        self.rows: list[int] = []  # the slot of each row, as Python ints (read when a layer regathers)
         self.version = 0
 
     @property
@@ -49,10 +63,8 @@ class SlotContext:
         self._indices = value
         if value is not None and value is not self._last:
             self._last = value
+            self.rows = [int(v) for v in value.tolist()]
             self.version += 1
-
-    def invalidate(self) -> None:
-        self.version += 1
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int] | None:
@@ -65,6 +77,23 @@ def linear_shape(module: nn.Module) -> tuple[int, int] | None:
     if type(module).__name__ == "Conv1D" and hasattr(module, "nf") and weight is not None and weight.dim() == 2:
         return int(weight.shape[0]), int(module.nf)
     return None
+
+
+# Mixed ranks run one bmm pair per rank when padding every row to the largest would cost at least this
+# many times the rows' own ranks (grouping costs an index_select and an index_add per rank and layer).
+GROUP_WHEN_PADDING_COSTS = 2.0
+# False: every row padded to the server's r_max, as before ranks were taken into account (benchmarks.ranks'
+# baseline).
+RANK_AWARE = True
+
+
+@dataclass
+class _Gathered:
+    """One layer's per-row operands for one batch (``version``): groups of (rows or None for all rows,
+    Aᵀ [rows, in, r], Bᵀ [rows, r, out]); empty when no row's adapter targets the layer."""
+
+    version: int
+    groups: list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]]
 
 
 class BatchedLoraLinear(nn.Module):
@@ -81,8 +110,9 @@ class BatchedLoraLinear(nn.Module):
         self.slots, self.max_rank, self.dtype, self.device = slots, max_rank, dtype, device
         self.A: torch.Tensor | None = None  # [slots, r_max, in]
         self.B: torch.Tensor | None = None  # [slots, out, r_max]
+        self.ranks = [0] * slots  # each slot's rank in this layer (0: its adapter does not target it)
         self.users = 0  # loaded adapters that target this layer; 0 → skip the LoRA math
-        self._gathered: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (version, A^T, B^T) per row
+        self._gathered: _Gathered | None = None
 
     def allocate(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.A is None or self.B is None:
@@ -99,21 +129,101 @@ class BatchedLoraLinear(nn.Module):
         idx = self.ctx.indices
         if idx is None or self.users == 0 or self.A is None or self.B is None:
             return y
-        if self._gathered is None or self._gathered[0] != self.ctx.version:
-            # Contiguous once per batch: bmm copies a transposed operand on every call otherwise (the
-            # copies were most of a decode step's LoRA time on CPU).
-            self._gathered = (self.ctx.version, self.A.index_select(0, idx).transpose(1, 2).contiguous(),  # [b, in, r]
-                              self.B.index_select(0, idx).transpose(1, 2).contiguous())  # [b, r, out]
-        _, a, b = self._gathered
+        gathered = self._gathered
+        if gathered is None or gathered.version != self.ctx.version:
+            gathered = self._gathered = self._gather(idx, self.A, self.B)
+        if not gathered.groups:
+            return y
+        rows = idx.shape[0]
         if x.dim() == 2:  # MoE blocks flatten (batch, seq, hidden) to (batch·seq, hidden), batch-major
-            rows = a.shape[0]
             if x.shape[0] % rows:
                 raise RuntimeError(f"a LoRA layer got {x.shape[0]} tokens for a batch of {rows} rows")
-            return y.add_(torch.bmm(torch.bmm(x.view(rows, -1, x.shape[-1]).to(a.dtype), a), b).view_as(y))
-        h = torch.bmm(x if x.dtype == a.dtype else x.to(a.dtype), a)
-        # In place, summed in the LoRA dtype and rounded once to the base's (as peft does): no extra
-        # conversion op and no new output tensor per layer.
-        return y.add_(torch.bmm(h, b))
+            x3, y3 = x.view(rows, -1, x.shape[-1]), y.view(rows, -1, y.shape[-1])
+        else:
+            x3, y3 = x, y
+        if x3.dtype != self.dtype:
+            x3 = x3.to(self.dtype)
+        for sel, a, b in gathered.groups:
+            if sel is None:
+                # In place, summed in the LoRA dtype and rounded once to the base's (as peft does): no extra
+                # conversion op and no new output tensor per layer.
+                y3.add_(torch.bmm(torch.bmm(x3, a), b))
+            else:
+                y3.index_add_(0, sel, torch.bmm(torch.bmm(x3.index_select(0, sel), a), b).to(y3.dtype))
+        return y
+
+    def _gather(self, idx: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> _Gathered:
+        """Each row's A/B for this batch, cut to the largest rank present, or grouped by rank when the rows'
+        ranks differ enough that padding would cost more. Contiguous once per batch: bmm copies a transposed
+        operand on every call otherwise (the copies were most of a decode step's LoRA time on CPU)."""
+        ranks = [self.ranks[s] for s in self.ctx.rows]
+        if not RANK_AWARE:
+            return _Gathered(self.ctx.version, [(None, A.index_select(0, idx).transpose(1, 2).contiguous(),
+                                                 B.index_select(0, idx).transpose(1, 2).contiguous())])
+        top = max(ranks, default=0)
+        if top == 0:
+            return _Gathered(self.ctx.version, [])
+        by_rank: dict[int, list[int]] = {}
+        for i, r in enumerate(ranks):
+            if r:
+                by_rank.setdefault(r, []).append(i)
+        if top * len(ranks) < GROUP_WHEN_PADDING_COSTS * sum(ranks):  # padding is cheap: one bmm pair, all rows
+            return _Gathered(self.ctx.version, [(None, A.index_select(0, idx)[:, :top].transpose(1, 2).contiguous(),
+                                                 B.index_select(0, idx)[:, :, :top].transpose(1, 2).contiguous())])
+        groups: list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]] = []
+        for r, members in sorted(by_rank.items()):
+            sel = torch.tensor(members, dtype=torch.long, device=idx.device)
+            slots = idx.index_select(0, sel)
+            groups.append((None if len(members) == len(ranks) else sel,
+                           A.index_select(0, slots)[:, :r].transpose(1, 2).contiguous(),  # [n, in, r]
+                           B.index_select(0, slots)[:, :, :r].transpose(1, 2).contiguous()))  # [n, r, out]
+        return _Gathered(self.ctx.version, groups)
+
+
+@dataclass
+class HostAdapter:
+    """An adapter's LoRA tensors in host memory, ready to copy into a slot: per module (A [r, in],
+    B·scale [out, r]) in the stacks' dtype (pinned on CUDA, so the copy can run on a side stream)."""
+
+    modules: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    nbytes: int
+
+
+class HostCache:
+    """Adapters read and checked, in host memory, least recently used out first, bounded in bytes
+    (``--adapter-cache-mb``; vLLM's ``--max-cpu-loras`` and S-LoRA's host pool play this part). Between
+    the registry's files and the slots: an adapter evicted from its slot and requested again is copied
+    back from here, without reading, parsing or verifying its files again. Used from several threads."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max(0, int(max_bytes))
+        self._items: OrderedDict[str, HostAdapter] = OrderedDict()
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> HostAdapter | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, key: str, item: HostAdapter) -> None:
+        """Keep ``item`` (one larger than the whole cache is not kept), dropping the least recently used."""
+        with self._lock:
+            if key in self._items or item.nbytes > self.max_bytes:
+                return
+            self._items[key] = item
+            self.bytes += item.nbytes
+            while self.bytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self.bytes -= old.nbytes
 
 
 @dataclass
@@ -137,6 +247,9 @@ class LoraSlots:
         dtype = dtype or next(model.parameters()).dtype
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             dtype = torch.bfloat16  # quantized bases: LoRA math in bf16
+        self.dtype, self.device = dtype, torch.device(device)
+        # CUDA: host tensors are pinned and copied into slots on a stream of their own, beside the decode.
+        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         get_head = getattr(model, "get_output_embeddings", None)
         head = get_head() if callable(get_head) else None
         for name, module in list(model.named_modules()):
@@ -177,16 +290,15 @@ class LoraSlots:
         return 0 if key is None else self.loaded[key].slot
 
     def load(self, key: str, path: Path) -> None:
-        """Copy an adapter's weights into a free slot. Raises ``ValueError`` on anything unexpected."""
+        """Read an adapter and copy it into a free slot. Raises ``ValueError`` on anything unexpected."""
+        if key not in self.loaded:
+            self.load_host(key, self.read(path))
 
+    def read(self, path: Path) -> HostAdapter:
+        """An adapter's tensors, checked against this model, ready to copy (touches no slot: call it from any
+        thread while the batch decodes). Raises ``ValueError`` on anything unexpected."""
         from safetensors.torch import load_file
 
-        if key in self.loaded:
-            return
-        if not self.free:
-            from adapterhub.errors import OverloadedError
-
-            raise OverloadedError(f"all {self.slots - 1} adapter slots are in use")
         peft = read_peft_config(path)
         tensors = load_file(str(path / "adapter_model.safetensors"))
         pairs: dict[str, dict[str, torch.Tensor]] = {}
@@ -197,25 +309,55 @@ class LoraSlots:
         unknown = sorted(m for m in pairs if m not in self.layers)
         if unknown:
             raise ValueError(f"modules not in this model: {', '.join(unknown[:5])}")
+        modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        nbytes = 0
+        pin = self._copy_stream is not None
+        for name, ab in pairs.items():
+            layer = self.layers[name]
+            if "A" not in ab or "B" not in ab:
+                raise ValueError(f"{name}: lora_{'B' if 'A' in ab else 'A'} is missing")
+            a, b = ab["A"], ab["B"]
+            r = a.shape[0]
+            if r > self.max_rank:
+                raise ValueError(f"{name}: rank {r} exceeds max rank {self.max_rank}")
+            if a.shape[1] != layer.in_features or b.shape[0] != layer.out_features or b.shape[1] != r:
+                raise ValueError(f"{name}: adapter shape {tuple(b.shape[:1]) + tuple(a.shape[1:])} "
+                                 f"does not match ({layer.out_features}, {layer.in_features})")
+            a = a.to(self.dtype).contiguous()
+            b = (b.to(torch.float32) * peft.scale_of(name, r)).to(self.dtype).contiguous()
+            if pin:
+                a, b = a.pin_memory(), b.pin_memory()
+            modules[name] = (a, b)
+            nbytes += a.numel() * a.element_size() + b.numel() * b.element_size()
+        return HostAdapter(modules, nbytes)
+
+    def load_host(self, key: str, host: HostAdapter) -> None:
+        """Copy a read adapter into a free slot. Only that slot is written and no running row uses it, so the
+        batch keeps decoding (its gathered A/B stay valid: nothing to invalidate)."""
+        if key in self.loaded:
+            return
+        if not self.free:
+            from adapterhub.errors import OverloadedError
+
+            raise OverloadedError(f"all {self.slots - 1} adapter slots are in use")
         slot = self.free.pop()
+        stream = self._copy_stream
         try:
-            for name, ab in pairs.items():
-                layer = self.layers[name]
-                a, b = ab["A"], ab["B"]
-                r = a.shape[0]
-                if r > self.max_rank:
-                    raise ValueError(f"{name}: rank {r} exceeds max rank {self.max_rank}")
-                if a.shape[1] != layer.in_features or b.shape[0] != layer.out_features:
-                    raise ValueError(f"{name}: adapter shape {tuple(b.shape[:1]) + tuple(a.shape[1:])} "
-                                     f"does not match ({layer.out_features}, {layer.in_features})")
-                scale = peft.scale_of(name, r)
-                stack_a, stack_b = layer.allocate()
-                stack_a[slot].zero_()
-                stack_b[slot].zero_()
-                stack_a[slot, :r].copy_(a)
-                stack_b[slot, :, :r].copy_(b.to(torch.float32) * scale)
+            stacks = {name: self.layers[name].allocate() for name in host.modules}
+            if stream is not None:  # the stacks' allocation and zeroing (default stream) come first
+                stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                for name, (a, b) in host.modules.items():
+                    stack_a, stack_b = stacks[name]
+                    r = a.shape[0]
+                    stack_a[slot].zero_()
+                    stack_b[slot].zero_()
+                    stack_a[slot, :r].copy_(a, non_blocking=stream is not None)
+                    stack_b[slot, :, :r].copy_(b, non_blocking=stream is not None)
+            if stream is not None:
+                stream.synchronize()  # the slot is complete before any row can be given it
         except Exception:
-            for name in pairs:
+            for name in host.modules:
                 layer = self.layers.get(name)
                 if layer is not None and layer.users == 0:
                     layer.release()
@@ -224,10 +366,11 @@ class LoraSlots:
                     layer.B[slot].zero_()
             self.free.append(slot)
             raise
-        for name in pairs:
-            self.layers[name].users += 1
-        self.loaded[key] = SlotAdapter(slot, list(pairs))
-        self.ctx.invalidate()
+        for name, (a, _) in host.modules.items():
+            layer = self.layers[name]
+            layer.ranks[slot] = int(a.shape[0])
+            layer.users += 1
+        self.loaded[key] = SlotAdapter(slot, list(host.modules))
 
     def unload(self, key: str) -> None:
         entry = self.loaded.pop(key, None)
@@ -241,5 +384,5 @@ class LoraSlots:
             elif layer.A is not None and layer.B is not None:
                 layer.A[entry.slot].zero_()
                 layer.B[entry.slot].zero_()
-        self.free.append(entry.slot)
-        self.ctx.invalidate()
+            layer.ranks[entry.slot] = 0
+        self.free.append(entry.slot)  # no running row uses the slot (the manager unloads idle adapters only)

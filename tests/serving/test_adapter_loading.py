@@ -1,0 +1,237 @@
+"""Loading off the decode path (issue 30): an adapter is read and checked into the hf engine's host cache
+while the batch decodes, only the copy into a free slot is left for after a slot frees, an adapter evicted
+from its slot comes back from host memory without its files, and mixed ranks cost their own ranks.
+
+Assertions are about order, outputs and what was computed (operand shapes), never about time."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import httpx
+import pytest
+import torch
+
+from adapterhub.errors import UserInputError
+from adapterhub.loading.bases import resolve_model
+from adapterhub.registry import Registry
+from adapterhub.registry.local import LocalStore
+from adapterhub.serving.adapters import AdapterManager
+from adapterhub.serving.api import build_engine, create_app
+from adapterhub.serving.config import ServeConfig
+from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
+from adapterhub.serving.engines.hf import HFEngine
+from adapterhub.serving.engines.hf.lora import BatchedLoraLinear, HostAdapter, HostCache, SlotContext
+from adapterhub.settings import Settings
+from tests.builders import build_lora_adapter
+from tests.server import running_server
+
+
+@pytest.fixture(scope="module")
+def ranked(tiny_model, tmp_path_factory):
+    """A registry with adapters of ranks 2, 8 and 32 (r2, r8, r32) and two more of rank 4 (x0, x1)."""
+    root = tmp_path_factory.mktemp("ranked")
+    m = resolve_model(str(tiny_model), Settings())
+    registry = Registry(LocalStore(root / "registry"))
+    paths = {}
+    for name, r, seed in (("r2", 2, 31), ("r8", 8, 32), ("r32", 32, 33), ("x0", 4, 34), ("x1", 4, 35)):
+        paths[name] = build_lora_adapter(tiny_model, root / name, seed=seed, r=r)
+        registry.register(paths[name], name, base_model={"id": "tiny", "fingerprint": m.fingerprint})
+    return m, registry, paths
+
+
+def _engine(m, slots: int, rank: int = 32, **kw) -> HFEngine:
+    return HFEngine(m.path, model_id="tiny", fingerprint=m.fingerprint, dtype="fp32", max_loaded=slots,
+                    max_lora_rank=rank, **kw)
+
+
+def _layer(ranks: dict[int, int], rows: list[int], max_rank: int = 64, width: int = 12):
+    """One wrapped linear with slots holding random adapters of the given ranks, and a batch of ``rows``."""
+    ctx = SlotContext()
+    torch.manual_seed(0)
+    layer = BatchedLoraLinear(torch.nn.Linear(width, width), len(ranks) + 1, max_rank, ctx, torch.float32,
+                              (width, width), torch.device("cpu"))
+    a_stack, b_stack = layer.allocate()
+    for slot, r in ranks.items():
+        a_stack[slot, :r] = torch.randn(r, width)
+        b_stack[slot, :, :r] = torch.randn(width, r)
+        layer.ranks[slot] = r
+        layer.users += 1
+    ctx.indices = torch.tensor(rows)
+    return layer
+
+
+def test_a_batch_computes_at_its_rows_ranks_not_the_servers_maximum():
+    x = torch.randn(4, 3, 12)
+    # Ranks 8, 8, 8 and 64: padding all to 64 costs 256 rank-rows, grouping 88 → one bmm pair per rank.
+    layer = _layer({1: 8, 2: 64}, [1, 1, 1, 2])
+    y = layer(x)
+    groups = layer._gathered.groups
+    assert sorted(a.shape[-1] for _, a, _ in groups) == [8, 64]
+    assert sorted(a.shape[0] for _, a, _ in groups) == [1, 3]
+    # Exactly each row's own LoRA: base + x Aᵀ Bᵀ with its slot's weights.
+    for i, slot in enumerate([1, 1, 1, 2]):
+        want = layer.base(x[i]) + x[i] @ layer.A[slot].T @ layer.B[slot].T
+        torch.testing.assert_close(y[i], want)
+    # All rank 8 on a server allowing 64: the operands are cut to 8; a base row (slot 0) pads at no rank.
+    same = _layer({1: 8, 2: 8}, [1, 2, 0, 1])
+    out = same(x)
+    assert [a.shape[-1] for _, a, _ in same._gathered.groups] == [8]
+    torch.testing.assert_close(out[2], same.base(x[2]))
+    # Only base rows: nothing to compute in this layer.
+    none = _layer({1: 8}, [0, 0])
+    torch.testing.assert_close(none(x[:2]), none.base(x[:2]))
+    assert none._gathered.groups == []
+
+
+def test_mixed_ranks_in_one_batch_answer_as_peft_does(ranked, tiny_model):
+    """Rows of ranks 2, 8 and 32 and a base row decoded together give each adapter's own greedy text."""
+    from tests.contracts.test_engine_contract import reference
+
+    m, _, paths = ranked
+    engine = _engine(m, 4)
+    for name in ("r2", "r8", "r32"):
+        engine.load_adapter(name, paths[name])
+    ids = engine.encode_chat([{"role": "user", "content": "hello who are you"}], None)
+
+    async def together():
+        async def one(key):
+            parts = [d.text async for d in engine.generate(
+                GenerationRequest(ids, SamplingParams(max_tokens=10, temperature=0, ignore_eos=True), key))]
+            return "".join(parts)
+        return await asyncio.gather(*(one(k) for k in ("r2", "r8", "r32", None)))
+
+    try:
+        engine.start()
+        texts = asyncio.run(together())
+        assert engine.peak_batch == 4  # they really shared forward passes
+    finally:
+        engine.stop()
+    for text, name in zip(texts, ("r2", "r8", "r32")):
+        assert text == reference(tiny_model, paths[name], ids, 10), name
+    assert texts[3] == reference(tiny_model, None, ids, 10)
+
+
+def test_host_cache_is_bounded_in_bytes_least_recently_used_out():
+    def item(n: int) -> HostAdapter:
+        return HostAdapter({}, n)
+
+    cache = HostCache(100)
+    cache.put("a", item(40))
+    cache.put("b", item(40))
+    assert cache.get("a") is not None  # a is now the most recently used
+    cache.put("c", item(40))  # 120 > 100: b goes
+    assert "b" not in cache and "a" in cache and "c" in cache and cache.bytes == 80
+    cache.put("huge", item(101))  # larger than the whole cache: not kept, nothing evicted for it
+    assert "huge" not in cache and len(cache) == 2
+    off = HostCache(0)
+    off.put("a", item(1))
+    assert len(off) == 0
+
+
+def test_a_load_in_progress_does_not_hold_up_the_running_batch(ranked):
+    """Event order: while x1 is being read (held on purpose), a request on x0 runs to its last token; the
+    read then finishes and x1 answers. x0's answer is the one it gives alone."""
+    m, registry, _ = ranked
+    engine = _engine(m, 2, rank=8)
+    release = threading.Event()
+    events: list[str] = []
+    real_read = engine.slots.read
+
+    x1_path = registry.path(registry.resolve("x1"), verify=False)
+
+    def slow_read(path):
+        if path == x1_path:
+            events.append("x1 read started")
+            release.wait(60)
+            events.append("x1 read done")
+        return real_read(path)
+
+    async def scenario():
+        mgr = AdapterManager(engine, registry, base_name="tiny")
+        alone_lease = await mgr.acquire("x0")
+        params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+        ids = engine.encode("hello there")
+        alone = "".join([d.text async for d in engine.generate(GenerationRequest(ids, params, alone_lease.key))])
+        mgr.release(alone_lease)
+        engine.slots.read = slow_read
+
+        async def x0():
+            lease = await mgr.acquire("x0")
+            out = []
+            async for d in engine.generate(GenerationRequest(ids, params, lease.key)):
+                out.append(d.text)
+                if d.completion_tokens == 2:  # decoding: now x1 arrives
+                    started.set()
+            mgr.release(lease)
+            events.append("x0 finished")
+            release.set()
+            return "".join(out)
+
+        async def x1():
+            await started.wait()
+            lease = await mgr.acquire("x1")
+            events.append("x1 loaded")
+            mgr.release(lease)
+
+        started = asyncio.Event()
+        together, _ = await asyncio.gather(x0(), x1())
+        return alone, together
+
+    try:
+        engine.start()
+        alone, together = asyncio.run(scenario())
+    finally:
+        engine.stop()
+    assert events == ["x1 read started", "x0 finished", "x1 read done", "x1 loaded"]
+    assert together == alone
+
+
+def test_an_evicted_adapter_comes_back_from_host_memory_without_its_files(ranked):
+    """One slot, two adapters in turn: the second use of x0 is a host-cache hit (neither verified nor read
+    again); with --adapter-cache-mb 0 every load reads the files."""
+    m, registry, _ = ranked
+    engine = _engine(m, 1, rank=8)
+    names = {registry.path(registry.resolve(n), verify=False): n for n in ("x0", "x1")}
+    reads: list[str] = []
+    real_read = engine.slots.read
+    engine.slots.read = lambda path: (reads.append(names[path]), real_read(path))[1]
+    app = create_app(ServeConfig(base="tiny", max_loaded=1, max_lora_rank=8), engine=engine, registry=registry,
+                     base_name="tiny")
+    body = {"prompt": "hello", "max_tokens": 4, "temperature": 0}
+    try:
+        with running_server(app) as url:
+            first = httpx.post(url + "/v1/completions", json={**body, "model": "x0"}, timeout=60).json()
+            assert httpx.post(url + "/v1/completions", json={**body, "model": "x1"}, timeout=60).status_code == 200
+            again = httpx.post(url + "/v1/completions", json={**body, "model": "x0"}, timeout=60)
+            assert again.status_code == 200, again.text
+            assert again.json()["choices"][0]["text"] == first["choices"][0]["text"]
+            text = httpx.get(url + "/metrics").text
+            hits = {tuple(line.split('"')[i] for i in (1, 3)): float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines() if line.startswith("adapterhub_adapter_host_cache_total{")}
+            assert hits == {("x0", "miss"): 1.0, ("x1", "miss"): 1.0, ("x0", "hit"): 1.0}
+            assert "adapterhub_adapter_slot_wait_seconds_count" in text
+            assert 'adapterhub_adapter_fetch_seconds_count{name="x0",version="1"} 1.0' in text
+            assert "adapterhub_adapter_host_cache_adapters 2.0" in text
+            assert reads == ["x0", "x1"]
+    finally:
+        engine.stop()
+
+    engine = _engine(m, 1, rank=8, adapter_cache_mb=0)
+    app = create_app(ServeConfig(base="tiny", max_loaded=1, max_lora_rank=8, adapter_cache_mb=0), engine=engine,
+                     registry=registry, base_name="tiny")
+    try:
+        with running_server(app) as url:
+            for model in ("x0", "x1", "x0"):
+                assert httpx.post(url + "/v1/completions", json={**body, "model": model}, timeout=60).status_code == 200
+            text = httpx.get(url + "/metrics").text
+            assert 'result="hit"' not in text
+            assert 'adapterhub_adapter_host_cache_total{name="x0",result="miss",version="1"} 2.0' in text
+    finally:
+        engine.stop()
+
+
+def test_the_vllm_engine_refuses_a_host_cache_size():
+    with pytest.raises(UserInputError, match="max_cpu_loras"):
+        build_engine(ServeConfig(base="tiny", engine="vllm", adapter_cache_mb=64), Settings(), None)
