@@ -10,7 +10,15 @@ four: ``distinct`` (every request its own adapter, round robin), ``uniform``, ``
 Answer lengths: uniform in [--min-tokens, --max-tokens] with ``ignore_eos`` (so every set-up writes the
 same number of tokens); prompts: the chat prompts of ``benchmarks.serving``.
 
-Run: ``python -m benchmarks.load [--rate 1.0] [--requests 60] [--adapters 64] [--max-loaded 8]``.
+Each set-up is swept over arrival rates (``--rates``, ``--duration`` seconds of arrivals each); its capacity
+is the rate where p99 TTFT passes ``--p99-limit`` (5 s), interpolated between the measured rates. Then every
+set-up runs at half the base-only capacity (the issue's goal point). ``--vllm-python`` adds vLLM's own
+OpenAI server (``--enable-lora``, ``--max-loras`` = ``--max-loaded``, every adapter in its CPU cache) on the
+first N's mix, same arrivals. One server serves every set-up in turn (base, then each N), as a user's
+server would: adapters loaded by one sweep point may still be resident at the next.
+
+Run: ``python -m benchmarks.load [--rates 0.25,0.5,0.75,1.0] [--adapters 64,512] [--max-loaded 8]
+[--vllm-python .venv-vllm/bin/python]``.
 """
 
 from __future__ import annotations
@@ -18,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -113,16 +120,67 @@ async def open_loop(url: str, models: list[str], prompts: list[str], lengths: li
     return results, time.perf_counter() - t0
 
 
+def summarize(label: str, rate: float, models: list[str], results: list[dict[str, Any]], wall: float,
+              n_adapters: int) -> dict[str, Any]:
+    ok = [r for r in results if r["error"] is None]
+    errors: dict[str, int] = {}
+    for r in results:
+        if r["error"] is not None:
+            errors[r["error"]] = errors.get(r["error"], 0) + 1
+    ttft = [r["ttft"] for r in ok if r["ttft"] is not None]
+    gaps = [g for r in ok for g in r["gaps"]]
+    return {
+        "set-up": label, "rate": rate, "errors": f"{len(results) - len(ok)}/{len(results)}"
+        + (f" ({', '.join(f'{k}×{v}' for k, v in sorted(errors.items()))})" if errors else ""),
+        "ttft_p50_s": _r(pct(ttft, 50)), "ttft_p99_s": _r(pct(ttft, 99)),
+        "itl_p50_ms": _r(pct(gaps, 50), 1000), "itl_p99_ms": _r(pct(gaps, 99), 1000),
+        "out_tok_s": round(sum(r["tokens"] for r in ok) / wall, 1),
+        "distinct_adapters": len(set(models)) if n_adapters else 0,
+    }
+
+
+def capacity(points: list[dict[str, Any]], limit_s: float) -> float | str:
+    """The arrival rate at which p99 TTFT reaches ``limit_s`` (linear between the two rates around it), with no
+    errors below it; ``≥ top`` when no measured rate passes it, ``< lowest`` when the lowest already does."""
+    ordered = sorted(points, key=lambda p: p["rate"])
+
+    def fails(p: dict[str, Any]) -> bool:
+        return p["ttft_p99_s"] is None or p["ttft_p99_s"] > limit_s or not p["errors"].startswith("0/")
+
+    for i, p in enumerate(ordered):
+        if fails(p):
+            if i == 0:
+                return f"< {p['rate']}"
+            lo, hi = ordered[i - 1], p
+            if hi["ttft_p99_s"] is None or not hi["errors"].startswith("0/"):
+                return lo["rate"]
+            frac = (limit_s - lo["ttft_p99_s"]) / (hi["ttft_p99_s"] - lo["ttft_p99_s"])
+            return round(lo["rate"] + frac * (hi["rate"] - lo["rate"]), 3)
+    return f"≥ {ordered[-1]['rate']}"
+
+
+def arrivals_for(rate: float, n: int, seed: int) -> list[float]:
+    rng, at, out = random.Random(seed), 0.0, []
+    for _ in range(n):
+        at += rng.expovariate(rate)
+        out.append(at)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rate", type=float, default=1.0, help="arrivals per second (Poisson)")
-    ap.add_argument("--requests", type=int, default=60)
-    ap.add_argument("--adapters", type=int, default=64)
-    ap.add_argument("--popularity", default="zipf,uniform", help="comma-separated: distinct, uniform, zipf, identical")
+    ap.add_argument("--rates", default="0.25,0.5,0.75,1.0", help="arrival rates to sweep (requests/s, Poisson)")
+    ap.add_argument("--duration", type=float, default=45.0, help="seconds of arrivals per rate (at least 10 requests)")
+    ap.add_argument("--adapters", default="64,512", help="comma-separated adapter counts N")
+    ap.add_argument("--popularity", default="zipf", help="comma-separated: distinct, uniform, zipf, identical")
     ap.add_argument("--max-loaded", type=int, default=8)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--min-tokens", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--p99-limit", type=float, default=5.0, help="capacity: the rate where p99 TTFT passes this")
+    ap.add_argument("--goal-requests", type=int, default=40,
+                    help="requests at half the base-only capacity, per set-up (0: skip that point)")
+    ap.add_argument("--vllm-python", default="", help="a Python with vLLM: its own server on the first N's mix")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -131,66 +189,135 @@ def main() -> None:
     from adapterhub.serving.engines.hf import HFEngine
     from adapterhub.serving.server import BackgroundServer
 
+    rates = [float(x) for x in args.rates.split(",")]
+    counts = [int(x) for x in args.adapters.split(",")]
     settings = Settings()
     base = pull_demo(settings)
     tmp = Path(tempfile.mkdtemp(prefix="bench-load-"))
     registry = Registry(LocalStore(tmp / "registry"))
     t = time.perf_counter()
-    for i, p in enumerate(make_adapters(base.path, tmp / "adapters", args.adapters, args.rank)):
+    paths = make_adapters(base.path, tmp / "adapters", max(counts), args.rank)
+    for i, p in enumerate(paths):
         registry.register(p, f"a{i}", base_model=base.identity())
-    print(f"{args.adapters} adapters r={args.rank} all-linear made and registered in {time.perf_counter() - t:.0f} s")
+    print(f"{len(paths)} adapters r={args.rank} all-linear made and registered in {time.perf_counter() - t:.0f} s",
+          flush=True)
 
-    rng = random.Random(args.seed)
-    arrivals, at = [], 0.0
-    for _ in range(args.requests):
-        at += rng.expovariate(args.rate)
-        arrivals.append(at)
-    prompts = [PROMPTS[rng.randrange(len(PROMPTS))] for _ in range(args.requests)]
-    lengths = [rng.randint(args.min_tokens, args.max_tokens) for _ in range(args.requests)]
-    setups = [("base only", 0, "")] + [(f"{args.adapters} adapters, {k}", args.adapters, k)
-                                        for k in args.popularity.split(",")]
+    setups = [("base only", 0, "")] + [(f"{n} adapters, {k}", n, k) for n in counts for k in args.popularity.split(",")]
+
+    def workload(rate: float, n_requests: int, n_adapters: int, kind: str) -> tuple[list[str], list[str], list[int],
+                                                                                   list[float]]:
+        rng = random.Random(args.seed)
+        prompts = [PROMPTS[rng.randrange(len(PROMPTS))] for _ in range(n_requests)]
+        lengths = [rng.randint(args.min_tokens, args.max_tokens) for _ in range(n_requests)]
+        models = pick_models(kind, n_adapters, n_requests, random.Random(args.seed + 1))
+        return models, prompts, lengths, arrivals_for(rate, n_requests, args.seed + 2)
+
+    def sweep(url: str, label: str, n_adapters: int, kind: str) -> list[dict[str, Any]]:
+        points = []
+        for rate in rates:
+            n_requests = max(10, round(rate * args.duration))
+            models, prompts, lengths, arrivals = workload(rate, n_requests, n_adapters, kind)
+            results, wall = asyncio.run(open_loop(url, models, prompts, lengths, arrivals))
+            points.append(summarize(label, rate, models, results, wall, n_adapters))
+            print(points[-1], flush=True)
+            if points[-1]["ttft_p99_s"] is None or points[-1]["ttft_p99_s"] > 3 * args.p99_limit:
+                break  # saturated: higher rates only queue longer
+        return points
+
+    def goal_point(url: str, label: str, n_adapters: int, kind: str, rate: float) -> dict[str, Any]:
+        models, prompts, lengths, arrivals = workload(rate, args.goal_requests, n_adapters, kind)
+        results, wall = asyncio.run(open_loop(url, models, prompts, lengths, arrivals))
+        row = summarize(label, round(rate, 3), models, results, wall, n_adapters)
+        print("goal point", row, flush=True)
+        return row
 
     engine = HFEngine(base.path, model_id=DEMO_MODEL, fingerprint=base.fingerprint, dtype="bf16",
                       max_loaded=args.max_loaded, max_lora_rank=args.rank)
     app = create_app(ServeConfig(base=DEMO_MODEL, max_loaded=args.max_loaded, max_lora_rank=args.rank),
                      engine=engine, registry=registry, base_name=DEMO_MODEL)
-    rows = []
+    sweeps: dict[str, list[dict[str, Any]]] = {}
+    goal: list[dict[str, Any]] = []
+    caps: dict[str, float | str] = {}
     try:
         with BackgroundServer(app) as url:
-            asyncio.run(open_loop(url, ["base"] * 2, prompts[:2], [4, 4], [0.0, 0.0]))  # warm-up
+            asyncio.run(open_loop(url, ["base"] * 2, PROMPTS[:2], [4, 4], [0.0, 0.0]))  # warm-up
             for label, n_adapters, kind in setups:
-                models = pick_models(kind, n_adapters, args.requests, random.Random(args.seed + 1))
-                results, wall = asyncio.run(open_loop(url, models, prompts, lengths, arrivals))
-                ok = [r for r in results if r["error"] is None]
-                errors: dict[str, int] = {}
-                for r in results:
-                    if r["error"] is not None:
-                        errors[r["error"]] = errors.get(r["error"], 0) + 1
-                ttft = [r["ttft"] for r in ok if r["ttft"] is not None]
-                gaps = [g for r in ok for g in r["gaps"]]
-                rows.append({
-                    "set-up": label, "errors": f"{len(results) - len(ok)}/{len(results)}"
-                    + (f" ({', '.join(f'{k}×{v}' for k, v in sorted(errors.items()))})" if errors else ""),
-                    "ttft_p50_s": _r(pct(ttft, 50)), "ttft_p99_s": _r(pct(ttft, 99)),
-                    "itl_p50_ms": _r(pct(gaps, 50), 1000), "itl_p99_ms": _r(pct(gaps, 99), 1000),
-                    "out_tok_s": round(sum(r["tokens"] for r in ok) / wall, 1),
-                    "distinct_adapters": len(set(models)) if n_adapters else 0,
-                })
-                print(rows[-1], flush=True)
+                sweeps[label] = sweep(url, label, n_adapters, kind)
+                caps[label] = capacity(sweeps[label], args.p99_limit)
+            base_cap = caps["base only"]
+            half = base_cap / 2 if isinstance(base_cap, float) else None
+            if half and args.goal_requests:
+                for label, n_adapters, kind in setups:
+                    goal.append(goal_point(url, label, n_adapters, kind, half))
     finally:
         engine.stop()
-    base_row = rows[0]
-    for r in rows:
-        r["ttft_p50_vs_base"] = _ratio(r["ttft_p50_s"], base_row["ttft_p50_s"])
-        r["ttft_p99_vs_base"] = _ratio(r["ttft_p99_s"], base_row["ttft_p99_s"])
-        r["tok_s_vs_base"] = _ratio(r["out_tok_s"], base_row["out_tok_s"])
-    print(f"open loop: Poisson {args.rate} req/s, {args.requests} requests, answers {args.min_tokens}-{args.max_tokens} "
-          f"tokens (ignore_eos), --max-loaded {args.max_loaded}, demo model, hf engine")
-    report("load", rows, ["set-up", "errors", "ttft_p50_s", "ttft_p99_s", "itl_p50_ms", "itl_p99_ms", "out_tok_s",
-                          "ttft_p50_vs_base", "ttft_p99_vs_base", "tok_s_vs_base", "distinct_adapters"],
-           extra={"rate": args.rate, "requests": args.requests, "adapters": args.adapters, "rank": args.rank,
-                  "max_loaded": args.max_loaded, "tokens": [args.min_tokens, args.max_tokens],
-                  "median_answer_tokens": statistics.median(lengths)})
+
+    if args.vllm_python:  # vLLM's own OpenAI server, the first N's mix, same rates and requests
+        from benchmarks.serving_vllm import free_port, raw_vllm_server, wait_ready
+
+        n = counts[0]
+        kind = args.popularity.split(",")[0]
+        label = f"vllm serve, {n} adapters, {kind}"
+        port = free_port()
+        proc = raw_vllm_server(base.path, paths[:n], args.rank, port, python=args.vllm_python,
+                               max_loras=args.max_loaded, max_cpu_loras=n)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(url, proc)
+            sweeps[label] = sweep(url, label, n, kind)
+            caps[label] = capacity(sweeps[label], args.p99_limit)
+            if goal and half:
+                goal.append(goal_point(url, label, n, kind, half))
+        finally:
+            proc.terminate()
+            proc.wait(60)
+
+    base_cap = caps["base only"]
+    summary = []
+    for label, cap in caps.items():
+        ratio = round(cap / base_cap, 2) if isinstance(cap, float) and isinstance(base_cap, float) else None
+        summary.append({"set-up": label, "capacity_req_s": cap, "capacity_vs_base": ratio})
+    if goal:
+        base_goal = goal[0]
+        for r in goal:
+            r["ttft_p50_vs_base"] = _ratio(r["ttft_p50_s"], base_goal["ttft_p50_s"])
+            r["ttft_p99_vs_base"] = _ratio(r["ttft_p99_s"], base_goal["ttft_p99_s"])
+            r["tok_s_vs_base"] = _ratio(r["out_tok_s"], base_goal["out_tok_s"])
+    rows = [p for pts in sweeps.values() for p in pts]
+    plot(sweeps, args.p99_limit)
+    print(f"open loop: Poisson arrivals, answers {args.min_tokens}-{args.max_tokens} tokens (ignore_eos), "
+          f"--max-loaded {args.max_loaded}, demo model, hf engine")
+    report("load", rows, ["set-up", "rate", "errors", "ttft_p50_s", "ttft_p99_s", "itl_p50_ms", "itl_p99_ms",
+                          "out_tok_s", "distinct_adapters"],
+           extra={"capacity": summary, "at_half_base_capacity": goal, "p99_ttft_limit_s": args.p99_limit,
+                  "rank": args.rank, "max_loaded": args.max_loaded, "tokens": [args.min_tokens, args.max_tokens],
+                  "seconds_of_arrivals_per_rate": args.duration})
+
+
+def plot(sweeps: dict[str, list[dict[str, Any]]], limit_s: float) -> None:
+    """TTFT p50 (dashed) and p99 (solid) against the arrival rate, one colour per set-up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.common import DOCS
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (label, points) in enumerate(sweeps.items()):
+        pts = [p for p in points if p["ttft_p99_s"] is not None]
+        color = f"C{i}"
+        ax.plot([p["rate"] for p in pts], [p["ttft_p99_s"] for p in pts], "-o", color=color, label=f"{label} p99")
+        ax.plot([p["rate"] for p in pts], [p["ttft_p50_s"] for p in pts], "--", color=color, alpha=0.6)
+    ax.axhline(limit_s, color="grey", lw=0.8, ls=":")
+    ax.set_yscale("log")
+    ax.set_xlabel("arrival rate (requests/s, Poisson)")
+    ax.set_ylabel("time to first token (s): p99 solid, p50 dashed")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(DOCS / "bench_load.png", dpi=110)
+    plt.close(fig)
 
 
 def _r(v: float | None, scale: float = 1.0) -> float | None:

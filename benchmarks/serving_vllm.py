@@ -49,10 +49,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def raw_vllm_server(base: Path, adapters: list[Path], rank: int, port: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base),
+def raw_vllm_server(base: Path, adapters: list[Path], rank: int, port: int, *, python: str = sys.executable,
+                    max_loras: int | None = None, max_cpu_loras: int | None = None) -> subprocess.Popen[bytes]:
+    """vLLM's own OpenAI server with ``adapters`` as LoRA modules a0, a1, … (by default all in GPU slots)."""
+    max_loras = max_loras or len(adapters) + 1
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base),
            "--host", "127.0.0.1", "--port", str(port), "--enable-lora", "--max-lora-rank", str(rank),
-           "--max-loras", str(len(adapters) + 1), "--max-cpu-loras", str(2 * (len(adapters) + 1)),
+           "--max-loras", str(max_loras), "--max-cpu-loras", str(max_cpu_loras or 2 * (len(adapters) + 1)),
            "--no-enable-prefix-caching", "--max-model-len", "1024", "--dtype", dtype_name("bf16", model_path=base),
            "--lora-modules", *(f"a{i}={p}" for i, p in enumerate(adapters))]
     if not _cuda():

@@ -1,0 +1,109 @@
+"""What adapters of different ranks cost in one batch (issue 30, item 3), on the demo model in process.
+
+A server started with ``--max-lora-rank 64`` decodes 8 concurrent requests (``--tokens`` each, ignore_eos,
+greedy) in these mixes: base only (the baseline), all rank 8, ranks 8/8/8/8/8/8/16/64, all rank 64. Each
+mix runs with the engine's rank-aware LoRA (a layer computes at the largest rank among its rows, or one
+bmm pair per rank when padding would cost at least twice the rows' own ranks) and with the earlier
+behaviour of padding every row to the server's rank 64 (``lora.RANK_AWARE = False``), alternating, best
+of ``--repeat``. Adapters: random LoRA on all linear layers. Decode tokens/s over the whole batch.
+
+Run: ``python -m benchmarks.ranks [--tokens 32] [--repeat 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from adapterhub.loading.bases import pull_demo
+from adapterhub.models import DEMO_MODEL
+from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
+from adapterhub.serving.engines.hf import HFEngine, lora
+from adapterhub.settings import Settings
+from benchmarks.common import report
+from benchmarks.load import make_adapters
+from benchmarks.serving import PROMPTS
+
+MIXES = {
+    "base only": [None] * 8,
+    "all rank 8": [8] * 8,
+    "ranks 8×6, 16, 64": [8] * 6 + [16, 64],
+    "all rank 64": [64] * 8,
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+
+    base = pull_demo(Settings())
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ranks-"))
+    paths = {r: make_adapters(base.path, tmp / f"r{r}", 8 if r == 8 else 2, r) for r in (8, 16, 64)}
+    engine = HFEngine(base.path, model_id=DEMO_MODEL, fingerprint=base.fingerprint, dtype="bf16", max_loaded=12,
+                      max_lora_rank=64)
+    for r, ps in paths.items():
+        for i, p in enumerate(ps):
+            engine.load_adapter(f"r{r}-{i}", p)
+    prompts = [engine.encode_chat([{"role": "user", "content": p}], None) for p in PROMPTS]
+    params = SamplingParams(max_tokens=args.tokens, temperature=0, ignore_eos=True)
+
+    def keys(mix: list[int | None]) -> list[str | None]:
+        used: dict[int, int] = {}
+        out: list[str | None] = []
+        for r in mix:
+            if r is None:
+                out.append(None)
+                continue
+            i = used.get(r, 0)
+            used[r] = i + 1
+            out.append(f"r{r}-{i % len(paths[r])}")
+        return out
+
+    async def batch(mix: list[int | None]) -> float:
+        async def one(prompt: list[int], key: str | None) -> int:
+            last = 0
+            async for d in engine.generate(GenerationRequest(prompt, params, key)):
+                last = d.completion_tokens
+            return last
+
+        t0 = time.perf_counter()
+        tokens = await asyncio.gather(*(one(p, k) for p, k in zip(prompts, keys(mix))))
+        return sum(tokens) / (time.perf_counter() - t0)
+
+    engine.start()
+    best: dict[tuple[str, bool], float] = {}
+    try:
+        asyncio.run(batch(MIXES["all rank 8"]))  # warm-up
+        for _ in range(args.repeat):
+            for label, mix in MIXES.items():
+                for aware in (True, False):
+                    if mix[0] is None and not aware:
+                        continue
+                    lora.RANK_AWARE = aware
+                    best[(label, aware)] = max(best.get((label, aware), 0.0), asyncio.run(batch(mix)))
+    finally:
+        lora.RANK_AWARE = True
+        engine.stop()
+    base_tps = best[("base only", True)]
+    rows = []
+    for label in MIXES:
+        aware = best[(label, True)]
+        padded = best.get((label, False))
+        rows.append({"mix (8 rows)": label, "rank_aware_tok_s": round(aware, 1),
+                     "padded_to_64_tok_s": None if padded is None else round(padded, 1),
+                     "aware_vs_base": round(aware / base_tps, 3),
+                     "padded_vs_base": None if padded is None else round(padded / base_tps, 3),
+                     "aware_vs_padded": None if padded is None else round(aware / padded, 3)})
+    report("ranks", rows, ["mix (8 rows)", "rank_aware_tok_s", "padded_to_64_tok_s", "aware_vs_base",
+                           "padded_vs_base", "aware_vs_padded"],
+           extra={"tokens": args.tokens, "repeat": args.repeat, "max_lora_rank": 64, "model": DEMO_MODEL,
+                  "device": str(engine.device), "lora_dtype": str(engine.slots.dtype)})
+
+
+if __name__ == "__main__":
+    main()
