@@ -139,6 +139,44 @@ def summarize(label: str, rate: float, models: list[str], results: list[dict[str
     }
 
 
+WAITS = {"adapter_wait": "adapterhub_adapter_wait_seconds", "batch_wait": "adapterhub_queue_seconds",
+         "ttft": "adapterhub_time_to_first_token_seconds", "slot_wait": "adapterhub_adapter_slot_wait_seconds",
+         "fetch": "adapterhub_adapter_fetch_seconds", "copy": "adapterhub_adapter_load_seconds"}
+
+
+def server_sums(url: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the server's own timing histograms over every version ({} when it has none: vLLM)."""
+    import httpx
+
+    text = httpx.get(url + "/metrics", timeout=30).text
+    out: dict[str, tuple[float, float]] = {}
+    for key, metric in WAITS.items():
+        total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(metric + "_sum"))
+        count = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(metric + "_count"))
+        if f"{metric}_count" in text:
+            out[key] = (total, count)
+    hits = [line for line in text.splitlines() if line.startswith("adapterhub_adapter_host_cache_total{")]
+    out["host_hits"] = (sum(float(x.rsplit(" ", 1)[1]) for x in hits if 'result="hit"' in x), 0.0)
+    out["loads"] = (sum(float(x.rsplit(" ", 1)[1]) for x in hits), 0.0)
+    return out
+
+
+def ttft_parts(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """Where the server says a point's time to first token went (means over the point's requests): waiting
+    for the adapter (slot, turn, load), then for the batch, the rest being the prefill; and its loads."""
+    out: dict[str, Any] = {"server_ttft_mean_s": None, "server_adapter_wait_mean_s": None,
+                           "server_batch_wait_mean_s": None, "loads": None, "host_cache_hits": None}
+    if "ttft" not in after:  # not our server
+        return out
+    for key in ("ttft", "adapter_wait", "batch_wait"):
+        s0, c0 = before.get(key, (0.0, 0.0))
+        s1, c1 = after.get(key, (0.0, 0.0))
+        out[f"server_{key}_mean_s"] = round((s1 - s0) / (c1 - c0), 3) if c1 > c0 else None
+    out["loads"] = int(after["loads"][0] - before.get("loads", (0.0, 0.0))[0])
+    out["host_cache_hits"] = int(after["host_hits"][0] - before.get("host_hits", (0.0, 0.0))[0])
+    return out
+
+
 def capacity(points: list[dict[str, Any]], limit_s: float) -> float | str:
     """The arrival rate at which p99 TTFT reaches ``limit_s`` (linear between the two rates around it), with no
     errors below it; ``≥ top`` when no measured rate passes it, ``< lowest`` when the lowest already does."""
@@ -217,8 +255,10 @@ def main() -> None:
         for rate in rates:
             n_requests = max(10, round(rate * args.duration))
             models, prompts, lengths, arrivals = workload(rate, n_requests, n_adapters, kind)
+            before = server_sums(url)
             results, wall = asyncio.run(open_loop(url, models, prompts, lengths, arrivals))
             points.append(summarize(label, rate, models, results, wall, n_adapters))
+            points[-1].update(ttft_parts(before, server_sums(url)))
             print(points[-1], flush=True)
             if points[-1]["ttft_p99_s"] is None or points[-1]["ttft_p99_s"] > 3 * args.p99_limit:
                 break  # saturated: higher rates only queue longer
@@ -226,8 +266,10 @@ def main() -> None:
 
     def goal_point(url: str, label: str, n_adapters: int, kind: str, rate: float) -> dict[str, Any]:
         models, prompts, lengths, arrivals = workload(rate, args.goal_requests, n_adapters, kind)
+        before = server_sums(url)
         results, wall = asyncio.run(open_loop(url, models, prompts, lengths, arrivals))
         row = summarize(label, round(rate, 3), models, results, wall, n_adapters)
+        row.update(ttft_parts(before, server_sums(url)))
         print("goal point", row, flush=True)
         return row
 
@@ -288,7 +330,8 @@ def main() -> None:
     print(f"open loop: Poisson arrivals, answers {args.min_tokens}-{args.max_tokens} tokens (ignore_eos), "
           f"--max-loaded {args.max_loaded}, demo model, hf engine")
     report("load", rows, ["set-up", "rate", "errors", "ttft_p50_s", "ttft_p99_s", "itl_p50_ms", "itl_p99_ms",
-                          "out_tok_s", "distinct_adapters"],
+                          "out_tok_s", "distinct_adapters", "server_ttft_mean_s", "server_adapter_wait_mean_s",
+                          "server_batch_wait_mean_s", "loads", "host_cache_hits"],
            extra={"capacity": summary, "at_half_base_capacity": goal, "p99_ttft_limit_s": args.p99_limit,
                   "rank": args.rank, "max_loaded": args.max_loaded, "tokens": [args.min_tokens, args.max_tokens],
                   "seconds_of_arrivals_per_rate": args.duration})
