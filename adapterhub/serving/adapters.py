@@ -81,6 +81,7 @@ class AdapterManager:
         # they are evicted (set when evicted), so a popular adapter cannot hold a slot forever.
         self._draining: dict[str, asyncio.Event] = {}
         self._loading: set[str] = set()  # adapters being copied into a slot
+        self._evicting: set[str] = set()  # adapters being removed from their slot (it is not free until done)
         self._checked: OrderedDict[str, tuple[Path, str | None, str | None]] = OrderedDict()  # verified versions
         # Registry lookups run on threads of their own, with a time limit, never on the event loop: a
         # stalled database must not stop the base model, loaded versions or /health. Immutable refs
@@ -317,13 +318,14 @@ class AdapterManager:
         however popular, keeps a slot while others wait.
         """
         first_try = True
-        while len(self._lru) + len(self._loading) >= self.max_loaded:
+        while len(self._lru) + len(self._loading) + len(self._evicting) >= self.max_loaded:
             victim = next((k for k in self._lru if k in self._draining and not self._in_use.get(k)), None) or next(
                 (k for k in self._lru if k not in self._pinned and not self._in_use.get(k)), None)
             if victim is not None:
                 await self._evict(victim)
                 continue
-            if not self._loading and all(k in self._pinned for k in self._lru):  # waiting would never end
+            if not self._loading and not self._evicting and all(k in self._pinned for k in self._lru):
+                # waiting would never end
                 raise OverloadedError(f"all {self.max_loaded} adapter slots are pinned: raise --max-loaded or unload "
                                       "one (DELETE /v1/adapters/{name})")
             if first_try and self.slot_waiting >= self.max_slot_waiters:
@@ -352,12 +354,23 @@ class AdapterManager:
 
     async def _evict(self, key: str) -> None:
         evicted = self._lru.pop(key)
-        await asyncio.to_thread(self.engine.unload_adapter, key)
-        if self.metrics:
-            self.metrics.evicted(evicted.name, str(evicted.version))
-        drained = self._draining.pop(key, None)
-        if drained is not None:
-            drained.set()
+        # The engine frees the slot at its next step boundary: until then the slot is neither loaded nor free
+        # (a concurrent request counting it free would find the engine full). Shielded: a request that goes
+        # away mid-eviction does not end the count before the engine is done.
+        self._evicting.add(key)
+        unloading = asyncio.ensure_future(asyncio.to_thread(self.engine.unload_adapter, key))
+        unloading.add_done_callback(lambda _: self._evicting.discard(key))
+        try:
+            await asyncio.shield(unloading)
+        except asyncio.CancelledError:  # the slot this request freed goes to the next in line
+            unloading.add_done_callback(lambda _: self._wake_slot_waiter())
+            raise
+        finally:
+            if self.metrics:
+                self.metrics.evicted(evicted.name, str(evicted.version))
+            drained = self._draining.pop(key, None)
+            if drained is not None:
+                drained.set()
         log.info("evicted %s", key)
 
     def _check(self, record: VersionRecord) -> tuple[Path, str | None, str | None]:

@@ -218,3 +218,39 @@ def test_an_adapter_drained_for_a_waiter_served_otherwise_takes_requests_again(s
         asyncio.run(scenario())
     finally:
         engine.stop()
+
+
+def test_a_slot_being_emptied_is_not_counted_free(six, monkeypatch):
+    """The engine frees an evicted adapter's slot at its next step; a second request arriving meanwhile waits
+    for a slot instead of finding the engine full (before: 503 "all 1 adapter slots are in use")."""
+    import threading
+
+    m, registry = six
+    engine = _engine(m, 1)
+    gate = threading.Event()
+    unload = engine.unload_adapter
+
+    def slow_unload(key: str) -> None:  # the engine is mid-step: the slot is freed when the gate opens
+        gate.wait(60)
+        unload(key)
+
+    monkeypatch.setattr(engine, "unload_adapter", slow_unload)
+
+    async def scenario():
+        mgr = AdapterManager(engine, registry, base_name="tiny")
+        mgr.release(await mgr.acquire("ad0"))
+        first = asyncio.create_task(mgr.acquire("ad1"))  # evicts ad0; its slot is not free yet
+        await _settle()
+        second = asyncio.create_task(mgr.acquire("ad2"))
+        await _settle()
+        assert not first.done() and not second.done()
+        gate.set()
+        mgr.release(await asyncio.wait_for(first, 60))
+        lease = await asyncio.wait_for(second, 60)
+        assert lease.name == "ad2"
+        mgr.release(lease)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.stop()
