@@ -1,9 +1,10 @@
 """What adapters of different ranks cost in one batch (issue 30, item 3), on the demo model in process.
 
 A server started with ``--max-lora-rank 64`` decodes 8 concurrent requests (``--tokens`` each, ignore_eos,
-greedy) in these mixes: base only (the baseline), all rank 8, ranks 8/8/8/8/8/8/16/64, all rank 64. Each
-mix runs with the engine's rank-aware LoRA (a layer computes at the largest rank among its rows, or one
-bmm pair per rank when padding would cost at least twice the rows' own ranks) and with the earlier
+greedy) in these mixes: base only (the baseline), all rank 8, ranks 8×5/16×2/64, seven base rows and one
+of rank 64, all rank 64. Each mix runs with the engine's rank-aware LoRA (a layer computes at the largest
+rank among its rows, or in groups of neighbouring ranks where ``lora.plan_rank_groups``' cost model says
+that is cheaper) and with the earlier
 behaviour of padding every row to the server's rank 64 (``lora.RANK_AWARE = False``), alternating, best
 of ``--repeat``. Adapters: random LoRA on all linear layers. Decode tokens/s over the whole batch.
 
@@ -30,7 +31,8 @@ from benchmarks.serving import PROMPTS
 MIXES = {
     "base only": [None] * 8,
     "all rank 8": [8] * 8,
-    "ranks 8×6, 16, 64": [8] * 6 + [16, 64],
+    "ranks 8×5, 16×2, 64": [8] * 5 + [16, 16, 64],
+    "base ×7, rank 64": [None] * 7 + [64],
     "all rank 64": [64] * 8,
 }
 
@@ -82,7 +84,7 @@ def main() -> None:
         for _ in range(args.repeat):
             for label, mix in MIXES.items():
                 for aware in (True, False):
-                    if mix[0] is None and not aware:
+                    if all(r is None for r in mix) and not aware:
                         continue
                     lora.RANK_AWARE = aware
                     best[(label, aware)] = max(best.get((label, aware), 0.0), asyncio.run(batch(mix)))

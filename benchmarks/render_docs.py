@@ -13,7 +13,7 @@ shared 2-core VM whose speed varies between runs, so compare ratios within a tab
 across tables. Until commit e0ef755 the hf engine's worker thread decoded up to 1.8× slower than the same
 loop on the main thread (OpenMP kept a second helper pool for the thread that loaded the model; see
 `adapterhub/serving/engines/hf/threads.py`): tables run before it say so.
-Commands: `python -m benchmarks.registry`, `python -m benchmarks.registry_shared`, `python -m benchmarks.serving`, `python -m benchmarks.structured`, `python -m benchmarks.lora_ops`, `python -m benchmarks.load`, `python -m benchmarks.ray_serve`, `python -m benchmarks.training`
+Commands: `python -m benchmarks.registry`, `python -m benchmarks.registry_shared`, `python -m benchmarks.serving`, `python -m benchmarks.structured`, `python -m benchmarks.lora_ops`, `python -m benchmarks.load`, `python -m benchmarks.ranks`, `python -m benchmarks.ray_serve`, `python -m benchmarks.training`
 (or `make bench`); then `python -m benchmarks.render_docs` rewrites this file.
 """
 
@@ -70,6 +70,13 @@ NOTES = {
             "this is the loaded case, not the issue's half-capacity goal point. Before the slot queue, 64 "
             "adapters on 8 slots answered 29 of 120 requests with 503 at 2 req/s (the issue's table, earlier "
             "CPU); here none fails. `python -m benchmarks.load`.",
+    "ranks": "Issue 30, item 3: adapters of different ranks in one batch, demo model in process (fp32 on this "
+             "AVX2 CPU), 8 concurrent greedy requests × 32 tokens (ignore_eos), server max rank 64, best of 3 with "
+             "the mixes alternating: the engine's rank-aware LoRA (cut to the batch's largest rank; groups of "
+             "neighbouring ranks where lora.plan_rank_groups' cost model says so) against padding every row to 64 "
+             "(the behaviour before). The mixed row is the case the goal names and it is not met: 1.02× padded, "
+             "about the cost of all-64; a first version that ran one matmul pair per rank was slower than padding "
+             "in a per-layer microbenchmark (81 vs 55 µs), hence the cost model. `python -m benchmarks.ranks`.",
     "keys": "Issue 33: what tenant keys (`--auth keys`) cost. End to end: 16-token chat answers (ignore_eos) "
             "on one adapter through the HTTP server with the official client, one at a time, alternating a tenant "
             "key with scope globs and rpm/tpm limits (lookup, scope check, limiter, usage meter) and the server's "
@@ -113,7 +120,7 @@ def main() -> None:
     parts = [INTRO]
     for name in ("registry", "registry_shared", "serving", "serving_sampler", "lora_ops", "serving_random_gpt_neox",
                  "structured", "serving_cuda_random",
-                 "serving_vllm_cpu", "load", "keys", "deterministic", "ray_serve", "training", "training_packing"):
+                 "serving_vllm_cpu", "load", "ranks", "keys", "deterministic", "ray_serve", "training", "training_packing"):
         path = DOCS / f"bench_{name}.json"
         if not path.exists():
             continue

@@ -22,7 +22,9 @@ from adapterhub.serving.api import build_engine, create_app
 from adapterhub.serving.config import ServeConfig
 from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
 from adapterhub.serving.engines.hf import HFEngine
-from adapterhub.serving.engines.hf.lora import BatchedLoraLinear, HostAdapter, HostCache, SlotContext
+from adapterhub.serving.engines.hf import lora
+from adapterhub.serving.engines.hf.lora import (BatchedLoraLinear, HostAdapter, HostCache, SlotContext,
+                                                plan_rank_groups)
 from adapterhub.settings import Settings
 from tests.builders import build_lora_adapter
 from tests.server import running_server
@@ -62,9 +64,24 @@ def _layer(ranks: dict[int, int], rows: list[int], max_rank: int = 64, width: in
     return layer
 
 
-def test_a_batch_computes_at_its_rows_ranks_not_the_servers_maximum():
+def test_mixed_ranks_are_grouped_only_where_the_cost_model_says_it_is_cheaper():
+    row = (576 + 576) * 4  # the demo model's attention projections, fp32
+    # Eight decode rows of ranks 8×5, 16×2, 64: three groups would pay three overheads; ranks ≤ 16 go together.
+    assert plan_rank_groups([8] * 5 + [16, 16, 64], row) == [(16, list(range(7))), (64, [7])]
+    # A large batch of rank-8 rows beside one rank-64 row: padding all to 64 would read 8× the weights.
+    assert plan_rank_groups([8] * 64 + [64], row) == [(8, list(range(64))), (64, [64])]
+    # One rank (base rows pad at no cost), or few small rows: one pass at the batch's largest rank.
+    assert plan_rank_groups([8, 0, 8, 8], row) is None
+    assert plan_rank_groups([8, 16], row) is None
+    # Many base rows and one adapter row: only that row is computed.
+    assert plan_rank_groups([0] * 63 + [64], row) == [(64, [63])]
+
+
+def test_a_batch_computes_at_its_rows_ranks_not_the_servers_maximum(monkeypatch):
     x = torch.randn(4, 3, 12)
-    # Ranks 8, 8, 8 and 64: padding all to 64 costs 256 rank-rows, grouping 88 → one bmm pair per rank.
+    # Ranks 8, 8, 8 and 64 with no fixed overheads: padding all to 64 reads 256 rank-rows, grouping 88.
+    monkeypatch.setattr(lora, "PAIR_OVERHEAD_BYTES", 0)
+    monkeypatch.setattr(lora, "SELECT_OVERHEAD_BYTES", 0)
     layer = _layer({1: 8, 2: 64}, [1, 1, 1, 2])
     y = layer(x)
     groups = layer._gathered.groups

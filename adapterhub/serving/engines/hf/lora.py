@@ -8,9 +8,12 @@ base model). A batch carries one slot index per row; each layer adds ``bmm(bmm(x
 adapters present.
 
 Ranks: a layer computes at the largest rank among the batch's rows, not the server's ``r_max``
-(zero-padding is exact, so slicing it off changes nothing), and when the batch mixes ranks so that
-padding to the largest would cost at least twice the rows' own ranks, it runs one bmm pair per rank
-instead (rows of rank 8 beside one of rank 64 then cost rank 8).
+(zero-padding is exact, so slicing it off changes nothing). When the batch mixes ranks, rows are split
+into groups of neighbouring ranks, each padded to its largest, where a cost model says that is cheaper
+than one pass padded to the batch's largest: a group costs the weights it reads (rows × rank × (in + out))
+plus a fixed overhead per bmm pair and per row selection (:func:`plan_rank_groups`). At decode on a CPU
+the overheads dominate small batches: eight rows of ranks 8×5, 16×2 and 64 run as two groups (ranks ≤ 16
+padded to 16, and the 64) rather than three, and a few rows of ranks 8 and 16 as one pass.
 
 Loading is two steps: :meth:`LoraSlots.read` parses and checks an adapter's safetensors into
 :class:`HostAdapter` tensors (scaling folded into B, the stacks' dtype; pinned memory on CUDA), which
@@ -79,9 +82,13 @@ def linear_shape(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
-# Mixed ranks run one bmm pair per rank when padding every row to the largest would cost at least this
-# many times the rows' own ranks (grouping costs an index_select and an index_add per rank and layer).
-GROUP_WHEN_PADDING_COSTS = 2.0
+# The rank-grouping cost model, in bytes of weights read: a decode-step bmm pair costs a fixed overhead worth
+# PAIR_OVERHEAD_BYTES, and selecting a group's rows (index_select + index_add) SELECT_OVERHEAD_BYTES.
+# Measured on the 2-core EPYC this project runs on (fp32, one token per row): a bmm pair ~6 µs beyond its
+# reads at ~55 GB/s (≈ 330 KB), a selection ~8 µs (≈ 440 KB). GPUs have a similar per-kernel overhead and
+# more bandwidth, which favours padding there even more; grouping pays off for large batches.
+PAIR_OVERHEAD_BYTES = 330_000
+SELECT_OVERHEAD_BYTES = 440_000
 # False: every row padded to the server's r_max, as before ranks were taken into account (benchmarks.ranks'
 # baseline).
 RANK_AWARE = True
@@ -163,21 +170,51 @@ class BatchedLoraLinear(nn.Module):
         top = max(ranks, default=0)
         if top == 0:
             return _Gathered(self.ctx.version, [])
-        by_rank: dict[int, list[int]] = {}
-        for i, r in enumerate(ranks):
-            if r:
-                by_rank.setdefault(r, []).append(i)
-        if top * len(ranks) < GROUP_WHEN_PADDING_COSTS * sum(ranks):  # padding is cheap: one bmm pair, all rows
+        row_bytes = (self.in_features + self.out_features) * A.element_size()
+        plan = plan_rank_groups(ranks, row_bytes)
+        if plan is None:  # one pass over every row, padded to the batch's largest rank
             return _Gathered(self.ctx.version, [(None, A.index_select(0, idx)[:, :top].transpose(1, 2).contiguous(),
                                                  B.index_select(0, idx)[:, :, :top].transpose(1, 2).contiguous())])
         groups: list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]] = []
-        for r, members in sorted(by_rank.items()):
+        for r, members in plan:
             sel = torch.tensor(members, dtype=torch.long, device=idx.device)
             slots = idx.index_select(0, sel)
-            groups.append((None if len(members) == len(ranks) else sel,
-                           A.index_select(0, slots)[:, :r].transpose(1, 2).contiguous(),  # [n, in, r]
+            groups.append((sel, A.index_select(0, slots)[:, :r].transpose(1, 2).contiguous(),  # [n, in, r]
                            B.index_select(0, slots)[:, :, :r].transpose(1, 2).contiguous()))  # [n, r, out]
         return _Gathered(self.ctx.version, groups)
+
+
+def plan_rank_groups(ranks: list[int], row_bytes: int) -> list[tuple[int, list[int]]] | None:
+    """How one layer runs a batch whose rows have these LoRA ranks (0: no LoRA in this layer): ``None`` for
+    one pass over every row padded to the largest rank, else groups ``(padded rank, row indices)`` of
+    neighbouring ranks, each run on its rows only. Chosen by the cost model above (``row_bytes``: bytes one
+    row reads per unit of rank, (in + out) × element size); an exact search over the sorted distinct ranks
+    (a batch has few)."""
+    top = max(ranks, default=0)
+    single = len(ranks) * top * row_bytes + PAIR_OVERHEAD_BYTES
+    distinct = sorted({r for r in ranks if r})
+    if len(distinct) <= 1 and all(ranks):
+        return None
+    count = {r: sum(1 for x in ranks if x == r) for r in distinct}
+    # best[j]: cheapest split of distinct[:j] into groups; how[j]: where its last group starts
+    best = [0.0] + [float("inf")] * len(distinct)
+    how = [0] * (len(distinct) + 1)
+    for j in range(1, len(distinct) + 1):
+        for i in range(j):
+            rows = sum(count[r] for r in distinct[i:j])
+            cost = best[i] + rows * distinct[j - 1] * row_bytes + PAIR_OVERHEAD_BYTES + SELECT_OVERHEAD_BYTES
+            if cost < best[j]:
+                best[j], how[j] = cost, i
+    if best[-1] >= single:
+        return None
+    plan: list[tuple[int, list[int]]] = []
+    j = len(distinct)
+    while j:
+        i = how[j]
+        members = [k for k, r in enumerate(ranks) if distinct[i] <= r <= distinct[j - 1]]
+        plan.append((distinct[j - 1], members))
+        j = i
+    return plan[::-1]
 
 
 @dataclass
