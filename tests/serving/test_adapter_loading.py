@@ -21,10 +21,14 @@ from adapterhub.serving.adapters import AdapterManager
 from adapterhub.serving.api import build_engine, create_app
 from adapterhub.serving.config import ServeConfig
 from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
-from adapterhub.serving.engines.hf import HFEngine
-from adapterhub.serving.engines.hf import lora
-from adapterhub.serving.engines.hf.lora import (BatchedLoraLinear, HostAdapter, HostCache, SlotContext,
-                                                plan_rank_groups)
+from adapterhub.serving.engines.hf import HFEngine, lora
+from adapterhub.serving.engines.hf.lora import (
+    BatchedLoraLinear,
+    HostAdapter,
+    HostCache,
+    SlotContext,
+    plan_rank_groups,
+)
 from adapterhub.settings import Settings
 from tests.builders import build_lora_adapter
 from tests.server import running_server
