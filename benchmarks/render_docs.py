@@ -63,13 +63,15 @@ NOTES = {
                         "bf16 instructions, else fp32, as the `dtype` field says). vLLM's CPU build reserves one of "
                         "the 2 cores. `make bench-vllm`.",
     "load": "Issue 30: open-loop traffic through the HTTP server with the official async client (Poisson "
-            "arrivals, streamed chat completions, every answer exactly its drawn length with ignore_eos), the demo "
-            "model on the hf engine, base-only as the baseline at the same arrivals in the same run. TTFT from "
-            "sending the request to its first content chunk; ITL between content chunks. 1 req/s is about this "
-            "2-core AVX2 machine's base-only capacity for these answers (base-only TTFT p99 already 11 s), so "
-            "this is the loaded case, not the issue's half-capacity goal point. Before the slot queue, 64 "
-            "adapters on 8 slots answered 29 of 120 requests with 503 at 2 req/s (the issue's table, earlier "
-            "CPU); here none fails. `python -m benchmarks.load`.",
+            "arrivals, streamed chat completions, answers of 16-48 tokens drawn uniformly, each exactly its length "
+            "with ignore_eos), the demo model on the hf engine, 8 slots, 64 random r=8 all-linear adapters with "
+            "Zipf(1.0) popularity, base-only as the baseline at the same arrivals in the same run. TTFT from "
+            "sending the request to its first content chunk; ITL between content chunks; server_* columns are the "
+            "server's own means (adapter wait: slot, turn and load; batch wait), loads and host-cache hits per "
+            "point. A short run (`--adapters 64 --rates 0.25,0.5,0.75 --duration 30 --goal-requests 0`, the "
+            "session's time was short): neither set-up reached the 5 s p99 limit, so capacities are lower bounds, "
+            "there is no half-capacity goal point, and 512 adapters and vLLM were not run. The full run is "
+            "`python -m benchmarks.load [--vllm-python .venv-vllm/bin/python]`.",
     "ranks": "Issue 30, item 3: adapters of different ranks in one batch, demo model in process (fp32 on this "
              "AVX2 CPU), 8 concurrent greedy requests × 32 tokens (ignore_eos), server max rank 64, best of 3 with "
              "the mixes alternating: the engine's rank-aware LoRA (cut to the batch's largest rank; groups of "
