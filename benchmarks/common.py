@@ -80,3 +80,24 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
     return "" if v is None else str(v)
+
+
+def bench_base(random_weights: Path | None, settings: Any, tmp: Path) -> Any:
+    """The model a benchmark runs on: the demo model, or (``--random-weights DIR``, for a machine that cannot
+    fetch it) DIR's architecture and tokenizer with seeded random weights: throughput does not depend on the
+    weights' values."""
+    from adapterhub.loading.bases import pull_demo, resolve_model
+
+    if random_weights is None:
+        return pull_demo(settings)
+    from benchmarks.serving import random_model
+
+    return resolve_model(str(random_model(random_weights, tmp / "random-base")), settings)
+
+
+def run_name(name: str, random_weights: Path | None) -> str:
+    """``name`` with ``_cuda`` when a GPU ran it and ``_random`` for random weights, so a GPU run's results sit
+    beside this machine's instead of replacing them."""
+    import torch
+
+    return name + ("_cuda" if torch.cuda.is_available() else "") + ("_random" if random_weights else "")

@@ -31,13 +31,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adapterhub.loading.bases import pull_demo
 from adapterhub.models import DEMO_MODEL
 from adapterhub.registry import Registry
 from adapterhub.registry.local import LocalStore
 from adapterhub.serving.metrics import percentile as pct
 from adapterhub.settings import Settings
-from benchmarks.common import report
+from benchmarks.common import bench_base, report, run_name
 from benchmarks.serving import PROMPTS
 
 
@@ -108,16 +107,16 @@ async def open_loop(url: str, models: list[str], prompts: list[str], lengths: li
                     arrivals: list[float]) -> tuple[list[dict[str, Any]], float]:
     from openai import AsyncOpenAI
 
-    client = AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
-    t0 = time.perf_counter()
-    tasks = []
-    for model, prompt, n, at in zip(models, prompts, lengths, arrivals):
-        delay = t0 + at - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(client, model, prompt, n, time.perf_counter())))
-    results = list(await asyncio.gather(*tasks))
-    return results, time.perf_counter() - t0
+    async with AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600) as client:
+        t0 = time.perf_counter()
+        tasks = []
+        for model, prompt, n, at in zip(models, prompts, lengths, arrivals):
+            delay = t0 + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(client, model, prompt, n, time.perf_counter())))
+        results = list(await asyncio.gather(*tasks))
+        return results, time.perf_counter() - t0
 
 
 def summarize(label: str, rate: float, models: list[str], results: list[dict[str, Any]], wall: float,
@@ -219,7 +218,11 @@ def main() -> None:
     ap.add_argument("--goal-requests", type=int, default=40,
                     help="requests at half the base-only capacity, per set-up (0: skip that point)")
     ap.add_argument("--vllm-python", default="", help="a Python with vLLM: its own server on the first N's mix")
+    ap.add_argument("--vllm-rates", default="", help="arrival rates for vLLM's server (default: --rates)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--random-weights", metavar="DIR", type=Path,
+                    help="a config + tokenizer dir: that architecture with random weights (a machine without the "
+                         "demo model)")
     args = ap.parse_args()
 
     from adapterhub.serving.api import create_app
@@ -230,8 +233,9 @@ def main() -> None:
     rates = [float(x) for x in args.rates.split(",")]
     counts = [int(x) for x in args.adapters.split(",")]
     settings = Settings()
-    base = pull_demo(settings)
     tmp = Path(tempfile.mkdtemp(prefix="bench-load-"))
+    base = bench_base(args.random_weights, settings, tmp)
+    name = run_name("load", args.random_weights)
     registry = Registry(LocalStore(tmp / "registry"))
     t = time.perf_counter()
     paths = make_adapters(base.path, tmp / "adapters", max(counts), args.rank)
@@ -294,7 +298,7 @@ def main() -> None:
     finally:
         engine.stop()
 
-    if args.vllm_python:  # vLLM's own OpenAI server, the first N's mix, same rates and requests
+    if args.vllm_python:  # vLLM's own OpenAI server, the first N's mix, same requests (its own rates)
         from benchmarks.serving_vllm import free_port, raw_vllm_server, wait_ready
 
         n = counts[0]
@@ -306,10 +310,15 @@ def main() -> None:
         try:
             url = f"http://127.0.0.1:{port}"
             wait_ready(url, proc)
+            if args.vllm_rates:
+                rates[:] = [float(x) for x in args.vllm_rates.split(",")]
             sweeps[label] = sweep(url, label, n, kind)
             caps[label] = capacity(sweeps[label], args.p99_limit)
             if goal and half:
                 goal.append(goal_point(url, label, n, kind, half))
+        except Exception as e:  # noqa: BLE001 - the hf results above are still reported
+            print(f"vLLM's server failed: {type(e).__name__}: {e}", flush=True)
+            caps[label] = f"failed: {type(e).__name__}"
         finally:
             proc.terminate()
             proc.wait(60)
@@ -326,10 +335,11 @@ def main() -> None:
             r["ttft_p99_vs_base"] = _ratio(r["ttft_p99_s"], base_goal["ttft_p99_s"])
             r["tok_s_vs_base"] = _ratio(r["out_tok_s"], base_goal["out_tok_s"])
     rows = [p for pts in sweeps.values() for p in pts]
-    plot(sweeps, args.p99_limit)
+    plot(sweeps, args.p99_limit, name)
     print(f"open loop: Poisson arrivals, answers {args.min_tokens}-{args.max_tokens} tokens (ignore_eos), "
-          f"--max-loaded {args.max_loaded}, demo model, hf engine")
-    report("load", rows, ["set-up", "rate", "errors", "ttft_p50_s", "ttft_p99_s", "itl_p50_ms", "itl_p99_ms",
+          f"--max-loaded {args.max_loaded}, {'random weights' if args.random_weights else 'demo model'}, "
+          f"hf engine on {engine.device}")
+    report(name, rows, ["set-up", "rate", "errors", "ttft_p50_s", "ttft_p99_s", "itl_p50_ms", "itl_p99_ms",
                           "out_tok_s", "distinct_adapters", "server_ttft_mean_s", "server_adapter_wait_mean_s",
                           "server_batch_wait_mean_s", "loads", "host_cache_hits"],
            extra={"capacity": summary, "at_half_base_capacity": goal, "p99_ttft_limit_s": args.p99_limit,
@@ -337,7 +347,7 @@ def main() -> None:
                   "seconds_of_arrivals_per_rate": args.duration})
 
 
-def plot(sweeps: dict[str, list[dict[str, Any]]], limit_s: float) -> None:
+def plot(sweeps: dict[str, list[dict[str, Any]]], limit_s: float, name: str) -> None:
     """TTFT p50 (dashed) and p99 (solid) against the arrival rate, one colour per set-up."""
     import matplotlib
 
@@ -359,7 +369,7 @@ def plot(sweeps: dict[str, list[dict[str, Any]]], limit_s: float) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(DOCS / "bench_load.png", dpi=110)
+    fig.savefig(DOCS / f"bench_{name}.png", dpi=110)
     plt.close(fig)
 
 

@@ -19,12 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from adapterhub.loading.bases import pull_demo
 from adapterhub.models import DEMO_MODEL
 from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
 from adapterhub.serving.engines.hf import HFEngine, lora
 from adapterhub.settings import Settings
-from benchmarks.common import report
+from benchmarks.common import bench_base, report, run_name
 from benchmarks.load import make_adapters
 from benchmarks.serving import PROMPTS
 
@@ -41,23 +40,28 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--rows", type=int, default=8, help="batch rows: each mix repeated to this many (a multiple of 8)")
+    ap.add_argument("--random-weights", metavar="DIR", type=Path,
+                    help="a config + tokenizer dir: that architecture with random weights (a machine without the "
+                         "demo model)")
     args = ap.parse_args()
 
-    base = pull_demo(Settings())
     tmp = Path(tempfile.mkdtemp(prefix="bench-ranks-"))
+    base = bench_base(args.random_weights, Settings(), tmp)
+    times = max(1, args.rows // 8)
     paths = {r: make_adapters(base.path, tmp / f"r{r}", 8 if r == 8 else 2, r) for r in (8, 16, 64)}
     engine = HFEngine(base.path, model_id=DEMO_MODEL, fingerprint=base.fingerprint, dtype="bf16", max_loaded=12,
                       max_lora_rank=64)
     for r, ps in paths.items():
         for i, p in enumerate(ps):
             engine.load_adapter(f"r{r}-{i}", p)
-    prompts = [engine.encode_chat([{"role": "user", "content": p}], None) for p in PROMPTS]
+    prompts = [engine.encode_chat([{"role": "user", "content": p}], None) for p in PROMPTS] * times
     params = SamplingParams(max_tokens=args.tokens, temperature=0, ignore_eos=True)
 
     def keys(mix: list[int | None]) -> list[str | None]:
         used: dict[int, int] = {}
         out: list[str | None] = []
-        for r in mix:
+        for r in mix * times:
             if r is None:
                 out.append(None)
                 continue
@@ -96,14 +100,14 @@ def main() -> None:
     for label in MIXES:
         aware = best[(label, True)]
         padded = best.get((label, False))
-        rows.append({"mix (8 rows)": label, "rank_aware_tok_s": round(aware, 1),
+        rows.append({"mix (8 rows)": label if times == 1 else f"{label}, ×{times}", "rank_aware_tok_s": round(aware, 1),
                      "padded_to_64_tok_s": None if padded is None else round(padded, 1),
                      "aware_vs_base": round(aware / base_tps, 3),
                      "padded_vs_base": None if padded is None else round(padded / base_tps, 3),
                      "aware_vs_padded": None if padded is None else round(aware / padded, 3)})
-    report("ranks", rows, ["mix (8 rows)", "rank_aware_tok_s", "padded_to_64_tok_s", "aware_vs_base",
+    report(run_name("ranks", args.random_weights), rows, ["mix (8 rows)", "rank_aware_tok_s", "padded_to_64_tok_s", "aware_vs_base",
                            "padded_vs_base", "aware_vs_padded"],
-           extra={"tokens": args.tokens, "repeat": args.repeat, "max_lora_rank": 64, "model": DEMO_MODEL,
+           extra={"tokens": args.tokens, "repeat": args.repeat, "rows": 8 * times, "max_lora_rank": 64, "model": DEMO_MODEL + (" (random weights)" if args.random_weights else ""),
                   "device": str(engine.device), "lora_dtype": str(engine.slots.dtype)})
 
 

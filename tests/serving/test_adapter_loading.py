@@ -47,9 +47,13 @@ def ranked(tiny_model, tmp_path_factory):
     return m, registry, paths
 
 
-def _engine(m, slots: int, rank: int = 32, **kw) -> HFEngine:
+# The loading path differs on CUDA (pinned host tensors, copies on a side stream): those tests run there too.
+DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def _engine(m, slots: int, rank: int = 32, device: str = "cpu", **kw) -> HFEngine:
     return HFEngine(m.path, model_id="tiny", fingerprint=m.fingerprint, dtype="fp32", max_loaded=slots,
-                    max_lora_rank=rank, **kw)
+                    max_lora_rank=rank, device=device, **kw)
 
 
 def _layer(ranks: dict[int, int], rows: list[int], max_rank: int = 64, width: int = 12):
@@ -106,12 +110,13 @@ def test_a_batch_computes_at_its_rows_ranks_not_the_servers_maximum(monkeypatch)
     assert none._gathered.groups == []
 
 
-def test_mixed_ranks_in_one_batch_answer_as_peft_does(ranked, tiny_model):
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixed_ranks_in_one_batch_answer_as_peft_does(ranked, tiny_model, device):
     """Rows of ranks 2, 8 and 32 and a base row decoded together give each adapter's own greedy text."""
     from tests.contracts.test_engine_contract import reference
 
     m, _, paths = ranked
-    engine = _engine(m, 4)
+    engine = _engine(m, 4, device=device)
     for name in ("r2", "r8", "r32"):
         engine.load_adapter(name, paths[name])
     ids = engine.encode_chat([{"role": "user", "content": "hello who are you"}], None)
@@ -151,11 +156,12 @@ def test_host_cache_is_bounded_in_bytes_least_recently_used_out():
     assert len(off) == 0
 
 
-def test_a_load_in_progress_does_not_hold_up_the_running_batch(ranked):
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_load_in_progress_does_not_hold_up_the_running_batch(ranked, device):
     """Event order: while x1 is being read (held on purpose), a request on x0 runs to its last token; the
     read then finishes and x1 answers. x0's answer is the one it gives alone."""
     m, registry, _ = ranked
-    engine = _engine(m, 2, rank=8)
+    engine = _engine(m, 2, rank=8, device=device)
     release = threading.Event()
     events: list[str] = []
     real_read = engine.slots.read
@@ -209,11 +215,13 @@ def test_a_load_in_progress_does_not_hold_up_the_running_batch(ranked):
     assert together == alone
 
 
-def test_an_evicted_adapter_comes_back_from_host_memory_without_its_files(ranked):
+@pytest.mark.parametrize("device", DEVICES)
+def test_an_evicted_adapter_comes_back_from_host_memory_without_its_files(ranked, device):
     """One slot, two adapters in turn: the second use of x0 is a host-cache hit (neither verified nor read
-    again); with --adapter-cache-mb 0 every load reads the files."""
+    again), and answers as it did from its files; with --adapter-cache-mb 0 every load reads the files. On
+    CUDA the cached tensors are pinned (what lets the copy run on a side stream)."""
     m, registry, _ = ranked
-    engine = _engine(m, 1, rank=8)
+    engine = _engine(m, 1, rank=8, device=device)
     names = {registry.path(registry.resolve(n), verify=False): n for n in ("x0", "x1")}
     reads: list[str] = []
     real_read = engine.slots.read
@@ -236,10 +244,13 @@ def test_an_evicted_adapter_comes_back_from_host_memory_without_its_files(ranked
             assert 'adapterhub_adapter_fetch_seconds_count{name="x0",version="1"} 1.0' in text
             assert "adapterhub_adapter_host_cache_adapters 2.0" in text
             assert reads == ["x0", "x1"]
+            cached = [t for key in list(engine.host_cache._items) for ab in engine.host_cache._items[key].modules.values()
+                      for t in ab]
+            assert cached and all(t.is_pinned() == (device == "cuda") for t in cached)
     finally:
         engine.stop()
 
-    engine = _engine(m, 1, rank=8, adapter_cache_mb=0)
+    engine = _engine(m, 1, rank=8, device=device, adapter_cache_mb=0)
     app = create_app(ServeConfig(base="tiny", max_loaded=1, max_lora_rank=8, adapter_cache_mb=0), engine=engine,
                      registry=registry, base_name="tiny")
     try:
