@@ -61,3 +61,23 @@ def test_serve_ray_from_the_command_line(tiny_model, tmp_path):
     assert proc.returncode in (0, 130), out
     with pytest.raises(httpx.HTTPError):
         httpx.get(url + "/v1/models", timeout=5)
+
+
+def test_a_hung_serve_shutdown_does_not_keep_ctrl_c_from_ending_the_command(monkeypatch):
+    """``serve.shutdown()`` that never returns (seen in CI: the command outlived its 120 s after Ctrl-C): the
+    command still stops Ray and returns."""
+    from adapterhub.deploy.ray import app
+
+    hung = threading.Event()
+    stopped: list[str] = []
+
+    def serve_shutdown():
+        stopped.append("serve")
+        hung.wait(120)
+        stopped.append("serve returned")
+
+    monkeypatch.setattr(app.serve, "shutdown", serve_shutdown)
+    monkeypatch.setattr(app.ray, "shutdown", lambda: stopped.append("ray"))
+    app.stop_ray(timeout_s=0.5)
+    assert stopped == ["serve", "ray"]  # Ray stopped while Serve's shutdown was still hanging
+    hung.set()

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -342,4 +343,19 @@ def serve_on_ray(config: ServeConfig, home: str | None, announce: Any) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        serve.shutdown()
+        stop_ray()
+
+
+SHUTDOWN_S = 45.0
+
+
+def stop_ray(timeout_s: float = SHUTDOWN_S) -> None:
+    """Ray Serve's graceful shutdown, bounded: on Ctrl-C a replica that does not stop in time must not keep the
+    command running (``serve.shutdown()`` was seen to hang for minutes); then ``ray.shutdown()`` disconnects
+    and, for a cluster this command started, stops its processes (proxy included), so the port goes quiet."""
+    stopping = threading.Thread(target=serve.shutdown, name="serve-shutdown", daemon=True)
+    stopping.start()
+    stopping.join(timeout_s)
+    if stopping.is_alive():
+        log.warning("Ray Serve did not shut down within %.0f s; stopping Ray", timeout_s)
+    ray.shutdown()
