@@ -28,7 +28,10 @@ def test_serve_ray_from_the_command_line(tiny_model, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "adapterhub.cli.main", "serve", "--ray", "--replicas", "1",
                              "--replica-cpus", "0.5", "--base", str(tiny_model), "--served-name", "tiny",
                              "--dtype", "fp32", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            # Ctrl-C as a terminal delivers it: a suite started in the background (`cmd &` in a
+                            # script) ignores SIGINT, and children inherit that, so the command would never see it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     url = f"http://127.0.0.1:{port}"
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]

@@ -327,7 +327,10 @@ def serve_on_ray(config: ServeConfig, home: str | None, announce: Any) -> None:
     """Start (or join, with ``RAY_ADDRESS``) a Ray cluster, run the application on ``--host``/``--port`` and
     block until interrupted."""
     # The replicas read the same registry, model store and hub settings as this command.
-    env = {k: v for k, v in os.environ.items() if k.startswith(("ADAPTERHUB_", "AWS_", "HF_"))}
+    # Serve gives its HTTP proxy 5 s to report ready and kills it after three misses: on a small machine busy
+    # loading the replicas' models that failed the command. More time by default (the user's value wins).
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
+    env = {k: v for k, v in os.environ.items() if k.startswith(("ADAPTERHUB_", "AWS_", "HF_", "RAY_SERVE_"))}
     ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
              runtime_env={"env_vars": env})
     serve.start(http_options={"host": config.host, "port": config.port})
