@@ -90,6 +90,9 @@ def bench_base(random_weights: Path | None, settings: Any, tmp: Path) -> Any:
 
     if random_weights is None:
         return pull_demo(settings)
+    if not (random_weights / "config.json").is_file():
+        raise SystemExit(f"--random-weights {random_weights}: no config.json there (a model's config and "
+                         "tokenizer files are needed)")
     from benchmarks.serving import random_model
 
     return resolve_model(str(random_model(random_weights, tmp / "random-base")), settings)

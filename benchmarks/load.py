@@ -224,6 +224,8 @@ def main() -> None:
                     help="a config + tokenizer dir: that architecture with random weights (a machine without the "
                          "demo model)")
     args = ap.parse_args()
+    if args.vllm_rates and not args.vllm_python:
+        ap.error("--vllm-rates needs --vllm-python (they are the rates of vLLM's server)")
 
     from adapterhub.serving.api import create_app
     from adapterhub.serving.config import ServeConfig
@@ -254,7 +256,7 @@ def main() -> None:
         models = pick_models(kind, n_adapters, n_requests, random.Random(args.seed + 1))
         return models, prompts, lengths, arrivals_for(rate, n_requests, args.seed + 2)
 
-    def sweep(url: str, label: str, n_adapters: int, kind: str) -> list[dict[str, Any]]:
+    def sweep(url: str, label: str, n_adapters: int, kind: str, rates: list[float] = rates) -> list[dict[str, Any]]:
         points = []
         for rate in rates:
             n_requests = max(10, round(rate * args.duration))
@@ -310,9 +312,8 @@ def main() -> None:
         try:
             url = f"http://127.0.0.1:{port}"
             wait_ready(url, proc)
-            if args.vllm_rates:
-                rates[:] = [float(x) for x in args.vllm_rates.split(",")]
-            sweeps[label] = sweep(url, label, n, kind)
+            vllm_rates = [float(x) for x in args.vllm_rates.split(",")] if args.vllm_rates else rates
+            sweeps[label] = sweep(url, label, n, kind, vllm_rates)
             caps[label] = capacity(sweeps[label], args.p99_limit)
             if goal and half:
                 goal.append(goal_point(url, label, n, kind, half))

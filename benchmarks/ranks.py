@@ -45,10 +45,12 @@ def main() -> None:
                     help="a config + tokenizer dir: that architecture with random weights (a machine without the "
                          "demo model)")
     args = ap.parse_args()
+    if args.rows < 8 or args.rows % 8:
+        ap.error(f"--rows {args.rows}: a multiple of 8 (each 8-row mix is repeated)")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ranks-"))
     base = bench_base(args.random_weights, Settings(), tmp)
-    times = max(1, args.rows // 8)
+    times = args.rows // 8
     paths = {r: make_adapters(base.path, tmp / f"r{r}", 8 if r == 8 else 2, r) for r in (8, 16, 64)}
     engine = HFEngine(base.path, model_id=DEMO_MODEL, fingerprint=base.fingerprint, dtype="bf16", max_loaded=12,
                       max_lora_rank=64)

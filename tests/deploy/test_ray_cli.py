@@ -67,8 +67,7 @@ def test_serve_ray_from_the_command_line(tiny_model, tmp_path):
 
 
 def test_a_hung_serve_shutdown_does_not_keep_ctrl_c_from_ending_the_command(monkeypatch):
-    """``serve.shutdown()`` that never returns (seen in CI: the command outlived its 120 s after Ctrl-C): the
-    command still stops Ray and returns."""
+    """A ``serve.shutdown()`` that does not return: the command still stops Ray and returns."""
     from adapterhub.deploy.ray import app
 
     hung = threading.Event()

@@ -353,9 +353,9 @@ SHUTDOWN_S = 45.0
 
 
 def stop_ray(timeout_s: float = SHUTDOWN_S) -> None:
-    """Ray Serve's graceful shutdown, bounded: on Ctrl-C a replica that does not stop in time must not keep the
-    command running (``serve.shutdown()`` was seen to hang for minutes); then ``ray.shutdown()`` disconnects
-    and, for a cluster this command started, stops its processes (proxy included), so the port goes quiet."""
+    """Ray Serve's graceful shutdown, bounded (a guard: a replica that does not stop must not keep Ctrl-C from
+    ending the command); then ``ray.shutdown()`` disconnects and, for a cluster this command started, stops
+    its processes (proxy included), so the port goes quiet."""
     stopping = threading.Thread(target=serve.shutdown, name="serve-shutdown", daemon=True)
     stopping.start()
     stopping.join(timeout_s)
