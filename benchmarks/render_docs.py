@@ -88,8 +88,8 @@ NOTES = {
                         "(the session had 15 minutes of GPU time). One short sample per point; the first base-only "
                         "point came right after a 2-request warm-up and is slower than the 8 req/s one, so read it "
                         "as warm-up. On this GPU the hf engine is bound by Python and kernel launches (35-50 ms a "
-                        "step for 8 rows), LoRA's extra launches per layer make a step about 1.5x longer (ITL p50 "
-                        "54 vs 35 ms at 8 req/s), and with 8 slots the adapter wait dominates TTFT once the rate "
+                        "step for 8 rows), adapters make a step about 1.5x longer (ITL p50 54 vs 35 ms at 8 req/s; "
+                        "LoRA's extra kernel launches per layer are the likely cause, not profiled), and with 8 slots the adapter wait dominates TTFT once the rate "
                         "passes capacity: 64 adapters reach the 5 s p99 limit at about 0.45x base-only's rate. Not "
                         "measured there: larger --max-loaded / --max-batch-size, or the vLLM engine on a GPU. The "
                         "issue's goals are for the 2-core CPU (the load table above).",
