@@ -78,7 +78,7 @@ def build_engine(config: ServeConfig, settings: Settings, registry: Registry | N
     name = config.served_name or model_id
     rank = config.max_lora_rank or derived_max_rank(config.adapters, registry)
     common: dict[str, Any] = dict(model_id=model_id, fingerprint=fingerprint, dtype=config.dtype,
-                                  max_loaded=config.max_loaded, max_lora_rank=rank)
+                                  max_loaded=config.loaded_limit, max_lora_rank=rank)
     if config.engine == "vllm":
         from adapterhub.serving.engines.vllm import VLLMEngine
 

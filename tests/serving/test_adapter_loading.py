@@ -267,3 +267,53 @@ def test_an_evicted_adapter_comes_back_from_host_memory_without_its_files(ranked
 def test_the_vllm_engine_refuses_a_host_cache_size():
     with pytest.raises(UserInputError, match="max_cpu_loras"):
         build_engine(ServeConfig(base="tiny", engine="vllm", adapter_cache_mb=64), Settings(), None)
+
+
+def test_slot_stacks_grow_with_the_adapters_loaded_while_a_batch_decodes(ranked, tiny_model, monkeypatch):
+    """A server allowed 16 resident adapters holds stacks for 2 until a third loads; the stacks then grow
+    (2 → 3 → 5 adapters) while a request decodes, and every answer, the running one included, is its
+    adapter's own."""
+    from tests.contracts.test_engine_contract import reference
+
+    monkeypatch.setattr(lora, "INITIAL_SLOTS", 2)
+    m, _, paths = ranked
+    engine = _engine(m, 16)
+    layer = engine.slots.layers["model.layers.0.self_attn.q_proj"]
+    engine.load_adapter("x0", paths["x0"])
+    assert layer.A is not None and layer.A.shape[0] == 3  # the base's slot and room for 2
+    ids = engine.encode_chat([{"role": "user", "content": "hello who are you"}], None)
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+
+    async def scenario():
+        started, grown = asyncio.Event(), asyncio.Event()
+
+        async def running():
+            out = []
+            async for d in engine.generate(GenerationRequest(ids, params, "x0")):
+                out.append(d.text)
+                if d.completion_tokens == 2:
+                    started.set()
+                    await grown.wait()  # the rest of this answer is decoded on the grown stacks
+            return "".join(out)
+
+        async def grow():
+            await started.wait()
+            for name in ("r2", "r8", "r32", "x1"):
+                await asyncio.to_thread(engine.load_adapter, name, paths[name])
+            grown.set()
+
+        first, _ = await asyncio.gather(running(), grow())
+
+        async def one(key):
+            return "".join([d.text async for d in engine.generate(GenerationRequest(ids, params, key))])
+        return first, await asyncio.gather(*(one(k) for k in ("x0", "r2", "r8", "r32", "x1")))
+
+    try:
+        engine.start()
+        first, texts = asyncio.run(scenario())
+    finally:
+        engine.stop()
+    assert engine.slots.slots == 9 and layer.A.shape[0] == 9  # 5 adapters: grown to room for 8, not for 16
+    assert first == reference(tiny_model, paths["x0"], ids, 24)
+    for text, name in zip(texts, ("x0", "r2", "r8", "r32", "x1")):
+        assert text == reference(tiny_model, paths[name], ids, 24), name

@@ -167,7 +167,7 @@ def replica_deployment(config: ServeConfig) -> Any:
                     log.warning("metrics publish failed: %s", e)
                 await asyncio.sleep(PUBLISH_S)
 
-        @serve.multiplexed(max_num_models_per_replica=config.max_loaded)
+        @serve.multiplexed(max_num_models_per_replica=config.loaded_limit)
         async def version(self, key: str) -> str:
             """Ray calls this once per routing key per replica (its LRU mirrors the manager's): the version
             is loaded here, so Ray routes its next requests to this replica."""

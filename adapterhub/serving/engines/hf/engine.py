@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from adapterhub.errors import OverloadedError, UserInputError
+from adapterhub.serving.config import HF_MAX_LOADED
 from adapterhub.serving.engines.base import (
     Delta,
     EngineCapabilities,
@@ -73,7 +74,7 @@ class HFEngine(TokenizerEngine):
         fingerprint: str | None = None,
         dtype: str = "auto",
         bits: int | None = None,
-        max_loaded: int = 8,
+        max_loaded: int = HF_MAX_LOADED,
         max_lora_rank: int = 16,
         max_batch_size: int = 8,
         max_waiting: int = 256,

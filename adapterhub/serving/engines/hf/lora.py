@@ -36,6 +36,7 @@ from torch import nn
 
 from adapterhub.registry.peft_config import read_peft_config
 
+INITIAL_SLOTS = 8  # adapters the stacks have room for before they first grow
 # The modules vLLM's LoRA support covers for Llama-style models (the vLLM engine's list).
 LINEAR_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Module-name parts of a vision-language model's image encoder and projector (LLaVA and its kin).
@@ -127,6 +128,20 @@ class BatchedLoraLinear(nn.Module):
             self.B = torch.zeros(self.slots, self.out_features, self.max_rank, dtype=self.dtype, device=self.device)
         return self.A, self.B
 
+    def grow(self, slots: int) -> None:
+        """Room for ``slots`` slots. Bigger stacks are filled and then swapped in whole, so a regather on the
+        decode thread reads either the old or the new ones: the same values in every slot a row uses."""
+        if slots <= self.slots:
+            return
+        if self.A is not None and self.B is not None:
+            A = torch.zeros(slots, self.max_rank, self.in_features, dtype=self.dtype, device=self.device)
+            B = torch.zeros(slots, self.out_features, self.max_rank, dtype=self.dtype, device=self.device)
+            A[: self.slots].copy_(self.A)
+            B[: self.slots].copy_(self.B)
+            self.A, self.B = A, B
+        self.ranks.extend([0] * (slots - self.slots))
+        self.slots = slots
+
     def release(self) -> None:
         self.A = self.B = None
         self._gathered = None
@@ -151,7 +166,9 @@ class BatchedLoraLinear(nn.Module):
         if x3.dtype != self.dtype:
             x3 = x3.to(self.dtype)
         for sel, a, b in gathered.groups:
-            if sel is None:
+            if sel is None and y3.dtype == a.dtype:  # expand and add in one op (a fifth less LoRA time on CPU)
+                y3.baddbmm_(torch.bmm(x3, a), b)
+            elif sel is None:
                 # In place, summed in the LoRA dtype and rounded once to the base's (as peft does): no extra
                 # conversion op and no new output tensor per layer.
                 y3.add_(torch.bmm(torch.bmm(x3, a), b))
@@ -279,7 +296,11 @@ class LoraSlots:
         peft's ``all-linear`` chooses, so adapters for any architecture find their modules."""
         self.ctx = SlotContext()
         self.max_rank = max_rank
-        self.slots = max_loaded + 1
+        # Slot 0 is the base. The stacks start with room for INITIAL_SLOTS adapters and double as more are
+        # loaded at once, up to max_loaded: a server allowed many resident adapters pays memory only for
+        # those it has held (vLLM preallocates --max-loras slots up front).
+        self.max_slots = max_loaded + 1
+        self.slots = min(self.max_slots, INITIAL_SLOTS + 1)
         self.layers: dict[str, BatchedLoraLinear] = {}
         dtype = dtype or next(model.parameters()).dtype
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -373,10 +394,12 @@ class LoraSlots:
         batch keeps decoding (its gathered A/B stay valid: nothing to invalidate)."""
         if key in self.loaded:
             return
+        if not self.free and self.slots < self.max_slots:
+            self._grow(min(self.max_slots, 2 * self.slots - 1))
         if not self.free:
             from adapterhub.errors import OverloadedError
 
-            raise OverloadedError(f"all {self.slots - 1} adapter slots are in use")
+            raise OverloadedError(f"all {self.max_slots - 1} adapter slots are in use")
         slot = self.free.pop()
         stream = self._copy_stream
         try:
@@ -408,6 +431,14 @@ class LoraSlots:
             layer.ranks[slot] = int(a.shape[0])
             layer.users += 1
         self.loaded[key] = SlotAdapter(slot, list(host.modules))
+
+    def _grow(self, slots: int) -> None:
+        """Room for ``slots - 1`` adapters in every layer (the new slots go to the free list)."""
+        old = self.slots
+        for layer in self.layers.values():
+            layer.grow(slots)
+        self.slots = slots
+        self.free = list(range(slots - 1, old - 1, -1)) + self.free
 
     def unload(self, key: str) -> None:
         entry = self.loaded.pop(key, None)
