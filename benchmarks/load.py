@@ -13,11 +13,11 @@ same number of tokens); prompts: the chat prompts of ``benchmarks.serving``.
 Each set-up is swept over arrival rates (``--rates``, ``--duration`` seconds of arrivals each); its capacity
 is the rate where p99 TTFT passes ``--p99-limit`` (5 s), interpolated between the measured rates. Then every
 set-up runs at half the base-only capacity (the issue's goal point). ``--vllm-python`` adds vLLM's own
-OpenAI server (``--enable-lora``, ``--max-loras`` = ``--max-loaded``, every adapter in its CPU cache) on the
+OpenAI server (``--enable-lora``, ``--max-loras`` = ``--max-loaded`` up to 8, every adapter in its CPU cache) on the
 first N's mix, same arrivals. One server serves every set-up in turn (base, then each N), as a user's
 server would: adapters loaded by one sweep point may still be resident at the next.
 
-Run: ``python -m benchmarks.load [--rates 0.25,0.5,0.75,1.0] [--adapters 64,512] [--max-loaded 8]
+Run: ``python -m benchmarks.load [--rates 0.25,0.5,0.75,1.0] [--adapters 64,512] [--max-loaded 64]
 [--vllm-python .venv-vllm/bin/python]``.
 """
 
@@ -34,6 +34,7 @@ from typing import Any
 from adapterhub.models import DEMO_MODEL
 from adapterhub.registry import Registry
 from adapterhub.registry.local import LocalStore
+from adapterhub.serving.config import HF_MAX_LOADED, VLLM_MAX_LOADED
 from adapterhub.serving.metrics import percentile as pct
 from adapterhub.settings import Settings
 from benchmarks.common import bench_base, report, run_name
@@ -210,7 +211,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=45.0, help="seconds of arrivals per rate (at least 10 requests)")
     ap.add_argument("--adapters", default="64,512", help="comma-separated adapter counts N")
     ap.add_argument("--popularity", default="zipf", help="comma-separated: distinct, uniform, zipf, identical")
-    ap.add_argument("--max-loaded", type=int, default=8)
+    ap.add_argument("--max-loaded", type=int, default=HF_MAX_LOADED, help="the hf engine's (the server's default)")
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--min-tokens", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=48)
@@ -308,7 +309,7 @@ def main() -> None:
         label = f"vllm serve, {n} adapters, {kind}"
         port = free_port()
         proc = raw_vllm_server(base.path, paths[:n], args.rank, port, python=args.vllm_python,
-                               max_loras=args.max_loaded, max_cpu_loras=n)
+                               max_loras=min(args.max_loaded, VLLM_MAX_LOADED), max_cpu_loras=n)
         try:
             url = f"http://127.0.0.1:{port}"
             wait_ready(url, proc)
