@@ -22,6 +22,7 @@ from adapterhub.serving.api import build_engine, create_app
 from adapterhub.serving.config import ServeConfig
 from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
 from adapterhub.serving.engines.hf import HFEngine, lora
+from adapterhub.serving.engines.hf import batch as batch_module
 from adapterhub.serving.engines.hf.lora import (
     BatchedLoraLinear,
     HostAdapter,
@@ -317,3 +318,100 @@ def test_slot_stacks_grow_with_the_adapters_loaded_while_a_batch_decodes(ranked,
     assert first == reference(tiny_model, paths["x0"], ids, 24)
     for text, name in zip(texts, ("x0", "r2", "r8", "r32", "x1")):
         assert text == reference(tiny_model, paths[name], ids, 24), name
+
+
+def test_joins_and_leaves_derive_each_rows_operands_equal_to_a_gather():
+    """Rows leaving and newcomers joining: the layer cuts and concatenates the per-row A/B it holds instead
+    of gathering every row from the stacks again, and what it computes is exactly what a gather gives
+    (same values, same padded rank) and each row's own LoRA."""
+    layer = _layer({1: 8, 2: 4, 3: 8}, [1, 2, 3])
+    ctx = layer.ctx
+
+    def check(x):
+        y = layer(x)
+        fresh = layer._gather(ctx.indices, layer.A, layer.B)
+        for (s1, a1, b1), (s2, a2, b2) in zip(layer._gathered.groups, fresh.groups, strict=True):
+            assert s1 is None and s2 is None and torch.equal(a1, a2) and torch.equal(b1, b2)
+        for i, slot in enumerate(ctx.rows):
+            torch.testing.assert_close(y[i], layer.base(x[i]) + x[i] @ layer.A[slot].T @ layer.B[slot].T)
+
+    running = ctx.indices
+    check(torch.randn(3, 5, 12))  # the first prefill: gathered
+    keep = torch.tensor([0, 2])  # the rank-4 row leaves
+    kept = running[keep]
+    ctx.selected(kept, running, keep)
+    ctx.indices = kept
+    check(torch.randn(2, 1, 12))
+    newcomers = torch.tensor([2, 0])  # a rank-4 row and a base row are prefilled (gathered) ...
+    ctx.indices = newcomers
+    check(torch.randn(2, 4, 12))
+    merged = torch.cat([kept, newcomers])  # ... and join: rank 4 padded to 8 beside the running rows
+    ctx.joined(merged, kept, True, newcomers, True)
+    ctx.indices = merged
+    check(torch.randn(4, 1, 12))
+    keep = torch.tensor([2, 3])  # both rank-8 rows leave: cut to rank 4
+    only = merged[keep]
+    ctx.selected(only, merged, keep)
+    ctx.indices = only
+    check(torch.randn(2, 1, 12))
+    assert layer._gathered.groups[0][1].shape[-1] == 4
+    assert (layer.gathers, layer.derived) == (2, 3)
+    layer.forget()  # nothing held (the batch ended): the next change gathers again
+    keep = torch.tensor([0])
+    ctx.selected(only[keep], only, keep)
+    ctx.indices = only[keep]
+    check(torch.randn(1, 1, 12))
+    assert (layer.gathers, layer.derived) == (3, 3)
+
+
+def test_a_batch_that_rows_join_and_leave_answers_each_as_alone(ranked, tiny_model, monkeypatch):
+    """A request on x0 decodes; two newcomers (r8, base) join it at a step boundary and leave at their
+    lengths. Every answer is its adapter's own, and after the first prefills no layer gathered from the
+    stacks again: the join and both leaves were derived from what it held."""
+    from tests.contracts.test_engine_contract import reference
+
+    m, _, paths = ranked
+    engine = _engine(m, 4)
+    for name in ("x0", "r8"):
+        engine.load_adapter(name, paths[name])
+    ids = engine.encode_chat([{"role": "user", "content": "hello who are you"}], None)
+    real_step = batch_module.decode_step
+    steps = []
+
+    def step(*args):
+        steps.append(1)
+        if len(steps) == 3:  # hold the running batch until both newcomers wait to join
+            for _ in range(3000):
+                if engine._queue.qsize() >= 2:
+                    break
+                threading.Event().wait(0.01)
+        return real_step(*args)
+
+    monkeypatch.setattr(batch_module, "decode_step", step)
+    lengths = {"x0": 24, "r8": 6, None: 10}
+
+    async def scenario():
+        started = asyncio.Event()
+
+        async def one(key, first=False):
+            if not first:
+                await started.wait()
+            params = SamplingParams(max_tokens=lengths[key], temperature=0, ignore_eos=True)
+            out = []
+            async for d in engine.generate(GenerationRequest(ids, params, key)):
+                out.append(d.text)
+                started.set()
+            return "".join(out)
+
+        return await asyncio.gather(one("x0", True), one("r8"), one(None))
+
+    try:
+        engine.start()
+        texts = asyncio.run(scenario())
+    finally:
+        engine.stop()
+    assert engine.peak_batch == 3
+    for text, key in zip(texts, lengths):
+        assert text == reference(tiny_model, paths[key] if key else None, ids, lengths[key]), key
+    layer = engine.slots.layers["model.layers.0.self_attn.q_proj"]
+    assert (layer.gathers, layer.derived) == (2, 3)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from adapterhub.serving.engines.base import TokenLogprob
-from adapterhub.serving.engines.hf.lora import LoraSlots
+from adapterhub.serving.engines.hf.lora import LoraSlots, SlotContext
 
 
 @dataclass
@@ -28,13 +28,17 @@ class Batch:
     next_ids: torch.Tensor
     slots: torch.Tensor
     uses_lora: bool
+    ctx: SlotContext | None = None  # told how the slot indices change, so LoRA layers derive their operands
 
     def select(self, keep: list[int]) -> None:
         """Keep only the rows at ``keep`` (in that order)."""
         idx = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
         self.rows = [self.rows[i] for i in keep]
+        old, old_lora = self.slots, self.uses_lora
         self.mask, self.slots = self.mask[idx], self.slots[idx]
         self.uses_lora = bool((self.slots != 0).any())
+        if self.ctx is not None and self.uses_lora:
+            self.ctx.selected(self.slots, old, idx, old_lora)
         self.next_ids = self.next_ids[torch.tensor(keep, dtype=torch.long)]
         # Columns that are padding for every remaining row (the finished rows' longer prompts) go too.
         first = int((self.mask.sum(0) > 0).nonzero()[0])
@@ -59,8 +63,12 @@ def merge(a: Batch, b: Batch) -> Batch:
     for la, lb in zip(a.cache.layers, b.cache.layers):
         la.keys = torch.cat([pad(la.keys, 2), pad(lb.keys, 2)], dim=0)
         la.values = torch.cat([pad(la.values, 2), pad(lb.values, 2)], dim=0)
+    slots = torch.cat([a.slots, b.slots])
+    ctx = a.ctx or b.ctx
+    if ctx is not None and (a.uses_lora or b.uses_lora):
+        ctx.joined(slots, a.slots, a.uses_lora, b.slots, b.uses_lora)
     return Batch(a.rows + b.rows, a.cache, torch.cat([pad(a.mask, 1), pad(b.mask, 1)], dim=0),
-                 torch.cat([a.next_ids, b.next_ids]), torch.cat([a.slots, b.slots]), a.uses_lora or b.uses_lora)
+                 torch.cat([a.next_ids, b.next_ids]), slots, a.uses_lora or b.uses_lora, ctx)
 
 
 def prefill(model: Any, lora: LoraSlots, rows: list[Any], prompts: Sequence[list[int]], slots: list[int],
@@ -77,7 +85,7 @@ def prefill(model: Any, lora: LoraSlots, rows: list[Any], prompts: Sequence[list
         mask[i, width - lengths[i]:] = 1
     input_ids, mask = input_ids.to(device), mask.to(device)
     batch = Batch(rows, DynamicCache(), mask, torch.zeros(0, dtype=torch.long),
-                  torch.tensor(slots, dtype=torch.long, device=device), any(s != 0 for s in slots))
+                  torch.tensor(slots, dtype=torch.long, device=device), any(s != 0 for s in slots), lora.ctx)
     lora.ctx.indices = batch.slots if batch.uses_lora else None  # an all-base batch skips the LoRA math
     inputs = {k: v.to(device) for k, v in (extra or {}).items()}  # e.g. a row's pixel values (images)
     if "pixel_values" in inputs:

@@ -44,19 +44,35 @@ VISION_PARTS = ("vision_tower", "vision_model", "multi_modal_projector", "visual
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 
 
+# How a batch's slot-index tensor came from earlier ones, so a layer can build its per-row A/B from what it
+# already gathered instead of from the stacks: ("v", version) a tensor a forward pass used; ("base", rows) rows
+# that all run the base model; ("select", node, keep) those rows of node's; ("cat", first, second).
+Lineage = tuple
+
+
 class SlotContext:
     """Per-forward state shared by all wrapped layers: the slot index of each batch row.
 
     ``version`` changes whenever the indices change (a new tensor: rows joined or left the batch); layers
     keep their gathered per-row A/B until it does, so decode steps of an unchanged batch skip the gather.
     Loads and unloads do not change it: they write only slots no row of the batch uses.
+
+    When rows leave (:meth:`selected`) or join (:meth:`joined`), the batch says how its new tensor derives
+    from the old ones; a layer then cuts or concatenates the per-row A/B it holds (one contiguous copy of the
+    rows kept) instead of gathering every row again from the stacks (a copy of ``r_max`` ranks per row and a
+    transposing copy), which it did on every join and leave.
     """
+
+    KEEP = 8  # recent tensors whose lineage is remembered (a step's prefill, prompt scoring, the batch)
 
     def __init__(self) -> None:
         self._indices: torch.Tensor | None = None
         self._last: torch.Tensor | None = None  # held, so a new tensor can never reuse its identity
         self.rows: list[int] = []  # the slot of each row, as Python ints (read when a layer regathers)
         self.version = 0
+        self.lineage: Lineage | None = None  # how the current version's rows derive from earlier versions
+        # (tensor, lineage) of recent tensors: held, so an id() is never reused while it is listed
+        self._known: list[tuple[torch.Tensor, Lineage]] = []
 
     @property
     def indices(self) -> torch.Tensor | None:
@@ -69,6 +85,33 @@ class SlotContext:
             self._last = value
             self.rows = [int(v) for v in value.tolist()]
             self.version += 1
+            self.lineage = self._lineage_of(value)  # ("v", n): the same rows as version n (a prefill ran between)
+            self._remember(value, ("v", self.version))
+
+    def _lineage_of(self, t: torch.Tensor) -> Lineage | None:
+        for known, lineage in reversed(self._known):
+            if known is t:
+                return lineage
+        return None
+
+    def _remember(self, t: torch.Tensor, lineage: Lineage) -> None:
+        self._known = [(k, v) for k, v in self._known if k is not t][-(self.KEEP - 1):] + [(t, lineage)]
+
+    def _node(self, t: torch.Tensor, lora: bool) -> Lineage | None:
+        return ("base", int(t.shape[0])) if not lora else self._lineage_of(t)
+
+    def selected(self, new: torch.Tensor, old: torch.Tensor, keep: torch.Tensor, old_lora: bool = True) -> None:
+        """``new`` holds the rows ``keep`` of ``old`` (rows left the batch)."""
+        node = self._node(old, old_lora)
+        if node is not None:
+            self._remember(new, ("select", node, keep))
+
+    def joined(self, new: torch.Tensor, first: torch.Tensor, first_lora: bool,
+               second: torch.Tensor, second_lora: bool) -> None:
+        """``new`` holds ``first``'s rows then ``second``'s (newcomers joined the batch)."""
+        a, b = self._node(first, first_lora), self._node(second, second_lora)
+        if a is not None and b is not None:
+            self._remember(new, ("cat", a, b))
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int] | None:
@@ -102,6 +145,7 @@ class _Gathered:
 
     version: int
     groups: list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]]
+    rows: int = 0
 
 
 class BatchedLoraLinear(nn.Module):
@@ -120,7 +164,9 @@ class BatchedLoraLinear(nn.Module):
         self.B: torch.Tensor | None = None  # [slots, out, r_max]
         self.ranks = [0] * slots  # each slot's rank in this layer (0: its adapter does not target it)
         self.users = 0  # loaded adapters that target this layer; 0 → skip the LoRA math
-        self._gathered: _Gathered | None = None
+        self._gathered: _Gathered | None = None  # the current batch's
+        self._recent: dict[int, _Gathered] = {}  # by version: what joins and leaves are derived from
+        self.gathers = self.derived = 0  # per-row A/B built from the stacks / from earlier ones (tests read them)
 
     def allocate(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.A is None or self.B is None:
@@ -144,7 +190,11 @@ class BatchedLoraLinear(nn.Module):
 
     def release(self) -> None:
         self.A = self.B = None
+        self.forget()
+
+    def forget(self) -> None:
         self._gathered = None
+        self._recent.clear()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
@@ -153,7 +203,15 @@ class BatchedLoraLinear(nn.Module):
             return y
         gathered = self._gathered
         if gathered is None or gathered.version != self.ctx.version:
-            gathered = self._gathered = self._gather(idx, self.A, self.B)
+            gathered = self._derive() if self.ctx.lineage is not None else None
+            if gathered is None:
+                gathered = self._gather(idx, self.A, self.B)
+                self.gathers += 1
+            else:
+                self.derived += 1
+            self._gathered = self._recent[gathered.version] = gathered
+            while len(self._recent) > SlotContext.KEEP:
+                del self._recent[next(iter(self._recent))]
         if not gathered.groups:
             return y
         rows = idx.shape[0]
@@ -181,24 +239,90 @@ class BatchedLoraLinear(nn.Module):
         ranks differ enough that padding would cost more. Contiguous once per batch: bmm copies a transposed
         operand on every call otherwise (the copies were most of a decode step's LoRA time on CPU)."""
         ranks = [self.ranks[s] for s in self.ctx.rows]
+        n, v = len(ranks), self.ctx.version
         if not RANK_AWARE:
-            return _Gathered(self.ctx.version, [(None, A.index_select(0, idx).transpose(1, 2).contiguous(),
-                                                 B.index_select(0, idx).transpose(1, 2).contiguous())])
+            return _Gathered(v, [(None, A.index_select(0, idx).transpose(1, 2).contiguous(),
+                                  B.index_select(0, idx).transpose(1, 2).contiguous())], n)
         top = max(ranks, default=0)
         if top == 0:
-            return _Gathered(self.ctx.version, [])
+            return _Gathered(v, [], n)
         row_bytes = (self.in_features + self.out_features) * A.element_size()
         plan = plan_rank_groups(ranks, row_bytes)
         if plan is None:  # one pass over every row, padded to the batch's largest rank
-            return _Gathered(self.ctx.version, [(None, A.index_select(0, idx)[:, :top].transpose(1, 2).contiguous(),
-                                                 B.index_select(0, idx)[:, :, :top].transpose(1, 2).contiguous())])
+            return _Gathered(v, [(None, A.index_select(0, idx)[:, :top].transpose(1, 2).contiguous(),
+                                  B.index_select(0, idx)[:, :, :top].transpose(1, 2).contiguous())], n)
         groups: list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]] = []
         for r, members in plan:
             sel = torch.tensor(members, dtype=torch.long, device=idx.device)
             slots = idx.index_select(0, sel)
             groups.append((sel, A.index_select(0, slots)[:, :r].transpose(1, 2).contiguous(),  # [n, in, r]
                            B.index_select(0, slots)[:, :, :r].transpose(1, 2).contiguous()))  # [n, r, out]
-        return _Gathered(self.ctx.version, groups)
+        return _Gathered(v, groups, n)
+
+    def _derive(self) -> _Gathered | None:
+        """This batch's per-row A/B cut and concatenated from those of the batches it came from (rows left or
+        joined: ``ctx.lineage``), when both are one pass over every row and so is this batch; else None (the
+        caller gathers from the stacks). Equal to a gather: the same rows' values, padded to the same rank."""
+        node = self.ctx.lineage
+        if node is not None and node[0] == "v":  # the batch is back after a prefill: what it had still holds
+            held = self._recent.get(node[1])
+            return None if held is None else _Gathered(self.ctx.version, held.groups, held.rows)
+        ranks = [self.ranks[s] for s in self.ctx.rows]
+        top = max(ranks, default=0)
+        row_bytes = (self.in_features + self.out_features) * self.A.element_size() if self.A is not None else 0
+        if not RANK_AWARE or top == 0 or not row_bytes or plan_rank_groups(ranks, row_bytes) is not None:
+            return None
+        built = self._build(self.ctx.lineage)
+        if built is None:
+            return None
+        a, b = built
+        if a.shape[0] != len(ranks) or a.shape[-1] < top:
+            return None
+        if a.shape[-1] > top:  # the row of the largest rank left: cut to the rows' own
+            a, b = a[:, :, :top].contiguous(), b[:, :top].contiguous()
+        return _Gathered(self.ctx.version, [(None, a, b)], len(ranks))
+
+    def _build(self, node: Lineage | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(Aᵀ [rows, in, r], Bᵀ [rows, r, out]) for one lineage node, r its rows' largest rank; None if a part
+        is not held (forgotten, or computed in rank groups)."""
+        if node is None:
+            return None
+        kind = node[0]
+        if kind == "v":
+            held = self._recent.get(node[1])
+            if held is None:
+                return None
+            if not held.groups:  # no row of that batch has LoRA in this layer
+                return self._zeros(held.rows)
+            if len(held.groups) != 1 or held.groups[0][0] is not None:
+                return None
+            return held.groups[0][1], held.groups[0][2]
+        if kind == "base":
+            return self._zeros(node[1])
+        if kind == "select":
+            part = self._build(node[1])
+            if part is None:
+                return None
+            keep = node[2]
+            return part[0].index_select(0, keep), part[1].index_select(0, keep)
+        first, second = self._build(node[1]), self._build(node[2])
+        if first is None or second is None:
+            return None
+        r = max(first[0].shape[-1], second[0].shape[-1])
+        (a1, b1), (a2, b2) = (_pad_rank(*first, r), _pad_rank(*second, r))
+        return torch.cat([a1, a2]), torch.cat([b1, b2])
+
+    def _zeros(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.zeros(rows, self.in_features, 0, dtype=self.dtype, device=self.device),
+                torch.zeros(rows, 0, self.out_features, dtype=self.dtype, device=self.device))
+
+
+def _pad_rank(a: torch.Tensor, b: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Aᵀ [n, in, r'] and Bᵀ [n, r', out] zero-padded to rank r (exact: the padding adds zeros)."""
+    missing = r - a.shape[-1]
+    if missing == 0:
+        return a, b
+    return torch.nn.functional.pad(a, (0, missing)), torch.nn.functional.pad(b, (0, 0, 0, missing))
 
 
 def plan_rank_groups(ranks: list[int], row_bytes: int) -> list[tuple[int, list[int]]] | None:
@@ -327,7 +451,7 @@ class LoraSlots:
     def release_gathered(self) -> None:
         """Drop each layer's gathered per-row A/B (up to batch × rank × (in + out) per layer) once idle."""
         for layer in self.layers.values():
-            layer._gathered = None
+            layer.forget()
 
     def target_suffixes(self) -> frozenset[str]:
         return frozenset(name.rsplit(".", 1)[-1] for name in self.layers)
