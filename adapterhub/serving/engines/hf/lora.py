@@ -210,8 +210,8 @@ class BatchedLoraLinear(nn.Module):
             else:
                 self.derived += 1
             self._gathered = self._recent[gathered.version] = gathered
-            while len(self._recent) > SlotContext.KEEP:
-                del self._recent[next(iter(self._recent))]
+            while len(self._recent) > SlotContext.KEEP:  # the oldest out; min() is one step, so an unload
+                self._recent.pop(min(self._recent, default=0), None)  # clearing it on its thread cannot race
         if not gathered.groups:
             return y
         rows = idx.shape[0]
