@@ -115,6 +115,25 @@ def _split(text: str | None) -> dict[int, int] | None:
     return {int(v): int(w) for v, w in json.loads(text).items()} if text else None
 
 
+def _enter_wal(conn: sqlite3.Connection, deadline_s: float) -> None:
+    """Switch ``conn``'s database to WAL, waiting out other processes doing the same.
+
+    Leaving the rollback journal needs an exclusive lock, taken while holding a shared one. When two
+    connections switch at once, SQLite answers one of them "database is locked" at once, without calling
+    the busy handler (waiting would deadlock), so the connect timeout does not cover it: retry here.
+    """
+    until, delay = time.monotonic() + deadline_s, 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > until:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
+
+
 class LocalStore(KeyTables, RegistryStore):
     """Files + SQLite under ``root``; safe for many processes on one machine."""
 
@@ -127,7 +146,7 @@ class LocalStore(KeyTables, RegistryStore):
             d.mkdir(parents=True, exist_ok=True)
         self._db_path = self.root / "registry.db"
         self._conn = sqlite3.connect(self._db_path, timeout=60, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        _enter_wal(self._conn, deadline_s=60)
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA + SQLITE_DDL)
         self._side_conn: sqlite3.Connection | None = None

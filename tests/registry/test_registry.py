@@ -209,6 +209,40 @@ def test_many_processes_opening_an_old_registry_at_once_all_upgrade_it(tiny_adap
     assert reg.resolve("lumen@canary").version in (1, 2)
 
 
+def test_stores_switching_an_old_registry_to_wal_at_the_same_instant_all_open(tmp_path):
+    """Two connections leaving the rollback journal at once: SQLite fails one at once ("database is locked",
+    no busy wait); every opener must still get a working store. 8 threads per round, 100 rounds."""
+    import sqlite3
+    import threading
+
+    from adapterhub.registry.local import LocalStore
+
+    failures = []
+    for n in range(100):
+        root = tmp_path / f"r{n}"
+        root.mkdir()
+        db = sqlite3.connect(root / "registry.db")
+        db.executescript(_OLD_SCHEMA)
+        db.close()
+        start = threading.Barrier(8)
+
+        def open_store(root=root, start=start):
+            start.wait()
+            try:
+                LocalStore(root).close()
+            except sqlite3.OperationalError as e:
+                failures.append(f"round {n}: {e}")
+
+        threads = [threading.Thread(target=open_store) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        mode = sqlite3.connect(root / "registry.db").execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == "wal", mode
+    assert failures == []
+
+
 _SLOW_WORKER = """
 import sys, time
 from pathlib import Path
