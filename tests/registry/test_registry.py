@@ -226,7 +226,7 @@ def test_stores_switching_an_old_registry_to_wal_at_the_same_instant_all_open(tm
         db.close()
         start = threading.Barrier(8)
 
-        def open_store(root=root, start=start):
+        def open_store(root=root, start=start, n=n):
             start.wait()
             try:
                 LocalStore(root).close()
