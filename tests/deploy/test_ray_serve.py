@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import socket
 import time
 from collections import defaultdict
@@ -23,6 +24,7 @@ from adapterhub.settings import Settings
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray[serve] not installed")]
 HEADER = "x-adapterhub-replica"
+_PROBE_DEADLINE = "RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S"
 
 
 def _port() -> int:
@@ -38,7 +40,7 @@ def _config(tiny_model, **kw) -> ServeConfig:
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model, tiny_adapters, tmp_path_factory):
-    """(url, registry): ad0 (versions 1 and 2, @production on 1), ad1..ad3 behind 2 replicas."""
+    """(url, registry): ad0 (versions 1 and 2, @production on 1), ad1..ad3 and st behind 2 replicas."""
     import ray
     from ray import serve
 
@@ -51,6 +53,14 @@ def cluster(tiny_model, tiny_adapters, tmp_path_factory):
         registry.register(path, f"ad{i}", base_model=base)
     registry.register(tiny_adapters[1], "ad0", base_model=base)  # ad0@2: other weights than ad0@1
     registry.set_alias("ad0@1", "production")
+    # the streaming test's own adapter: its back-to-back requests may load it on both replicas before Ray's
+    # router learns where it went, which must not leak into the stickiness test's adapters
+    registry.register(tiny_adapters[2], "st", base_model=base)
+    # Ray's router asks a replica its queue length before sending; if the answer takes longer than this deadline
+    # (0.1 s by default, easily missed on a busy 2-core CI machine) it falls back to the replica holding the
+    # fewest adapters, loading the adapter there too. Ray's processes inherit this from the driver.
+    saved = os.environ.get(_PROBE_DEADLINE)
+    os.environ[_PROBE_DEADLINE] = "1.0"
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"ADAPTERHUB_HOME": str(home), "HF_HUB_OFFLINE": "1"}})
     port = _port()
@@ -61,6 +71,36 @@ def cluster(tiny_model, tiny_adapters, tmp_path_factory):
     finally:
         serve.shutdown()
         ray.shutdown()
+        os.environ.pop(_PROBE_DEADLINE) if saved is None else os.environ.__setitem__(_PROBE_DEADLINE, saved)
+
+
+def _wait_until_ray_knows(ref: str, timeout_s: float = 60) -> None:
+    """Wait until a replica's report of its loaded routing keys (``name@version#hash``), which Ray's routers
+    follow, lists version ``ref``.
+
+    Replicas report every 0.1 s to the Serve controller, which broadcasts to the routers; a fixed sleep was not
+    enough on a busy CI machine. The controller's view is read through Ray's test hook; if this Ray lacks it,
+    fall back to waiting 3 s."""
+    import ray
+    from ray.serve._private.common import DeploymentID
+    from ray.serve.context import _get_global_client
+
+    try:
+        controller = _get_global_client()._controller
+        dump = controller._dump_replica_states_for_testing
+    except AttributeError:
+        time.sleep(3)
+        return
+    deployment = DeploymentID(name="EngineReplica", app_name="adapterhub")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        replicas = ray.get(dump.remote(deployment)).get()
+        known = [k for r in replicas for k in r.multiplexed_model_ids]
+        if any(k.startswith(ref + "#") for k in known):
+            time.sleep(0.5)  # the controller's broadcast to the routers
+            return
+        assert time.monotonic() < deadline, f"no replica reported {ref} in {timeout_s} s, only {known}"
+        time.sleep(0.1)
 
 
 def _chat(c: httpx.Client, url: str, model: str, **kw) -> httpx.Response:
@@ -99,15 +139,15 @@ def test_the_api_is_the_single_servers(cluster, tiny_model):
 def test_streaming_passes_through_and_a_disconnect_cancels(cluster):
     url, _ = cluster
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
-    whole = client.chat.completions.create(model="ad1", messages=[{"role": "user", "content": "hello"}], max_tokens=12,
+    whole = client.chat.completions.create(model="st", messages=[{"role": "user", "content": "hello"}], max_tokens=12,
                                            temperature=0).choices[0].message.content
-    chunks = list(client.chat.completions.create(model="ad1", messages=[{"role": "user", "content": "hello"}],
+    chunks = list(client.chat.completions.create(model="st", messages=[{"role": "user", "content": "hello"}],
                                                  max_tokens=12, temperature=0, stream=True))
     assert len(chunks) > 3 and "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole
     # Read the first event of a long stream, then hang up: the replica counts the request as cancelled.
     with httpx.Client(timeout=120) as c:
         with c.stream("POST", url + "/v1/chat/completions", json={
-                "model": "ad1", "max_tokens": 400, "ignore_eos": True, "stream": True,
+                "model": "st", "max_tokens": 400, "ignore_eos": True, "stream": True,
                 "messages": [{"role": "user", "content": "hello"}]}) as r:
             assert r.headers[HEADER] and r.headers["content-type"].startswith("text/event-stream")
             next(r.iter_lines())
@@ -116,7 +156,7 @@ def test_streaming_passes_through_and_a_disconnect_cancels(cluster):
             assert time.monotonic() < deadline, "the abandoned stream was never cancelled"
             time.sleep(0.5)
         line = next(x for x in text.splitlines() if 'status="cancelled"' in x and "adapterhub_requests_total" in x)
-        assert 'replica="' in line and 'name="ad1"' in line
+        assert 'replica="' in line and 'name="st"' in line
 
 
 def test_each_adapter_sticks_to_one_replica_and_metrics_cover_both(cluster):
@@ -126,7 +166,7 @@ def test_each_adapter_sticks_to_one_replica_and_metrics_cover_both(cluster):
     with httpx.Client(timeout=120) as c:
         for i in range(4):  # the first request per adapter loads it on the replica holding the fewest
             assert _chat(c, url, f"ad{i}").status_code == 200
-            time.sleep(1.5)  # …as Ray's router knows once the replicas report (every 0.1 s, then broadcast)
+            _wait_until_ray_knows("ad0@2" if i == 0 else f"ad{i}@1")  # …as Ray's router knows once reported
         for _ in range(10):
             for i in range(4):
                 r = _chat(c, url, f"ad{i}")
@@ -140,7 +180,7 @@ def test_each_adapter_sticks_to_one_replica_and_metrics_cover_both(cluster):
         # spellings of one version share its routing key, hence its replica: ad0 is ad0@2 (the latest)
         assert {_chat(c, url, "ad0@2").headers[HEADER]} == served_by["ad0"]
         first = _chat(c, url, "ad0@1").headers[HEADER]  # loads ad0@1 somewhere…
-        time.sleep(1.5)  # …which Ray's router learns from the replica's next report
+        _wait_until_ray_knows("ad0@1")  # …which Ray's router learns from the replica's next report
         assert {_chat(c, url, m).headers[HEADER] for m in ("ad0@1", "ad0@production", "ad0@1")} == {first}
         metrics = c.get(url + "/metrics").text
     replicas = {line.split('replica="')[1].split('"')[0] for line in metrics.splitlines() if 'replica="' in line}
