@@ -115,6 +115,9 @@ def _split(text: str | None) -> dict[int, int] | None:
     return {int(v): int(w) for v, w in json.loads(text).items()} if text else None
 
 
+LOCK_WAIT_S = 60  # how long an opener or writer waits for other processes' SQLite locks
+
+
 def _enter_wal(conn: sqlite3.Connection, deadline_s: float) -> None:
     """Switch ``conn``'s database to WAL, waiting out other processes doing the same.
 
@@ -145,8 +148,9 @@ class LocalStore(KeyTables, RegistryStore):
         for d in (self.versions_dir, self._staging, self._pending):
             d.mkdir(parents=True, exist_ok=True)
         self._db_path = self.root / "registry.db"
-        self._conn = sqlite3.connect(self._db_path, timeout=60, isolation_level=None, check_same_thread=False)
-        _enter_wal(self._conn, deadline_s=60)
+        self._conn = sqlite3.connect(self._db_path, timeout=LOCK_WAIT_S, isolation_level=None,
+                                     check_same_thread=False)
+        _enter_wal(self._conn, deadline_s=LOCK_WAIT_S)
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA + SQLITE_DDL)
         self._side_conn: sqlite3.Connection | None = None
@@ -358,7 +362,7 @@ class LocalStore(KeyTables, RegistryStore):
     def _side_db(self) -> Iterator[sqlite3.Connection]:
         with self._side_lock:
             if self._side_conn is None:
-                self._side_conn = sqlite3.connect(self._db_path, timeout=60, isolation_level=None,
+                self._side_conn = sqlite3.connect(self._db_path, timeout=LOCK_WAIT_S, isolation_level=None,
                                                        check_same_thread=False)
             yield self._side_conn
 
