@@ -69,6 +69,17 @@ def _no_network():
     socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = real_connect, real_connect_ex, real_getaddrinfo
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _lora_kernel():
+    """The fused CPU LoRA decode kernel built (or loaded from its cache) before any engine runs, so every test
+    decodes on the path a server uses once started, not on whichever the background build had reached."""
+    try:
+        from adapterhub.serving.engines.hf import cpu_kernel
+    except ImportError:  # no torch in this environment
+        return
+    cpu_kernel.prepare(wait=True, timeout=600)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path, monkeypatch):
     """Every test gets its own ADAPTERHUB_HOME; the demo model cache is shared through a symlink."""

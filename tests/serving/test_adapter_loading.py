@@ -21,7 +21,7 @@ from adapterhub.serving.adapters import AdapterManager
 from adapterhub.serving.api import build_engine, create_app
 from adapterhub.serving.config import ServeConfig
 from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
-from adapterhub.serving.engines.hf import HFEngine, lora
+from adapterhub.serving.engines.hf import HFEngine, cpu_kernel, lora
 from adapterhub.serving.engines.hf import batch as batch_module
 from adapterhub.serving.engines.hf.lora import (
     BatchedLoraLinear,
@@ -138,6 +138,49 @@ def test_mixed_ranks_in_one_batch_answer_as_peft_does(ranked, tiny_model, device
     for text, name in zip(texts, ("r2", "r8", "r32")):
         assert text == reference(tiny_model, paths[name], ids, 10), name
     assert texts[3] == reference(tiny_model, None, ids, 10)
+
+
+def test_cpu_decode_steps_run_the_fused_kernel_and_answer_as_peft_does(ranked, tiny_model, monkeypatch):
+    """Rows on adapters of ranks 8 and 4 and a base row decode together through the fused CPU kernel (every
+    layer, every step after the prefill) and each still answers with its adapter's own greedy text."""
+    import shutil
+
+    from tests.contracts.test_engine_contract import reference
+
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("no C++ compiler: the engine serves with torch.bmm")
+    assert cpu_kernel.prepare(wait=True, timeout=600), cpu_kernel.state
+    real, calls = cpu_kernel.decode, []
+
+    def counting(y, x, at, bt):
+        calls.append(at.shape[0])
+        return real(y, x, at, bt)
+
+    monkeypatch.setattr(cpu_kernel, "decode", counting)
+    m, _, paths = ranked
+    engine = _engine(m, 4)
+    for name in ("r8", "x0"):
+        engine.load_adapter(name, paths[name])
+    ids = engine.encode_chat([{"role": "user", "content": "hello who are you"}], None)
+
+    async def together():
+        async def one(key):
+            params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+            return "".join([d.text async for d in engine.generate(GenerationRequest(ids, params, key))])
+        return await asyncio.gather(*(one(k) for k in ("r8", "x0", None)))
+
+    try:
+        engine.start()
+        texts = asyncio.run(together())
+    finally:
+        engine.stop()
+    assert engine.peak_batch == 3
+    adapted = sum(1 for layer in engine.slots.layers.values() if layer.users)  # q, v, o, down × 2 blocks
+    # Every adapted layer of every decode step went through it (7 steps after the prefill's first token,
+    # all three rows together once they had joined).
+    assert adapted == 8 and len(calls) % adapted == 0 and calls.count(3) >= adapted and len(calls) >= 7 * adapted
+    for text, key in zip(texts, ("r8", "x0", None)):
+        assert text == reference(tiny_model, paths[key] if key else None, ids, 8), key
 
 
 def test_host_cache_is_bounded_in_bytes_least_recently_used_out():

@@ -5,7 +5,8 @@ output head) is wrapped once at start-up by :class:`BatchedLoraLinear`, which ow
 ``A[slots, r_max, in]`` and ``B[slots, out, r_max]``, allocated while some loaded adapter targets it. Slot 0 stays zero (the
 base model). A batch carries one slot index per row; each layer adds ``bmm(bmm(x, A[idx]ᵀ), B[idx]ᵀ)``
 — one gathered matmul pair per layer for all adapters in the batch, instead of peft's loop over the
-adapters present.
+adapters present. A decode step on CPU runs the same sum in one fused op per layer (:mod:`.cpu_kernel`) once
+it has been built.
 
 Ranks: a layer computes at the largest rank among the batch's rows, not the server's ``r_max``
 (zero-padding is exact, so slicing it off changes nothing). When the batch mixes ranks, rows are split
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 
 from adapterhub.registry.peft_config import read_peft_config
+from adapterhub.serving.engines.hf import cpu_kernel
 
 INITIAL_SLOTS = 8  # adapters the stacks have room for before they first grow
 # The modules vLLM's LoRA support covers for Llama-style models (the vLLM engine's list).
@@ -160,6 +162,7 @@ class BatchedLoraLinear(nn.Module):
         self.ctx = ctx
         self.in_features, self.out_features = shape
         self.slots, self.max_rank, self.dtype, self.device = slots, max_rank, dtype, device
+        self.on_cpu = device.type == "cpu"  # decode steps may use the fused CPU kernel (cpu_kernel)
         self.A: torch.Tensor | None = None  # [slots, r_max, in]
         self.B: torch.Tensor | None = None  # [slots, out, r_max]
         self.ranks = [0] * slots  # each slot's rank in this layer (0: its adapter does not target it)
@@ -221,6 +224,14 @@ class BatchedLoraLinear(nn.Module):
             x3, y3 = x.view(rows, -1, x.shape[-1]), y.view(rows, -1, y.shape[-1])
         else:
             x3, y3 = x, y
+        kernel = cpu_kernel.decode
+        if (kernel is not None and self.on_cpu and x3.shape[1] == 1 and len(gathered.groups) == 1
+                and gathered.groups[0][0] is None and x3.dtype == y3.dtype and self.dtype == torch.float32
+                and not torch.is_grad_enabled()):
+            # Decode on CPU: one fused loop (x read in its own dtype, fp32 sums, added into y in place).
+            _, a, b = gathered.groups[0]
+            kernel(y3, x3.contiguous(), a, b)
+            return y
         if x3.dtype != self.dtype:
             x3 = x3.to(self.dtype)
         for sel, a, b in gathered.groups:
@@ -430,6 +441,8 @@ class LoraSlots:
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             dtype = torch.bfloat16  # quantized bases: LoRA math in bf16
         self.dtype, self.device = dtype, torch.device(device)
+        if self.device.type == "cpu" and dtype == torch.float32:
+            cpu_kernel.prepare()  # the fused decode kernel builds (or loads from its cache) in the background
         # CUDA: host tensors are pinned and copied into slots on a stream of their own, beside the decode.
         self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         get_head = getattr(model, "get_output_embeddings", None)
