@@ -3,7 +3,10 @@ dtype and rank the engine serves, and refuses operands it was not written for in
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
+import threading
 
 import pytest
 import torch
@@ -57,3 +60,27 @@ def test_the_kernel_refuses_operands_it_was_not_written_for(kernel):
     for message, args in cases.items():
         with pytest.raises(RuntimeError, match=message):
             kernel(*args)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the per-thread nice value is Linux's")
+def test_the_build_runs_at_the_lowest_priority_and_a_failed_one_says_so(monkeypatch, caplog):
+    """A first start compiles beside the serving threads on a machine of few cores: the build thread (and the
+    compiler it starts) drops to nice 19, the server's threads keep theirs, and a failed build is a warning
+    naming its cause while the bmm path serves."""
+    import torch.utils.cpp_extension
+
+    seen = {}
+
+    def no_compiler(*args, **kwargs):
+        seen["nice"] = os.nice(0)
+        raise RuntimeError("error: command 'c++' failed: No such file or directory")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load_inline", no_compiler)
+    monkeypatch.setattr(cpu_kernel, "state", "idle")
+    monkeypatch.setattr(cpu_kernel, "decode", None)
+    monkeypatch.setattr(cpu_kernel, "_done", threading.Event())
+    before = os.nice(0)
+    assert cpu_kernel.prepare(wait=True, timeout=60) is False
+    assert seen["nice"] == 19 and os.nice(0) == before
+    assert cpu_kernel.state == "failed" and cpu_kernel.decode is None
+    assert "No such file or directory" in caplog.text and "torch.bmm" in caplog.text

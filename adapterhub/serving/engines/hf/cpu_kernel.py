@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import platform
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -157,6 +158,11 @@ def build_name() -> str:
 def _build() -> None:
     global decode, state
     try:
+        if sys.platform == "linux":
+            # The compiler runs beside a serving process on a machine of few cores (a first start compiles
+            # for ~30 s on 2): at the lowest priority it takes only idle time. Linux keeps the nice value per
+            # thread, so this thread and the compiler it starts drop, not the server's own threads.
+            os.nice(19)
         from torch.utils.cpp_extension import load_inline
 
         module = load_inline(
