@@ -4,7 +4,7 @@ Why: on CPU a decode step's LoRA is ~4 small ops per adapted layer (cast x to fp
 add into the base's output), 7 layers × 30 blocks on the demo model. Each bmm of one token per row runs far
 below what the core can do (~3 GMAC/s measured), so LoRA added ~8 ms to a 46 ms step of 8 rows. One
 vectorized loop per layer that reads x in its own dtype, accumulates in fp32 and adds into y in place does the
-same arithmetic in about half the time (``benchmarks.kernel``; numbers in docs/benchmarks.md).
+same arithmetic in about half the time (``benchmarks.lora_ops``; numbers in docs/benchmarks.md).
 
 The kernel is C++ compiled on this machine with ``torch.utils.cpp_extension`` (g++ and ninja; ``-march=native``
 so it uses this CPU's vector units), in a background thread the first time a CPU engine starts; the build is
