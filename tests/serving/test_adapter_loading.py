@@ -66,8 +66,9 @@ def _layer(ranks: dict[int, int], rows: list[int], max_rank: int = 64, width: in
     a_stack, b_stack = layer.allocate()
     for slot, r in ranks.items():
         a_stack[slot, :r] = torch.randn(r, width)
-        b_stack[slot, :, :r] = torch.randn(width, r)
+        b_stack[slot, :r] = torch.randn(r, width)
         layer.ranks[slot] = r
+        layer.rank_t[slot] = r
         layer.users += 1
     ctx.indices = torch.tensor(rows)
     return layer
@@ -87,6 +88,8 @@ def test_mixed_ranks_are_grouped_only_where_the_cost_model_says_it_is_cheaper():
 
 
 def test_a_batch_computes_at_its_rows_ranks_not_the_servers_maximum(monkeypatch):
+    """The bmm path (CUDA, or a CPU without the compiled kernel)."""
+    monkeypatch.setattr(cpu_kernel, "apply", None)
     x = torch.randn(4, 3, 12)
     # Ranks 8, 8, 8 and 64 with no fixed overheads: padding all to 64 reads 256 rank-rows, grouping 88.
     monkeypatch.setattr(lora, "PAIR_OVERHEAD_BYTES", 0)
@@ -98,7 +101,7 @@ def test_a_batch_computes_at_its_rows_ranks_not_the_servers_maximum(monkeypatch)
     assert sorted(a.shape[0] for _, a, _ in groups) == [1, 3]
     # Exactly each row's own LoRA: base + x Aᵀ Bᵀ with its slot's weights.
     for i, slot in enumerate([1, 1, 1, 2]):
-        want = layer.base(x[i]) + x[i] @ layer.A[slot].T @ layer.B[slot].T
+        want = layer.base(x[i]) + x[i] @ layer.A[slot].T @ layer.B[slot]
         torch.testing.assert_close(y[i], want)
     # All rank 8 on a server allowing 64: the operands are cut to 8; a base row (slot 0) pads at no rank.
     same = _layer({1: 8, 2: 8}, [1, 2, 0, 1])
@@ -140,9 +143,29 @@ def test_mixed_ranks_in_one_batch_answer_as_peft_does(ranked, tiny_model, device
     assert texts[3] == reference(tiny_model, None, ids, 10)
 
 
-def test_cpu_decode_steps_run_the_fused_kernel_and_answer_as_peft_does(ranked, tiny_model, monkeypatch):
-    """Rows on adapters of ranks 8 and 4 and a base row decode together through the fused CPU kernel (every
-    layer, every step after the prefill) and each still answers with its adapter's own greedy text."""
+def test_the_cpu_kernel_adds_each_rows_own_lora_at_its_own_rank():
+    """The compiled CPU path of one layer: rows of ranks 8 and 64, a base row and a repeated adapter, several
+    tokens per row (a prefill) and one (a decode step): each row gets exactly its slot's LoRA, read straight from
+    the stacks, and nothing is gathered per batch."""
+    import shutil
+
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("no C++ compiler: the engine serves with torch.bmm")
+    assert cpu_kernel.prepare(wait=True, timeout=600), cpu_kernel.state
+    layer = _layer({1: 8, 2: 64}, [1, 0, 2, 1])
+    with torch.no_grad():
+        for tokens in (5, 1):
+            x = torch.randn(4, tokens, 12)
+            y = layer(x)
+            for i, slot in enumerate([1, 0, 2, 1]):
+                want = layer.base(x[i]) + x[i] @ layer.A[slot].T @ layer.B[slot]
+                torch.testing.assert_close(y[i], want, rtol=1e-5, atol=1e-5)
+    assert layer._gathered is None and layer.gathers == 0
+
+
+def test_cpu_prefill_and_decode_run_the_fused_kernel_and_answer_as_peft_does(ranked, tiny_model, monkeypatch):
+    """Rows on adapters of ranks 8 and 4 and a base row run together through the fused CPU kernel (every
+    adapted layer of every prefill and decode step) and each still answers with its adapter's own greedy text."""
     import shutil
 
     from tests.contracts.test_engine_contract import reference
@@ -150,13 +173,13 @@ def test_cpu_decode_steps_run_the_fused_kernel_and_answer_as_peft_does(ranked, t
     if shutil.which("g++") is None and shutil.which("c++") is None:
         pytest.skip("no C++ compiler: the engine serves with torch.bmm")
     assert cpu_kernel.prepare(wait=True, timeout=600), cpu_kernel.state
-    real, calls = cpu_kernel.decode, []
+    real, calls = cpu_kernel.apply, []
 
-    def counting(y, x, at, bt):
-        calls.append(at.shape[0])
-        return real(y, x, at, bt)
+    def counting(y, x, a, b, slots, ranks):
+        calls.append((slots.numel(), x.shape[1]))  # (rows, tokens per row)
+        return real(y, x, a, b, slots, ranks)
 
-    monkeypatch.setattr(cpu_kernel, "decode", counting)
+    monkeypatch.setattr(cpu_kernel, "apply", counting)
     m, _, paths = ranked
     engine = _engine(m, 4)
     for name in ("r8", "x0"):
@@ -176,9 +199,11 @@ def test_cpu_decode_steps_run_the_fused_kernel_and_answer_as_peft_does(ranked, t
         engine.stop()
     assert engine.peak_batch == 3
     adapted = sum(1 for layer in engine.slots.layers.values() if layer.users)  # q, v, o, down × 2 blocks
-    # Every adapted layer of every decode step went through it (7 steps after the prefill's first token,
-    # all three rows together once they had joined).
-    assert adapted == 8 and len(calls) % adapted == 0 and calls.count(3) >= adapted and len(calls) >= 7 * adapted
+    # Every adapted layer of every forward pass went through it: prefills (the prompt's tokens per row) and
+    # at least 7 decode steps after the first token, all three rows together once they had joined.
+    assert adapted == 8 and len(calls) % adapted == 0 and len(calls) >= 8 * adapted
+    assert any(tokens == len(ids) for _, tokens in calls) and calls.count((3, 1)) >= adapted
+    assert all(layer.gathers == 0 for layer in engine.slots.layers.values())  # no per-batch copies
     for text, key in zip(texts, ("r8", "x0", None)):
         assert text == reference(tiny_model, paths[key] if key else None, ids, 8), key
 
@@ -363,10 +388,11 @@ def test_slot_stacks_grow_with_the_adapters_loaded_while_a_batch_decodes(ranked,
         assert text == reference(tiny_model, paths[name], ids, 24), name
 
 
-def test_joins_and_leaves_derive_each_rows_operands_equal_to_a_gather():
-    """Rows leaving and newcomers joining: the layer cuts and concatenates the per-row A/B it holds instead
-    of gathering every row from the stacks again, and what it computes is exactly what a gather gives
-    (same values, same padded rank) and each row's own LoRA."""
+def test_joins_and_leaves_derive_each_rows_operands_equal_to_a_gather(monkeypatch):
+    """Rows leaving and newcomers joining, on the bmm path: the layer cuts and concatenates the per-row A/B it
+    holds instead of gathering every row from the stacks again, and what it computes is exactly what a gather
+    gives (same values, same padded rank) and each row's own LoRA."""
+    monkeypatch.setattr(cpu_kernel, "apply", None)
     layer = _layer({1: 8, 2: 4, 3: 8}, [1, 2, 3])
     ctx = layer.ctx
 
@@ -376,7 +402,7 @@ def test_joins_and_leaves_derive_each_rows_operands_equal_to_a_gather():
         for (s1, a1, b1), (s2, a2, b2) in zip(layer._gathered.groups, fresh.groups, strict=True):
             assert s1 is None and s2 is None and torch.equal(a1, a2) and torch.equal(b1, b2)
         for i, slot in enumerate(ctx.rows):
-            torch.testing.assert_close(y[i], layer.base(x[i]) + x[i] @ layer.A[slot].T @ layer.B[slot].T)
+            torch.testing.assert_close(y[i], layer.base(x[i]) + x[i] @ layer.A[slot].T @ layer.B[slot])
 
     running = ctx.indices
     check(torch.randn(3, 5, 12))  # the first prefill: gathered
@@ -407,11 +433,18 @@ def test_joins_and_leaves_derive_each_rows_operands_equal_to_a_gather():
     assert (layer.gathers, layer.derived) == (3, 3)
 
 
-def test_a_batch_that_rows_join_and_leave_answers_each_as_alone(ranked, tiny_model, monkeypatch):
+@pytest.mark.parametrize("path", ["bmm", "kernel"])
+def test_a_batch_that_rows_join_and_leave_answers_each_as_alone(ranked, tiny_model, monkeypatch, path):
     """A request on x0 decodes; two newcomers (r8, base) join it at a step boundary and leave at their
-    lengths. Every answer is its adapter's own, and after the first prefills no layer gathered from the
-    stacks again: the join and both leaves were derived from what it held."""
+    lengths. Every answer is its adapter's own. On the bmm path, after the first prefills no layer gathered
+    from the stacks again (the join and both leaves were derived from what it held); the CPU kernel reads the
+    stacks directly and gathers nothing at all."""
     from tests.contracts.test_engine_contract import reference
+
+    if path == "bmm":
+        monkeypatch.setattr(cpu_kernel, "apply", None)
+    elif not cpu_kernel.prepare(wait=True, timeout=600):
+        pytest.skip(f"the CPU kernel is not available ({cpu_kernel.state})")
 
     m, _, paths = ranked
     engine = _engine(m, 4)
@@ -457,4 +490,4 @@ def test_a_batch_that_rows_join_and_leave_answers_each_as_alone(ranked, tiny_mod
     for text, key in zip(texts, lengths):
         assert text == reference(tiny_model, paths[key] if key else None, ids, lengths[key]), key
     layer = engine.slots.layers["model.layers.0.self_attn.q_proj"]
-    assert (layer.gathers, layer.derived) == (2, 3)
+    assert (layer.gathers, layer.derived) == ((2, 3) if path == "bmm" else (0, 0))

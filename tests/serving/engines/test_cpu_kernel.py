@@ -1,5 +1,6 @@
-"""The fused CPU decode kernel for batched LoRA: it builds here, computes what the bmm path computes for every
-dtype and rank the engine serves, and refuses operands it was not written for instead of reading past them."""
+"""The fused CPU kernel for batched LoRA: it builds here, computes what the bmm path computes for every dtype
+and rank the engine serves (one token per row or many, ranks mixed in a batch), and refuses operands it was not
+written for instead of reading past them."""
 
 from __future__ import annotations
 
@@ -19,43 +20,75 @@ def kernel():
     if shutil.which("g++") is None and shutil.which("c++") is None:
         pytest.skip("no C++ compiler: the engine serves with torch.bmm")
     assert cpu_kernel.prepare(wait=True, timeout=600), f"the kernel did not build (state: {cpu_kernel.state})"
-    return cpu_kernel.decode
+    return cpu_kernel.apply
 
 
-def _reference(y, x, at, bt):
-    """The bmm path: fp32 LoRA on x, added into y and rounded once to y's dtype."""
-    return (y.float() + torch.bmm(torch.bmm(x.float(), at), bt)).to(y.dtype)
+def _stacks(fan_in, fan_out, ranks, max_rank):
+    """Slot stacks as a layer holds them: A [slots, R, in], Bᵀ [slots, R, out], zero beyond each slot's rank;
+    slot 0 (the base) all zero."""
+    a = torch.randn(len(ranks), max_rank, fan_in) / fan_in**0.5
+    bt = torch.randn(len(ranks), max_rank, fan_out) / max_rank**0.5
+    for s, r in enumerate(ranks):
+        a[s, r:] = 0
+        bt[s, r:] = 0
+    return a, bt, torch.tensor(ranks, dtype=torch.int32)
+
+
+def _reference(y, x, a, bt, slots):
+    """The bmm path: each row's fp32 LoRA on x, added into y and rounded once to y's dtype."""
+    return (y.float() + torch.bmm(torch.bmm(x.float(), a[slots].transpose(1, 2)), bt[slots])).to(y.dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize(("rows", "fan_in", "fan_out", "rank"), [
-    (8, 576, 576, 8), (8, 576, 192, 16), (3, 1536, 576, 64), (1, 12, 20, 1), (5, 7, 1536, 3),
+@pytest.mark.parametrize(("rows", "tokens", "fan_in", "fan_out", "ranks"), [
+    (8, 1, 576, 576, [0, 8, 8, 16, 4]),  # decode: ranks differ within the batch
+    (3, 7, 576, 1536, [0, 64, 16, 1]),  # prefill: several tokens per row
+    (2, 33, 1536, 576, [0, 8, 64]),
+    (1, 1, 12, 20, [0, 1]),
+    (5, 3, 7, 33, [0, 3, 5]),  # odd sizes: the loops' remainders
 ])
-def test_the_kernel_adds_each_rows_own_lora_as_the_bmm_path_does(kernel, dtype, rows, fan_in, fan_out, rank):
-    torch.manual_seed(rows * fan_in + rank)
-    x = torch.randn(rows, 1, fan_in).to(dtype)
-    y = torch.randn(rows, 1, fan_out).to(dtype)
-    at = torch.randn(rows, fan_in, rank) / fan_in**0.5
-    bt = torch.randn(rows, rank, fan_out) / rank**0.5
-    bt[0] = 0  # a base row (slot 0) in the batch: zeros, so its output is left as it was
-    want = _reference(y, x, at, bt)
+def test_the_kernel_adds_each_rows_own_lora_as_the_bmm_path_does(kernel, dtype, rows, tokens, fan_in, fan_out,
+                                                                  ranks):
+    torch.manual_seed(rows * fan_in + tokens)
+    a, bt, rank_t = _stacks(fan_in, fan_out, ranks, max(ranks))
+    slots = torch.arange(rows) % len(ranks)  # slot 0 (a base row) included, and rows sharing a slot
+    x = torch.randn(rows, tokens, fan_in).to(dtype)
+    y = torch.randn(rows, tokens, fan_out).to(dtype)
+    want = _reference(y, x, a, bt, slots)
     before = y.clone()
-    kernel(y, x, at, bt)
-    torch.testing.assert_close(y[0], before[0], rtol=0, atol=0)
+    kernel(y, x, a, bt, slots, rank_t)
+    torch.testing.assert_close(y[0], before[0], rtol=0, atol=0)  # the base row is left exactly as it was
     if dtype == torch.float32:
         torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
     else:  # both sum in fp32 and round once: at most one unit in the last place apart
         torch.testing.assert_close(y.float(), want.float(), rtol=2 ** -7, atol=1e-3)
 
 
+def test_the_kernel_reads_only_up_to_each_slots_rank():
+    """A slot's rank bounds what is read: values past it (a slot's previous, larger adapter, say) add nothing."""
+    kernel = cpu_kernel.apply
+    if kernel is None:
+        pytest.skip(f"the CPU kernel is not available ({cpu_kernel.state})")
+    a, bt = torch.ones(2, 8, 4), torch.ones(2, 8, 3)
+    y = torch.zeros(1, 1, 3)
+    kernel(y, torch.ones(1, 1, 4), a, bt, torch.tensor([1]), torch.tensor([0, 2], dtype=torch.int32))
+    assert y.flatten().tolist() == [8.0, 8.0, 8.0]  # rank 2: 2 × (1·4), not 8 × 4
+
+
 def test_the_kernel_refuses_operands_it_was_not_written_for(kernel):
-    at, bt = torch.zeros(2, 8, 4), torch.zeros(2, 4, 6)
+    a, bt, ranks = torch.zeros(3, 4, 8), torch.zeros(3, 4, 6), torch.tensor([0, 4, 2], dtype=torch.int32)
+    one = torch.tensor([1, 2])
     cases = {
-        "one token per row": (torch.zeros(2, 2, 6), torch.zeros(2, 2, 8), at, bt),
-        "contiguous": (torch.zeros(2, 1, 6), torch.zeros(2, 1, 16)[:, :, ::2], at, bt),
-        "differ in dtype": (torch.zeros(2, 1, 6), torch.zeros(2, 1, 8, dtype=torch.bfloat16), at, bt),
-        "fp32 A and B": (torch.zeros(2, 1, 6), torch.zeros(2, 1, 8), at.bfloat16(), bt.bfloat16()),
-        "do not match": (torch.zeros(2, 1, 6), torch.zeros(2, 1, 8), at, torch.zeros(3, 4, 6)),
+        "contiguous": (torch.zeros(2, 1, 6), torch.zeros(2, 1, 16)[:, :, ::2], a, bt, one, ranks),
+        "differ in dtype": (torch.zeros(2, 1, 6), torch.zeros(2, 1, 8, dtype=torch.bfloat16), a, bt, one, ranks),
+        "fp32 A and B": (torch.zeros(2, 1, 6), torch.zeros(2, 1, 8), a.bfloat16(), bt.bfloat16(), one, ranks),
+        "do not match": (torch.zeros(2, 1, 6), torch.zeros(2, 1, 8), a, torch.zeros(3, 5, 6), one, ranks),
+        "int64 slots and int32 ranks": (torch.zeros(2, 1, 6), torch.zeros(2, 1, 8), a, bt, one, ranks.long()),
+        "slot 3 out of range": (torch.zeros(2, 1, 6), torch.zeros(2, 1, 8), a, bt, torch.tensor([1, 3]), ranks),
+        "rank 9 out of range": (torch.zeros(2, 1, 6), torch.zeros(2, 1, 8), a, bt, one,
+                                torch.tensor([0, 9, 2], dtype=torch.int32)),
+        "rows of tokens of the layer's in": (torch.zeros(2, 1, 6), torch.zeros(2, 1, 7), a, bt, one, ranks),
+        "rows of tokens of the layer's out": (torch.zeros(2, 2, 6), torch.zeros(2, 1, 8), a, bt, one, ranks),
     }
     for message, args in cases.items():
         with pytest.raises(RuntimeError, match=message):
@@ -77,10 +110,10 @@ def test_the_build_runs_at_the_lowest_priority_and_a_failed_one_says_so(monkeypa
 
     monkeypatch.setattr(torch.utils.cpp_extension, "load_inline", no_compiler)
     monkeypatch.setattr(cpu_kernel, "state", "idle")
-    monkeypatch.setattr(cpu_kernel, "decode", None)
+    monkeypatch.setattr(cpu_kernel, "apply", None)
     monkeypatch.setattr(cpu_kernel, "_done", threading.Event())
     before = os.nice(0)
     assert cpu_kernel.prepare(wait=True, timeout=60) is False
     assert seen["nice"] == 19 and os.nice(0) == before
-    assert cpu_kernel.state == "failed" and cpu_kernel.decode is None
+    assert cpu_kernel.state == "failed" and cpu_kernel.apply is None
     assert "No such file or directory" in caplog.text and "torch.bmm" in caplog.text

@@ -2,11 +2,12 @@
 
 Every linear-like layer (``nn.Linear`` and subclasses, fused projections, GPT-2's ``Conv1D``; not the
 output head) is wrapped once at start-up by :class:`BatchedLoraLinear`, which owns stacks
-``A[slots, r_max, in]`` and ``B[slots, out, r_max]``, allocated while some loaded adapter targets it. Slot 0 stays zero (the
-base model). A batch carries one slot index per row; each layer adds ``bmm(bmm(x, A[idx]ᵀ), B[idx]ᵀ)``
+``A[slots, r_max, in]`` and ``Bᵀ[slots, r_max, out]``, allocated while some loaded adapter targets it. Slot 0 stays
+zero (the base model). A batch carries one slot index per row; each layer adds ``bmm(bmm(x, A[idx]ᵀ), Bᵀ[idx])``
 — one gathered matmul pair per layer for all adapters in the batch, instead of peft's loop over the
-adapters present. A decode step on CPU runs the same sum in one fused op per layer (:mod:`.cpu_kernel`) once
-it has been built.
+adapters present. On CPU, once it has been built, one fused op per layer (:mod:`.cpu_kernel`) runs the same
+sum for prefill and decode alike, reading each row's adapter straight from the stacks at its own rank: the
+gathering, rank grouping and derivation below are then the CUDA path (and a CPU's without a compiler).
 
 Ranks: a layer computes at the largest rank among the batch's rows, not the server's ``r_max``
 (zero-padding is exact, so slicing it off changes nothing). When the batch mixes ranks, rows are split
@@ -163,9 +164,10 @@ class BatchedLoraLinear(nn.Module):
         self.in_features, self.out_features = shape
         self.slots, self.max_rank, self.dtype, self.device = slots, max_rank, dtype, device
         self.on_cpu = device.type == "cpu"  # decode steps may use the fused CPU kernel (cpu_kernel)
-        self.A: torch.Tensor | None = None  # [slots, r_max, in]
-        self.B: torch.Tensor | None = None  # [slots, out, r_max]
+        self.A: torch.Tensor | None = None  # [slots, r_max, in]: A per slot
+        self.B: torch.Tensor | None = None  # [slots, r_max, out]: Bᵀ per slot (rank k's row contiguous)
         self.ranks = [0] * slots  # each slot's rank in this layer (0: its adapter does not target it)
+        self.rank_t = torch.zeros(slots, dtype=torch.int32)  # the same, for the CPU kernel
         self.users = 0  # loaded adapters that target this layer; 0 → skip the LoRA math
         self._gathered: _Gathered | None = None  # the current batch's
         self._recent: dict[int, _Gathered] = {}  # by version: what joins and leaves are derived from
@@ -174,7 +176,7 @@ class BatchedLoraLinear(nn.Module):
     def allocate(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.A is None or self.B is None:
             self.A = torch.zeros(self.slots, self.max_rank, self.in_features, dtype=self.dtype, device=self.device)
-            self.B = torch.zeros(self.slots, self.out_features, self.max_rank, dtype=self.dtype, device=self.device)
+            self.B = torch.zeros(self.slots, self.max_rank, self.out_features, dtype=self.dtype, device=self.device)
         return self.A, self.B
 
     def grow(self, slots: int) -> None:
@@ -182,9 +184,13 @@ class BatchedLoraLinear(nn.Module):
         decode thread reads either the old or the new ones: the same values in every slot a row uses."""
         if slots <= self.slots:
             return
+        # The ranks first: a forward pass that sees the new stacks must see ranks covering all their slots.
+        rank_t = torch.zeros(slots, dtype=torch.int32)
+        rank_t[: self.slots].copy_(self.rank_t)
+        self.rank_t = rank_t
         if self.A is not None and self.B is not None:
             A = torch.zeros(slots, self.max_rank, self.in_features, dtype=self.dtype, device=self.device)
-            B = torch.zeros(slots, self.out_features, self.max_rank, dtype=self.dtype, device=self.device)
+            B = torch.zeros(slots, self.max_rank, self.out_features, dtype=self.dtype, device=self.device)
             A[: self.slots].copy_(self.A)
             B[: self.slots].copy_(self.B)
             self.A, self.B = A, B
@@ -202,13 +208,24 @@ class BatchedLoraLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         idx = self.ctx.indices
-        if idx is None or self.users == 0 or self.A is None or self.B is None:
+        A, B = self.A, self.B
+        if idx is None or self.users == 0 or A is None or B is None:
+            return y
+        kernel = cpu_kernel.apply
+        if (kernel is not None and self.on_cpu and self.dtype == torch.float32 and x.dtype == y.dtype
+                and y.is_contiguous() and not torch.is_grad_enabled()):
+            # CPU: one compiled loop per layer reads each row's adapter straight from the stacks at its own
+            # rank (prefill's tokens and decode's alike), sums in fp32 and adds into y in place: no per-batch
+            # gather, nothing to rebuild when rows join or leave.
+            if x.shape[0] != idx.shape[0] and (x.dim() != 2 or x.shape[0] % idx.shape[0]):
+                raise RuntimeError(f"a LoRA layer got {x.shape[0]} tokens for a batch of {idx.shape[0]} rows")
+            kernel(y, x.contiguous(), A, B, idx, self.rank_t)
             return y
         gathered = self._gathered
         if gathered is None or gathered.version != self.ctx.version:
             gathered = self._derive() if self.ctx.lineage is not None else None
             if gathered is None:
-                gathered = self._gather(idx, self.A, self.B)
+                gathered = self._gather(idx, A, B)
                 self.gathers += 1
             else:
                 self.derived += 1
@@ -224,14 +241,6 @@ class BatchedLoraLinear(nn.Module):
             x3, y3 = x.view(rows, -1, x.shape[-1]), y.view(rows, -1, y.shape[-1])
         else:
             x3, y3 = x, y
-        kernel = cpu_kernel.decode
-        if (kernel is not None and self.on_cpu and x3.shape[1] == 1 and len(gathered.groups) == 1
-                and gathered.groups[0][0] is None and x3.dtype == y3.dtype and self.dtype == torch.float32
-                and not torch.is_grad_enabled()):
-            # Decode on CPU: one fused loop (x read in its own dtype, fp32 sums, added into y in place).
-            _, a, b = gathered.groups[0]
-            kernel(y3, x3.contiguous(), a, b)
-            return y
         if x3.dtype != self.dtype:
             x3 = x3.to(self.dtype)
         for sel, a, b in gathered.groups:
@@ -253,7 +262,7 @@ class BatchedLoraLinear(nn.Module):
         n, v = len(ranks), self.ctx.version
         if not RANK_AWARE:
             return _Gathered(v, [(None, A.index_select(0, idx).transpose(1, 2).contiguous(),
-                                  B.index_select(0, idx).transpose(1, 2).contiguous())], n)
+                                  B.index_select(0, idx).contiguous())], n)
         top = max(ranks, default=0)
         if top == 0:
             return _Gathered(v, [], n)
@@ -261,13 +270,13 @@ class BatchedLoraLinear(nn.Module):
         plan = plan_rank_groups(ranks, row_bytes)
         if plan is None:  # one pass over every row, padded to the batch's largest rank
             return _Gathered(v, [(None, A.index_select(0, idx)[:, :top].transpose(1, 2).contiguous(),
-                                  B.index_select(0, idx)[:, :, :top].transpose(1, 2).contiguous())], n)
+                                  B.index_select(0, idx)[:, :top].contiguous())], n)
         groups: list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]] = []
         for r, members in plan:
             sel = torch.tensor(members, dtype=torch.long, device=idx.device)
             slots = idx.index_select(0, sel)
             groups.append((sel, A.index_select(0, slots)[:, :r].transpose(1, 2).contiguous(),  # [n, in, r]
-                           B.index_select(0, slots)[:, :, :r].transpose(1, 2).contiguous()))  # [n, r, out]
+                           B.index_select(0, slots)[:, :r].contiguous()))  # [n, r, out]
         return _Gathered(v, groups, n)
 
     def _derive(self) -> _Gathered | None:
@@ -550,7 +559,7 @@ class LoraSlots:
                     stack_a[slot].zero_()
                     stack_b[slot].zero_()
                     stack_a[slot, :r].copy_(a, non_blocking=stream is not None)
-                    stack_b[slot, :, :r].copy_(b, non_blocking=stream is not None)
+                    stack_b[slot, :r].copy_(b.t(), non_blocking=stream is not None)
             if stream is not None:
                 stream.synchronize()  # the slot is complete before any row can be given it
         except Exception:
@@ -566,6 +575,7 @@ class LoraSlots:
         for name, (a, _) in host.modules.items():
             layer = self.layers[name]
             layer.ranks[slot] = int(a.shape[0])
+            layer.rank_t[slot] = int(a.shape[0])
             layer.users += 1
         self.loaded[key] = SlotAdapter(slot, list(host.modules))
 
@@ -590,4 +600,5 @@ class LoraSlots:
                 layer.A[entry.slot].zero_()
                 layer.B[entry.slot].zero_()
             layer.ranks[entry.slot] = 0
+            layer.rank_t[entry.slot] = 0
         self.free.append(entry.slot)  # no running row uses the slot (the manager unloads idle adapters only)
