@@ -47,6 +47,9 @@ def report(name: str, rows: list[dict[str, Any]], columns: list[str], *, chart: 
 
     ``chart`` = (label column, value column, y-axis label).
     """
+    clash = {"machine", "when", "rows"} & set(extra or {})
+    if clash:  # they would overwrite the table itself in the saved results
+        raise ValueError(f"report({name!r}): extra may not use the keys {sorted(clash)}")
     widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     print("  ".join("-" * w for w in widths))

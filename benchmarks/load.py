@@ -221,6 +221,7 @@ def main() -> None:
     ap.add_argument("--vllm-python", default="", help="a Python with vLLM: its own server on the first N's mix")
     ap.add_argument("--vllm-rates", default="", help="arrival rates for vLLM's server (default: --rates)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", default="load", help="results go to docs/bench_NAME.json (a short run beside the full one)")
     ap.add_argument("--random-weights", metavar="DIR", type=Path,
                     help="a config + tokenizer dir: that architecture with random weights (a machine without the "
                          "demo model)")
@@ -238,7 +239,7 @@ def main() -> None:
     settings = Settings()
     tmp = Path(tempfile.mkdtemp(prefix="bench-load-"))
     base = bench_base(args.random_weights, settings, tmp)
-    name = run_name("load", args.random_weights)
+    name = run_name(args.name, args.random_weights)
     registry = Registry(LocalStore(tmp / "registry"))
     t = time.perf_counter()
     paths = make_adapters(base.path, tmp / "adapters", max(counts), args.rank)

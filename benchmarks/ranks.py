@@ -6,7 +6,10 @@ of rank 64, all rank 64. Each mix runs with the engine's rank-aware LoRA (a laye
 rank among its rows, or in groups of neighbouring ranks where ``lora.plan_rank_groups``' cost model says
 that is cheaper) and with the earlier
 behaviour of padding every row to the server's rank 64 (``lora.RANK_AWARE = False``), alternating, best
-of ``--repeat``. Adapters: random LoRA on all linear layers. Decode tokens/s over the whole batch.
+of ``--repeat``. On a CPU with the compiled LoRA kernel (``cpu_kernel``: each row at its own rank, read from
+the slot stacks; what the engine serves there) each mix also runs through it, and the two bmm columns are
+then the fallback path's (a CPU without a compiler; on CUDA they are what serves). Adapters: random LoRA on
+all linear layers. Decode tokens/s over the whole batch.
 
 Run: ``python -m benchmarks.ranks [--tokens 32] [--repeat 3]``.
 """
@@ -21,7 +24,7 @@ from pathlib import Path
 
 from adapterhub.models import DEMO_MODEL
 from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
-from adapterhub.serving.engines.hf import HFEngine, lora
+from adapterhub.serving.engines.hf import HFEngine, cpu_kernel, lora
 from adapterhub.settings import Settings
 from benchmarks.common import bench_base, report, run_name
 from benchmarks.load import make_adapters
@@ -84,32 +87,45 @@ def main() -> None:
         return sum(tokens) / (time.perf_counter() - t0)
 
     engine.start()
-    best: dict[tuple[str, bool], float] = {}
+    saved = cpu_kernel.apply
+    kernel = cpu_kernel.apply if engine.device.type == "cpu" and cpu_kernel.prepare(wait=True) else None
+    # (mode, rank-aware): the CPU kernel (always each row's own rank), then the bmm path aware and padded
+    modes = ([("kernel", True)] if kernel is not None else []) + [("bmm", True), ("bmm", False)]
+    best: dict[tuple[str, str, bool], float] = {}
     try:
         asyncio.run(batch(MIXES["all rank 8"]))  # warm-up
         for _ in range(args.repeat):
             for label, mix in MIXES.items():
-                for aware in (True, False):
-                    if all(r is None for r in mix) and not aware:
-                        continue
+                for mode, aware in modes:
+                    if all(r is None for r in mix) and (mode, aware) != modes[0]:
+                        continue  # base rows compute no LoRA on any path
+                    cpu_kernel.apply = kernel if mode == "kernel" else None
                     lora.RANK_AWARE = aware
-                    best[(label, aware)] = max(best.get((label, aware), 0.0), asyncio.run(batch(mix)))
+                    key = (label, mode, aware)
+                    best[key] = max(best.get(key, 0.0), asyncio.run(batch(mix)))
     finally:
         lora.RANK_AWARE = True
+        cpu_kernel.apply = saved if kernel is None else kernel
         engine.stop()
-    base_tps = best[("base only", True)]
+    base_tps = best[("base only", *modes[0])]
     rows = []
     for label in MIXES:
-        aware = best[(label, True)]
-        padded = best.get((label, False))
-        rows.append({"mix (8 rows)": label if times == 1 else f"{label}, ×{times}", "rank_aware_tok_s": round(aware, 1),
-                     "padded_to_64_tok_s": None if padded is None else round(padded, 1),
-                     "aware_vs_base": round(aware / base_tps, 3),
-                     "padded_vs_base": None if padded is None else round(padded / base_tps, 3),
-                     "aware_vs_padded": None if padded is None else round(aware / padded, 3)})
-    report(run_name("ranks", args.random_weights), rows, ["mix (8 rows)", "rank_aware_tok_s", "padded_to_64_tok_s", "aware_vs_base",
-                           "padded_vs_base", "aware_vs_padded"],
-           extra={"tokens": args.tokens, "repeat": args.repeat, "rows": 8 * times, "max_lora_rank": 64, "model": DEMO_MODEL + (" (random weights)" if args.random_weights else ""),
+        if all(r is None for r in MIXES[label]):
+            for mode, aware in modes:
+                best[(label, mode, aware)] = base_tps
+        fused = best.get((label, "kernel", True))
+        aware = best[(label, "bmm", True)]
+        padded = best[(label, "bmm", False)]
+        rows.append({"mix (8 rows)": label if times == 1 else f"{label}, ×{times}",
+                     "kernel_tok_s": None if fused is None else round(fused, 1),
+                     "rank_aware_tok_s": round(aware, 1), "padded_to_64_tok_s": round(padded, 1),
+                     "kernel_vs_base": None if fused is None else round(fused / base_tps, 3),
+                     "aware_vs_base": round(aware / base_tps, 3), "padded_vs_base": round(padded / base_tps, 3),
+                     "aware_vs_padded": round(aware / padded, 3)})
+    report(run_name("ranks", args.random_weights), rows,
+           ["mix (8 rows)", "kernel_tok_s", "rank_aware_tok_s", "padded_to_64_tok_s", "kernel_vs_base",
+            "aware_vs_base", "padded_vs_base", "aware_vs_padded"],
+           extra={"tokens": args.tokens, "repeat": args.repeat, "batch_rows": 8 * times, "max_lora_rank": 64, "model": DEMO_MODEL + (" (random weights)" if args.random_weights else ""),
                   "device": str(engine.device), "lora_dtype": str(engine.slots.dtype)})
 
 
