@@ -163,7 +163,7 @@ class BatchedLoraLinear(nn.Module):
         self.ctx = ctx
         self.in_features, self.out_features = shape
         self.slots, self.max_rank, self.dtype, self.device = slots, max_rank, dtype, device
-        self.on_cpu = device.type == "cpu"  # decode steps may use the fused CPU kernel (cpu_kernel)
+        self.on_cpu = device.type == "cpu"  # forward passes may use the fused CPU kernel (cpu_kernel)
         self.A: torch.Tensor | None = None  # [slots, r_max, in]: A per slot
         self.B: torch.Tensor | None = None  # [slots, r_max, out]: Bᵀ per slot (rank k's row contiguous)
         self.ranks = [0] * slots  # each slot's rank in this layer (0: its adapter does not target it)
@@ -381,7 +381,8 @@ def plan_rank_groups(ranks: list[int], row_bytes: int) -> list[tuple[int, list[i
 @dataclass
 class HostAdapter:
     """An adapter's LoRA tensors in host memory, ready to copy into a slot: per module (A [r, in],
-    B·scale [out, r]) in the stacks' dtype (pinned on CUDA, so the copy can run on a side stream)."""
+    (B·scale)ᵀ [r, out]) in the stacks' dtype and layout, contiguous (pinned on CUDA, so the copy can run on a
+    side stream)."""
 
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]]
     nbytes: int
@@ -528,7 +529,7 @@ class LoraSlots:
                 raise ValueError(f"{name}: adapter shape {tuple(b.shape[:1]) + tuple(a.shape[1:])} "
                                  f"does not match ({layer.out_features}, {layer.in_features})")
             a = a.to(self.dtype).contiguous()
-            b = (b.to(torch.float32) * peft.scale_of(name, r)).to(self.dtype).contiguous()
+            b = (b.to(torch.float32) * peft.scale_of(name, r)).to(self.dtype).t().contiguous()  # as the stack holds it
             if pin:
                 a, b = a.pin_memory(), b.pin_memory()
             modules[name] = (a, b)
@@ -559,7 +560,7 @@ class LoraSlots:
                     stack_a[slot].zero_()
                     stack_b[slot].zero_()
                     stack_a[slot, :r].copy_(a, non_blocking=stream is not None)
-                    stack_b[slot, :r].copy_(b.t(), non_blocking=stream is not None)
+                    stack_b[slot, :r].copy_(b, non_blocking=stream is not None)
             if stream is not None:
                 stream.synchronize()  # the slot is complete before any row can be given it
         except Exception:
