@@ -117,3 +117,24 @@ def test_the_build_runs_at_the_lowest_priority_and_a_failed_one_says_so(monkeypa
     assert seen["nice"] == 19 and os.nice(0) == before
     assert cpu_kernel.state == "failed" and cpu_kernel.apply is None
     assert "No such file or directory" in caplog.text and "torch.bmm" in caplog.text
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the build guard is a POSIX flock")
+def test_a_build_killed_earlier_does_not_keep_the_kernel_from_loading(kernel, monkeypatch, caplog):
+    """A server killed during its first start's build leaves torch's ``lock`` file in the build directory, and
+    torch waits for that file to go away forever. The next start removes it (no live build holds our flock) and
+    loads the kernel instead of serving on bmm for good."""
+    from pathlib import Path
+
+    from torch.utils.cpp_extension import _get_build_directory
+
+    lock = Path(_get_build_directory(cpu_kernel.build_name(), False)) / "lock"
+    lock.touch()
+    monkeypatch.setattr(cpu_kernel, "state", "idle")
+    monkeypatch.setattr(cpu_kernel, "apply", None)
+    monkeypatch.setattr(cpu_kernel, "_done", threading.Event())
+    try:
+        assert cpu_kernel.prepare(wait=True, timeout=300), f"the kernel did not load ({cpu_kernel.state})"
+        assert not lock.exists() and "interrupted" in caplog.text
+    finally:
+        lock.unlink(missing_ok=True)  # never leave it for the rest of the suite

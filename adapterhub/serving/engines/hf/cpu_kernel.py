@@ -157,16 +157,44 @@ def _cpu_flags() -> str:
 
 
 def build_name() -> str:
-    """The extension's name: changes with the source, torch's version and the CPU (``-march=native`` code
-    built on one CPU may not run on another sharing the cache)."""
+    """The extension's name: changes with the source, torch's version, the CPU (``-march=native`` code
+    built on one CPU may not run on another sharing the cache) and the Python environment (two venvs sharing
+    the cache would otherwise rebuild it in turn: their torch headers live at different paths)."""
     import torch
 
-    digest = hashlib.sha256("\0".join((SOURCE, torch.__version__, platform.machine(), _cpu_flags())).encode())
+    digest = hashlib.sha256("\0".join((SOURCE, torch.__version__, platform.machine(), _cpu_flags(),
+                                        sys.prefix)).encode())
     return f"adapterhub_lora_{digest.hexdigest()[:16]}"
+
+
+def _claim_build_directory(name: str) -> Any:
+    """Hold an exclusive flock on the build directory while this process builds or loads the kernel, and
+    remove torch's ``lock`` file if one is there. torch marks a build in progress with that file alone and
+    waits for it to go away, forever; a process killed mid-build (a server stopped during its first start)
+    leaves it behind, and every later start then waited in the background with the kernel never ready. The
+    flock is released by the OS when its holder dies, so holding it proves no live process of ours is
+    building: a ``lock`` file then is stale. Returns the open guard file (close it to release); None where
+    flock does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's own lock file only
+        return None
+    from torch.utils.cpp_extension import _get_build_directory
+
+    directory = _get_build_directory(name, False)
+    os.makedirs(directory, exist_ok=True)
+    guard = open(os.path.join(directory, "adapterhub-build.flock"), "a+")  # noqa: SIM115 - held across the build
+    fcntl.flock(guard, fcntl.LOCK_EX)  # another process of ours building it: wait for it
+    stale = os.path.join(directory, "lock")
+    if os.path.exists(stale):
+        log.warning("removing %s, left by a build that was interrupted", stale)
+        os.remove(stale)
+    return guard
 
 
 def _build() -> None:
     global apply, state
+    guard = None
     try:
         if sys.platform == "linux":
             # The compiler runs beside a serving process on a machine of few cores (a first start compiles
@@ -175,8 +203,10 @@ def _build() -> None:
             os.nice(19)
         from torch.utils.cpp_extension import load_inline
 
+        name = build_name()
+        guard = _claim_build_directory(name)
         module = load_inline(
-            build_name(), cpp_sources=SOURCE, functions=["lora_apply_"],
+            name, cpp_sources=SOURCE, functions=["lora_apply_"],
             extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False,
         )
         apply = module.lora_apply_
@@ -187,6 +217,8 @@ def _build() -> None:
         log.warning("the CPU LoRA kernel could not be built (%s); LoRA layers use torch.bmm",
                     str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
     finally:
+        if guard is not None:
+            guard.close()
         _done.set()
 
 
