@@ -177,9 +177,10 @@ def _claim_build_directory(name: str) -> Any:
     flock does not exist."""
     try:
         import fcntl
-    except ImportError:  # not POSIX: torch's own lock file only
+
+        from torch.utils.cpp_extension import _get_build_directory  # private: a later torch may drop it
+    except ImportError:  # not POSIX, or no such helper: torch's own lock file only, and the build still runs
         return None
-    from torch.utils.cpp_extension import _get_build_directory
 
     directory = _get_build_directory(name, False)
     os.makedirs(directory, exist_ok=True)
