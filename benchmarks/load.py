@@ -1,7 +1,8 @@
 """Serving under open-loop traffic: requests arrive whenever they arrive (Poisson), many adapters, streamed
 through the official async ``openai`` client against the real HTTP server on the demo model.
 
-Each set-up runs at the same arrival rate with the same seeded arrivals, prompts and answer lengths;
+Each set-up runs at the same arrival rate with the same seeded arrivals, prompts and answer lengths (the set-ups
+take turns at each rate: base, 64, 512 at the first, 64, 512, base at the next, and so on);
 base-only is the baseline measured in the same run. Reported per set-up: errors (and their statuses),
 TTFT and inter-token latency p50/p99, output tokens/s over the run. Adapter popularity follows Punica's
 four: ``distinct`` (every request its own adapter, round robin), ``uniform``, ``zipf`` (s = 1.0) and
@@ -12,10 +13,11 @@ same number of tokens); prompts: the chat prompts of ``benchmarks.serving``.
 
 Each set-up is swept over arrival rates (``--rates``, ``--duration`` seconds of arrivals each); its capacity
 is the rate where p99 TTFT passes ``--p99-limit`` (5 s), interpolated between the measured rates. Then every
-set-up runs at half the base-only capacity (the issue's goal point). ``--vllm-python`` adds vLLM's own
+set-up runs at half the base-only capacity (the issue's goal point), ``--goal-rounds`` times with fresh arrivals,
+interleaved (each round starts with the next set-up), its rounds pooled into one row. ``--vllm-python`` adds vLLM's own
 OpenAI server (``--enable-lora``, ``--max-loras`` = ``--max-loaded`` up to 8, every adapter in its CPU cache) on the
-first N's mix, same arrivals. One server serves every set-up in turn (base, then each N), as a user's
-server would: adapters loaded by one sweep point may still be resident at the next.
+first N's mix, same arrivals, after ours. One server serves every set-up in turn, as a user's server would:
+adapters loaded by one point (of any set-up) may still be resident at the next.
 
 Run: ``python -m benchmarks.load [--rates 0.25,0.5,0.75,1.0] [--adapters 64,512] [--max-loaded 64]
 [--vllm-python .venv-vllm/bin/python]``.
@@ -139,12 +141,14 @@ def summarize(label: str, rate: float, models: list[str], results: list[dict[str
     }
 
 
+Sums = dict[str, tuple[float, float]]  # metric -> (sum, count)
+
 WAITS = {"adapter_wait": "adapterhub_adapter_wait_seconds", "batch_wait": "adapterhub_queue_seconds",
          "ttft": "adapterhub_time_to_first_token_seconds", "slot_wait": "adapterhub_adapter_slot_wait_seconds",
          "fetch": "adapterhub_adapter_fetch_seconds", "copy": "adapterhub_adapter_load_seconds"}
 
 
-def server_sums(url: str) -> dict[str, tuple[float, float]]:
+def server_sums(url: str) -> Sums:
     """(sum, count) of the server's own timing histograms over every version ({} when it has none: vLLM)."""
     import httpx
 
@@ -161,19 +165,32 @@ def server_sums(url: str) -> dict[str, tuple[float, float]]:
     return out
 
 
-def ttft_parts(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, Any]:
+def sums_delta(before: Sums, after: Sums, into: Sums | None = None) -> Sums:
+    """What the server's (sum, count) pairs grew by between two reads, added to ``into`` (pooling rounds)."""
+    out = dict(into or {})
+    for key, (s1, c1) in after.items():
+        s0, c0 = before.get(key, (0.0, 0.0))
+        d0, d1 = out.get(key, (0.0, 0.0))
+        out[key] = (d0 + s1 - s0, d1 + c1 - c0)
+    return out
+
+
+def ttft_parts(before: Sums, after: Sums) -> dict[str, Any]:
+    return parts_of(sums_delta(before, after))
+
+
+def parts_of(delta: Sums) -> dict[str, Any]:
     """Where the server says a point's time to first token went (means over the point's requests): waiting
     for the adapter (slot, turn, load), then for the batch, the rest being the prefill; and its loads."""
     out: dict[str, Any] = {"server_ttft_mean_s": None, "server_adapter_wait_mean_s": None,
                            "server_batch_wait_mean_s": None, "loads": None, "host_cache_hits": None}
-    if "ttft" not in after:  # not our server
+    if "ttft" not in delta:  # not our server
         return out
     for key in ("ttft", "adapter_wait", "batch_wait"):
-        s0, c0 = before.get(key, (0.0, 0.0))
-        s1, c1 = after.get(key, (0.0, 0.0))
-        out[f"server_{key}_mean_s"] = round((s1 - s0) / (c1 - c0), 3) if c1 > c0 else None
-    out["loads"] = int(after["loads"][0] - before.get("loads", (0.0, 0.0))[0])
-    out["host_cache_hits"] = int(after["host_hits"][0] - before.get("host_hits", (0.0, 0.0))[0])
+        total, count = delta.get(key, (0.0, 0.0))
+        out[f"server_{key}_mean_s"] = round(total / count, 3) if count > 0 else None
+    out["loads"] = int(delta["loads"][0])
+    out["host_cache_hits"] = int(delta["host_hits"][0])
     return out
 
 
@@ -217,7 +234,10 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--p99-limit", type=float, default=5.0, help="capacity: the rate where p99 TTFT passes this")
     ap.add_argument("--goal-requests", type=int, default=40,
-                    help="requests at half the base-only capacity, per set-up (0: skip that point)")
+                    help="requests at half the base-only capacity, per set-up and round (0: skip that point)")
+    ap.add_argument("--goal-rounds", type=int, default=3,
+                    help="rounds at the goal point, each with its own arrivals; a round runs every set-up once, "
+                         "starting one set-up later each round; a set-up's row pools its rounds")
     ap.add_argument("--vllm-python", default="", help="a Python with vLLM: its own server on the first N's mix")
     ap.add_argument("--vllm-rates", default="", help="arrival rates for vLLM's server (default: --rates)")
     ap.add_argument("--seed", type=int, default=0)
@@ -250,13 +270,13 @@ def main() -> None:
 
     setups = [("base only", 0, "")] + [(f"{n} adapters, {k}", n, k) for n in counts for k in args.popularity.split(",")]
 
-    def workload(rate: float, n_requests: int, n_adapters: int, kind: str) -> tuple[list[str], list[str], list[int],
-                                                                                   list[float]]:
-        rng = random.Random(args.seed)
+    def workload(rate: float, n_requests: int, n_adapters: int, kind: str,
+                 seed: int = args.seed) -> tuple[list[str], list[str], list[int], list[float]]:
+        rng = random.Random(seed)
         prompts = [PROMPTS[rng.randrange(len(PROMPTS))] for _ in range(n_requests)]
         lengths = [rng.randint(args.min_tokens, args.max_tokens) for _ in range(n_requests)]
-        models = pick_models(kind, n_adapters, n_requests, random.Random(args.seed + 1))
-        return models, prompts, lengths, arrivals_for(rate, n_requests, args.seed + 2)
+        models = pick_models(kind, n_adapters, n_requests, random.Random(seed + 1))
+        return models, prompts, lengths, arrivals_for(rate, n_requests, seed + 2)
 
     def sweep(url: str, label: str, n_adapters: int, kind: str, rates: list[float] = rates) -> list[dict[str, Any]]:
         points = []
@@ -268,17 +288,34 @@ def main() -> None:
             points.append(summarize(label, rate, models, results, wall, n_adapters))
             points[-1].update(ttft_parts(before, server_sums(url)))
             print(points[-1], flush=True)
-            if points[-1]["ttft_p99_s"] is None or points[-1]["ttft_p99_s"] > 3 * args.p99_limit:
-                break  # saturated: higher rates only queue longer
+            if saturated(points):
+                break
         return points
 
-    def goal_point(url: str, label: str, n_adapters: int, kind: str, rate: float) -> dict[str, Any]:
-        models, prompts, lengths, arrivals = workload(rate, args.goal_requests, n_adapters, kind)
+    def saturated(points: list[dict[str, Any]]) -> bool:
+        """Higher rates would only queue longer."""
+        return bool(points) and (points[-1]["ttft_p99_s"] is None or points[-1]["ttft_p99_s"] > 3 * args.p99_limit)
+
+    pooled: dict[str, dict[str, Any]] = {}  # goal point: set-up -> its rounds' models, results, walls, server sums
+
+    def goal_round(url: str, label: str, n_adapters: int, kind: str, rate: float, round_: int) -> None:
+        models, prompts, lengths, arrivals = workload(rate, args.goal_requests, n_adapters, kind,
+                                                      seed=args.seed + 1000 * (round_ + 1))
         before = server_sums(url)
         results, wall = asyncio.run(open_loop(url, models, prompts, lengths, arrivals))
+        after = server_sums(url)
         row = summarize(label, round(rate, 3), models, results, wall, n_adapters)
-        row.update(ttft_parts(before, server_sums(url)))
-        print("goal point", row, flush=True)
+        print(f"goal point, round {round_ + 1}", row, flush=True)
+        p = pooled.setdefault(label, {"models": [], "results": [], "wall": 0.0, "sums": {}, "n": n_adapters})
+        p["models"] += models
+        p["results"] += results
+        p["wall"] += wall
+        p["sums"] = sums_delta(before, after, p["sums"])
+
+    def goal_row(label: str, rate: float) -> dict[str, Any]:
+        p = pooled[label]
+        row = summarize(label, round(rate, 3), p["models"], p["results"], p["wall"], p["n"])
+        row.update(parts_of(p["sums"]))
         return row
 
     engine = HFEngine(base.path, model_id=DEMO_MODEL, fingerprint=base.fingerprint, dtype="bf16",
@@ -291,14 +328,21 @@ def main() -> None:
     try:
         with BackgroundServer(app) as url:
             asyncio.run(open_loop(url, ["base"] * 2, PROMPTS[:2], [4, 4], [0.0, 0.0]))  # warm-up
-            for label, n_adapters, kind in setups:
-                sweeps[label] = sweep(url, label, n_adapters, kind)
-                caps[label] = capacity(sweeps[label], args.p99_limit)
+            # Interleaved: at each rate every set-up runs once, starting one set-up later at each rate, so a VM
+            # whose speed drifts (or a set-up that runs after a saturated one) does not favour any of them.
+            for i, rate in enumerate(rates):
+                for label, n_adapters, kind in setups[i % len(setups):] + setups[:i % len(setups)]:
+                    if not saturated(sweeps.get(label, [])):
+                        sweeps.setdefault(label, []).extend(sweep(url, label, n_adapters, kind, [rate]))
+            sweeps = {label: sweeps[label] for label, _, _ in setups}
+            caps = {label: capacity(sweeps[label], args.p99_limit) for label, _, _ in setups}
             base_cap = caps["base only"]
             half = base_cap / 2 if isinstance(base_cap, float) else None
             if half and args.goal_requests:
-                for label, n_adapters, kind in setups:
-                    goal.append(goal_point(url, label, n_adapters, kind, half))
+                for round_ in range(args.goal_rounds):  # interleaved: conditions drift alike for every set-up
+                    for label, n_adapters, kind in setups[round_ % len(setups):] + setups[:round_ % len(setups)]:
+                        goal_round(url, label, n_adapters, kind, half, round_)
+                goal = [goal_row(label, half) for label, _, _ in setups]
     finally:
         engine.stop()
 
@@ -318,7 +362,9 @@ def main() -> None:
             sweeps[label] = sweep(url, label, n, kind, vllm_rates)
             caps[label] = capacity(sweeps[label], args.p99_limit)
             if goal and half:
-                goal.append(goal_point(url, label, n, kind, half))
+                for round_ in range(args.goal_rounds):
+                    goal_round(url, label, n, kind, half, round_)
+                goal.append(goal_row(label, half))
         except Exception as e:  # noqa: BLE001 - the hf results above are still reported
             print(f"vLLM's server failed: {type(e).__name__}: {e}", flush=True)
             caps[label] = f"failed: {type(e).__name__}"
@@ -347,7 +393,8 @@ def main() -> None:
                           "server_batch_wait_mean_s", "loads", "host_cache_hits"],
            extra={"capacity": summary, "at_half_base_capacity": goal, "p99_ttft_limit_s": args.p99_limit,
                   "rank": args.rank, "max_loaded": args.max_loaded, "tokens": [args.min_tokens, args.max_tokens],
-                  "seconds_of_arrivals_per_rate": args.duration})
+                  "seconds_of_arrivals_per_rate": args.duration,
+                  "goal_requests_per_round": args.goal_requests, "goal_rounds": args.goal_rounds})
 
 
 def plot(sweeps: dict[str, list[dict[str, Any]]], limit_s: float, name: str) -> None:
