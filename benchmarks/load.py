@@ -214,6 +214,12 @@ def capacity(points: list[dict[str, Any]], limit_s: float) -> float | str:
     return f"≥ {ordered[-1]['rate']}"
 
 
+def in_turn(items: list[Any], i: int) -> list[Any]:
+    """``items`` starting at the i-th (wrapping): turn i of a rotation, so none always goes first."""
+    k = i % len(items)
+    return items[k:] + items[:k]
+
+
 def arrivals_for(rate: float, n: int, seed: int) -> list[float]:
     rng, at, out = random.Random(seed), 0.0, []
     for _ in range(n):
@@ -248,6 +254,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.vllm_rates and not args.vllm_python:
         ap.error("--vllm-rates needs --vllm-python (they are the rates of vLLM's server)")
+    if args.goal_rounds < 1:
+        ap.error("--goal-rounds must be at least 1 (--goal-requests 0 skips the goal point)")
 
     from adapterhub.serving.api import create_app
     from adapterhub.serving.config import ServeConfig
@@ -331,7 +339,7 @@ def main() -> None:
             # Interleaved: at each rate every set-up runs once, starting one set-up later at each rate, so a VM
             # whose speed drifts (or a set-up that runs after a saturated one) does not favour any of them.
             for i, rate in enumerate(rates):
-                for label, n_adapters, kind in setups[i % len(setups):] + setups[:i % len(setups)]:
+                for label, n_adapters, kind in in_turn(setups, i):
                     if not saturated(sweeps.get(label, [])):
                         sweeps.setdefault(label, []).extend(sweep(url, label, n_adapters, kind, [rate]))
             sweeps = {label: sweeps[label] for label, _, _ in setups}
@@ -340,7 +348,7 @@ def main() -> None:
             half = base_cap / 2 if isinstance(base_cap, float) else None
             if half and args.goal_requests:
                 for round_ in range(args.goal_rounds):  # interleaved: conditions drift alike for every set-up
-                    for label, n_adapters, kind in setups[round_ % len(setups):] + setups[:round_ % len(setups)]:
+                    for label, n_adapters, kind in in_turn(setups, round_):
                         goal_round(url, label, n_adapters, kind, half, round_)
                 goal = [goal_row(label, half) for label, _, _ in setups]
     finally:
