@@ -36,7 +36,7 @@ from typing import Any
 from adapterhub.models import DEMO_MODEL
 from adapterhub.registry import Registry
 from adapterhub.registry.local import LocalStore
-from adapterhub.serving.config import HF_MAX_LOADED, VLLM_MAX_LOADED
+from adapterhub.serving.config import HF_MAX_BATCH, HF_MAX_LOADED, VLLM_MAX_LOADED, ServeConfig
 from adapterhub.serving.metrics import percentile as pct
 from adapterhub.settings import Settings
 from benchmarks.common import bench_base, report, run_name
@@ -236,6 +236,7 @@ def main() -> None:
     ap.add_argument("--popularity", default="zipf", help="comma-separated: distinct, uniform, zipf, identical")
     ap.add_argument("--max-loaded", type=int, default=HF_MAX_LOADED, help="the hf engine's (the server's default)")
     ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--max-batch-size", type=int, default=HF_MAX_BATCH, help="the hf engine's (the server's default)")
     ap.add_argument("--min-tokens", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--p99-limit", type=float, default=5.0, help="capacity: the rate where p99 TTFT passes this")
@@ -258,7 +259,6 @@ def main() -> None:
         ap.error("--goal-rounds must be at least 1 (--goal-requests 0 skips the goal point)")
 
     from adapterhub.serving.api import create_app
-    from adapterhub.serving.config import ServeConfig
     from adapterhub.serving.engines.hf import HFEngine
     from adapterhub.serving.server import BackgroundServer
 
@@ -327,8 +327,9 @@ def main() -> None:
         return row
 
     engine = HFEngine(base.path, model_id=DEMO_MODEL, fingerprint=base.fingerprint, dtype="bf16",
-                      max_loaded=args.max_loaded, max_lora_rank=args.rank)
-    app = create_app(ServeConfig(base=DEMO_MODEL, max_loaded=args.max_loaded, max_lora_rank=args.rank),
+                      max_loaded=args.max_loaded, max_lora_rank=args.rank, max_batch_size=args.max_batch_size)
+    app = create_app(ServeConfig(base=DEMO_MODEL, max_loaded=args.max_loaded, max_lora_rank=args.rank,
+                                 max_batch_size=args.max_batch_size),
                      engine=engine, registry=registry, base_name=DEMO_MODEL)
     sweeps: dict[str, list[dict[str, Any]]] = {}
     goal: list[dict[str, Any]] = []
@@ -394,13 +395,13 @@ def main() -> None:
     rows = [p for pts in sweeps.values() for p in pts]
     plot(sweeps, args.p99_limit, name)
     print(f"open loop: Poisson arrivals, answers {args.min_tokens}-{args.max_tokens} tokens (ignore_eos), "
-          f"--max-loaded {args.max_loaded}, {'random weights' if args.random_weights else 'demo model'}, "
+          f"--max-loaded {args.max_loaded}, --max-batch-size {args.max_batch_size}, {'random weights' if args.random_weights else 'demo model'}, "
           f"hf engine on {engine.device}")
     report(name, rows, ["set-up", "rate", "errors", "ttft_p50_s", "ttft_p99_s", "itl_p50_ms", "itl_p99_ms",
                           "out_tok_s", "distinct_adapters", "server_ttft_mean_s", "server_adapter_wait_mean_s",
                           "server_batch_wait_mean_s", "loads", "host_cache_hits"],
            extra={"capacity": summary, "at_half_base_capacity": goal, "p99_ttft_limit_s": args.p99_limit,
-                  "rank": args.rank, "max_loaded": args.max_loaded, "tokens": [args.min_tokens, args.max_tokens],
+                  "rank": args.rank, "max_loaded": args.max_loaded, "max_batch_size": args.max_batch_size, "tokens": [args.min_tokens, args.max_tokens],
                   "seconds_of_arrivals_per_rate": args.duration,
                   "goal_requests_per_round": args.goal_requests, "goal_rounds": args.goal_rounds})
 

@@ -28,7 +28,7 @@ from adapterhub.registry import Registry
 from adapterhub.registry.validation import validate_adapter_dir
 from adapterhub.serving.adapters import AdapterManager
 from adapterhub.serving.app import make_app
-from adapterhub.serving.config import ServeConfig
+from adapterhub.serving.config import HF_MAX_BATCH_TOKENS, ServeConfig
 from adapterhub.serving.engines.base import Engine
 from adapterhub.serving.media import MediaPolicy
 from adapterhub.serving.metrics import Metrics
@@ -85,8 +85,8 @@ def build_engine(config: ServeConfig, settings: Settings, registry: Registry | N
         return VLLMEngine(path, bits=config.bits, extra_args=config.engine_args(), **common), name
     from adapterhub.serving.engines.hf import HFEngine
 
-    engine = HFEngine(path, bits=config.bits, max_batch_size=1 if config.deterministic else config.max_batch_size,
-                      max_waiting=config.max_waiting, trust_remote_code=config.trust_remote_code,
+    engine = HFEngine(path, bits=config.bits, max_batch_size=1 if config.deterministic else config.batch_limit,
+                      max_batch_tokens=config.max_batch_tokens or HF_MAX_BATCH_TOKENS, max_waiting=config.max_waiting, trust_remote_code=config.trust_remote_code,
                       adapter_cache_mb=1024 if config.adapter_cache_mb is None else config.adapter_cache_mb, **common)
     return engine, name
 

@@ -15,6 +15,13 @@ from adapterhub.models import DEMO_MODEL
 # at start-up, on the GPU.
 HF_MAX_LOADED = 64
 VLLM_MAX_LOADED = 8
+# Rows the hf engine decodes together by default. On the 2-core CPU a decode step of the demo model costs about
+# the same for 8 rows as for 32 (it reads the weights once either way: ~120-150 ms against ~140-180 ms), so a
+# cap of 8 set the server's capacity; with 32 it took 3.1 requests/s of open-loop traffic with p99 TTFT under
+# 2.3 s, where 8 had passed 5 s near 1.9 (issue 30, benchmarks.load).
+HF_MAX_BATCH = 32
+# Padded KV-cache positions a batch may hold when a request joins it (rows × the longest row).
+HF_MAX_BATCH_TOKENS = 16384
 
 
 class ServeConfig(BaseModel):
@@ -45,7 +52,12 @@ class ServeConfig(BaseModel):
                                            "checked but not in a slot, in MiB (default 1024; 0: none): an adapter "
                                            "evicted from its slot comes back from here without reading its files "
                                            "again. The vllm engine keeps its own (max_cpu_loras).")
-    max_batch_size: int = Field(8, ge=1, description="Requests decoded together per batch.")
+    max_batch_size: int | None = Field(None, ge=1, description="Requests decoded together per batch (default "
+                                       f"{HF_MAX_BATCH} on the hf engine; on vllm: its max_num_seqs, vLLM's own "
+                                       "default when unset).")
+    max_batch_tokens: int | None = Field(None, ge=1, description="hf engine: padded KV-cache positions (rows × the "
+                                         "longest row) a batch may hold when a request joins it; a longer prompt "
+                                         f"waits for room and runs alone at worst (default {HF_MAX_BATCH_TOKENS}).")
     max_waiting: int = Field(256, ge=1, description="Queue size beyond which requests get 503.")
     deterministic: bool = Field(False, description="hf engine: decode one sequence at a time, so an answer never "
                                 "depends on what else runs (greedy answers are the same sent alone or together); "
@@ -95,7 +107,15 @@ class ServeConfig(BaseModel):
     def _replica_range(self) -> ServeConfig:
         if self.max_replicas is not None and self.max_replicas < self.replicas:
             raise ValueError(f"--max-replicas ({self.max_replicas}) is below --replicas ({self.replicas})")
+        if self.engine == "vllm" and self.max_batch_tokens is not None:
+            raise ValueError("--max-batch-tokens is an hf engine option: vLLM pages its KV cache and needs no "
+                             "padding budget (its per-step token budget is --vllm-args max_num_batched_tokens=N)")
         return self
+
+    @property
+    def batch_limit(self) -> int:
+        """--max-batch-size, or the hf engine's default (vLLM's own is larger; this is what a replica is sized by)."""
+        return self.max_batch_size if self.max_batch_size is not None else HF_MAX_BATCH
 
     @property
     def loaded_limit(self) -> int:
@@ -107,6 +127,6 @@ class ServeConfig(BaseModel):
     def engine_args(self) -> dict[str, str]:
         """The vLLM engine arguments: the named vLLM options plus ``vllm_args``."""
         named = {"gpu_memory_utilization": self.gpu_memory_utilization, "max_model_len": self.max_model_len,
-                 "tensor_parallel_size": self.tensor_parallel_size,
+                 "tensor_parallel_size": self.tensor_parallel_size, "max_num_seqs": self.max_batch_size,
                  "trust_remote_code": True if self.trust_remote_code else None}
         return {**{k: str(v) for k, v in named.items() if v is not None}, **self.vllm_args}

@@ -192,11 +192,11 @@ def replica_deployment(config: ServeConfig) -> Any:
                 raise RuntimeError("the metrics publisher stopped")
 
     options: dict[str, Any] = {"ray_actor_options": {"num_cpus": config.replica_cpus, "num_gpus": config.replica_gpus},
-                               "max_ongoing_requests": max(config.max_waiting, config.max_batch_size),
+                               "max_ongoing_requests": max(config.max_waiting, config.batch_limit),
                                "health_check_period_s": 2, "health_check_timeout_s": 30}
     if config.max_replicas and config.max_replicas > config.replicas:
         options["autoscaling_config"] = {"min_replicas": config.replicas, "max_replicas": config.max_replicas,
-                                         "target_ongoing_requests": config.max_batch_size}
+                                         "target_ongoing_requests": config.batch_limit}
     else:
         options["num_replicas"] = config.replicas
     return serve.deployment(name="EngineReplica", **options)(EngineReplica)

@@ -1,6 +1,7 @@
 """The ``hf`` engine: a transformers model with our batched multi-LoRA, behind the engine seam.
 
-A worker thread decodes up to ``max_batch_size`` requests together — whatever adapters they use —
+A worker thread decodes up to ``max_batch_size`` requests together — whatever adapters they use, as long
+as the batch's left-padded KV cache stays within ``max_batch_tokens`` positions —
 one token per step for every row, each row with its own adapter slot, sampling parameters, stop
 strings and token budget. Continuous batching: between two decode steps, finished or cancelled rows
 leave the batch and waiting requests join it (see :mod:`.batch`), so a request arriving mid-batch
@@ -11,6 +12,7 @@ thread/async bridge; loading, batching, sampling, detokenizing and LoRA live in 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import threading
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 
 from adapterhub.errors import OverloadedError, UserInputError
-from adapterhub.serving.config import HF_MAX_LOADED
+from adapterhub.serving.config import HF_MAX_BATCH, HF_MAX_BATCH_TOKENS, HF_MAX_LOADED
 from adapterhub.serving.engines.base import (
     Delta,
     EngineCapabilities,
@@ -76,7 +78,8 @@ class HFEngine(TokenizerEngine):
         bits: int | None = None,
         max_loaded: int = HF_MAX_LOADED,
         max_lora_rank: int = 16,
-        max_batch_size: int = 8,
+        max_batch_size: int = HF_MAX_BATCH,
+        max_batch_tokens: int = HF_MAX_BATCH_TOKENS,
         max_waiting: int = 256,
         device: str | None = None,
         batch_window_s: float = 0.02,
@@ -110,11 +113,16 @@ class HFEngine(TokenizerEngine):
         self._vocab = int(self.model.get_input_embeddings().num_embeddings)
         self.grammars = GrammarCompiler(self.tokenizer, self._vocab, self.eos_ids)
         self.max_batch_size = max_batch_size
+        # Rows are left-padded to the longest, so one long prompt makes every row's cache that long: a request
+        # joins a running batch only while rows × the longest row stays within this (one alone always runs).
+        self.max_batch_tokens = max_batch_tokens
         self.peak_rows = 0  # the most rows one forward pass has carried (1 with --deterministic)
         self.batch_window_s = batch_window_s
         self.continuous = continuous  # False: static batches (the benchmark's baseline)
         self.batch_quiet_s = 0.004
         self._queue: queue.Queue[_Row] = queue.Queue(maxsize=max_waiting)
+        # Taken from the queue but not yet admitted (they did not fit the batch's token budget): first in line.
+        self._held: collections.deque[_Row] = collections.deque()
         # Serializes load/unload (the slot free-list). The worker does not take it: loads write only
         # free slots, and the adapter manager never unloads an adapter a queued request uses.
         self._lock = threading.Lock()
@@ -208,7 +216,7 @@ class HFEngine(TokenizerEngine):
         return list(self.slots.loaded)
 
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() + len(self._held)
 
     def queue_capacity(self) -> int | None:
         return self._queue.maxsize
@@ -224,6 +232,8 @@ class HFEngine(TokenizerEngine):
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+        while self._held:
+            self._emit(self._held.popleft(), Delta("", "cancelled", 0))
         while True:
             try:
                 row = self._queue.get_nowait()
@@ -262,16 +272,8 @@ class HFEngine(TokenizerEngine):
         torch.set_grad_enabled(False)
         batch: batching.Batch | None = None
         while not self._stopping.is_set():
-            if batch is None:
-                rows = self._gather()
-            else:  # join the running batch at this step boundary, without waiting
-                rows = []
-                while self.continuous and len(batch.rows) + len(rows) < self.max_batch_size:
-                    try:
-                        rows.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-            rows = [r for r in rows if not self._drop_if_cancelled(r)]
+            # An idle engine waits for a burst; a running batch takes newcomers at this step boundary, at once.
+            rows = self._gather() if batch is None else self._admit(batch, []) if self.continuous else []
             try:
                 with torch.inference_mode():
                     if rows:
@@ -297,22 +299,51 @@ class HFEngine(TokenizerEngine):
 
     def _gather(self) -> list[_Row]:
         """Block for a first request, then take the rest of its burst (idle engine only)."""
-        try:
-            first = self._queue.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        rows = [first]
+        rows = self._admit(None, [])
+        if not rows:
+            try:
+                self._held.append(self._queue.get(timeout=0.2))
+            except queue.Empty:
+                return []
+            rows = self._admit(None, [])
         # Gather window: requests of one burst arrive a few ms apart (HTTP parsing, tokenizing); wait
         # while they keep coming (up to batch_window_s), so they share the first prefill.
         deadline = time.monotonic() + self.batch_window_s
-        while len(rows) < self.max_batch_size:
+        while rows and not self._held and len(rows) < self.max_batch_size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             try:
-                rows.append(self._queue.get(timeout=min(remaining, self.batch_quiet_s)))
+                more = self._queue.get(timeout=min(remaining, self.batch_quiet_s))
             except queue.Empty:
                 break
+            self._held.append(more)
+            rows = self._admit(None, rows)
+        return rows
+
+    def _admit(self, batch: batching.Batch | None, rows: list[_Row]) -> list[_Row]:
+        """``rows`` plus the waiting requests, first come first served, that fit beside ``batch``: at most
+        ``max_batch_size`` rows and ``max_batch_tokens`` padded positions (rows × the longest). The first that
+        does not fit stays first in line (held), so a long prompt waits for room rather than being overtaken
+        forever; it is looked at again at every step, so one cancelled while it waits leaves at the next."""
+        n = (len(batch.rows) if batch is not None else 0) + len(rows)
+        width = max([batch.mask.shape[1] if batch is not None else 0] + [len(r.req.prompt_ids) for r in rows])
+        while n < self.max_batch_size:
+            if self._held:
+                row = self._held.popleft()
+            else:
+                try:
+                    row = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if self._drop_if_cancelled(row):
+                continue
+            wider = max(width, len(row.req.prompt_ids))
+            if n and (n + 1) * wider > self.max_batch_tokens:
+                self._held.appendleft(row)
+                break
+            rows.append(row)
+            n, width = n + 1, wider
         return rows
 
     def _prefill_isolated(self, rows: list[_Row]) -> batching.Batch | None:
