@@ -15,10 +15,10 @@ from adapterhub.models import DEMO_MODEL
 # at start-up, on the GPU.
 HF_MAX_LOADED = 64
 VLLM_MAX_LOADED = 8
-# Rows the hf engine decodes together by default. On the 2-core CPU a decode step of the demo model costs about
-# the same for 8 rows as for 32 (it reads the weights once either way: ~120-150 ms against ~140-180 ms), so a
-# cap of 8 set the server's capacity; with 32 it took 3.1 requests/s of open-loop traffic with p99 TTFT under
-# 2.3 s, where 8 had passed 5 s near 1.9 (issue 30, benchmarks.load).
+# Rows the hf engine decodes together by default. On the 2-core CPU a decode step of the demo model costs only
+# about a fifth more for 32 rows than for 8 (it reads the weights once either way: ~140-180 ms against ~120-150),
+# so a cap of 8 set the server's capacity: under open-loop traffic the rate where p99 TTFT passes 5 s went from
+# 1.90 to 3.11 requests/s base-only, and from 1.88 to 2.89 with 64 adapters (issue 30, benchmarks.load).
 HF_MAX_BATCH = 32
 # Padded KV-cache positions a batch may hold when a request joins it (rows × the longest row).
 HF_MAX_BATCH_TOKENS = 16384
@@ -108,8 +108,8 @@ class ServeConfig(BaseModel):
         if self.max_replicas is not None and self.max_replicas < self.replicas:
             raise ValueError(f"--max-replicas ({self.max_replicas}) is below --replicas ({self.replicas})")
         if self.engine == "vllm" and self.max_batch_tokens is not None:
-            raise ValueError("--max-batch-tokens is an hf engine option: vLLM pages its KV cache and needs no "
-                             "padding budget (its per-step token budget is --vllm-args max_num_batched_tokens=N)")
+            raise ValueError("--max-batch-tokens is an hf engine option: vLLM pages its KV cache, so its rows "
+                             "need no padding budget")
         return self
 
     @property
