@@ -86,7 +86,8 @@ def build_engine(config: ServeConfig, settings: Settings, registry: Registry | N
     from adapterhub.serving.engines.hf import HFEngine
 
     engine = HFEngine(path, bits=config.bits, max_batch_size=1 if config.deterministic else config.batch_limit,
-                      max_batch_tokens=config.max_batch_tokens or HF_MAX_BATCH_TOKENS, max_waiting=config.max_waiting, trust_remote_code=config.trust_remote_code,
+                      max_batch_tokens=config.max_batch_tokens or HF_MAX_BATCH_TOKENS, max_waiting=config.max_waiting,
+                      trust_remote_code=config.trust_remote_code,
                       adapter_cache_mb=1024 if config.adapter_cache_mb is None else config.adapter_cache_mb, **common)
     return engine, name
 
