@@ -110,6 +110,9 @@ class ServeConfig(BaseModel):
         if self.engine == "vllm" and self.max_batch_tokens is not None:
             raise ValueError("--max-batch-tokens is an hf engine option: vLLM pages its KV cache, so its rows "
                              "need no padding budget")
+        if self.deterministic and self.max_batch_tokens is not None:
+            raise ValueError("--deterministic decodes one request at a time: --max-batch-tokens has nothing to "
+                             "limit")
         return self
 
     @property

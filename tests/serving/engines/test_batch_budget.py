@@ -111,3 +111,5 @@ def test_batch_options_reach_each_engine_or_are_refused():
     assert "max_num_seqs" not in ServeConfig(engine="vllm").engine_args()  # vLLM keeps its own default
     with pytest.raises(ValueError, match="--max-batch-tokens is an hf engine option"):
         ServeConfig(engine="vllm", max_batch_tokens=4096)
+    with pytest.raises(ValueError, match="--deterministic decodes one request at a time"):
+        ServeConfig(deterministic=True, max_batch_tokens=4096)
