@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import openai
@@ -29,7 +27,7 @@ from adapterhub.models import DEMO_MODEL
 from adapterhub.registry import Registry
 from adapterhub.registry.local import LocalStore
 from adapterhub.settings import Settings
-from benchmarks.common import report
+from benchmarks.common import report, scratch_dir
 from benchmarks.load import make_adapters
 
 ROOT = "bench-root-key"
@@ -80,7 +78,7 @@ def main() -> None:
     from adapterhub.serving.server import BackgroundServer
 
     base = pull_demo(Settings())
-    tmp = Path(tempfile.mkdtemp(prefix="bench-keys-"))
+    tmp = scratch_dir("bench-keys-")
     ops = Registry(LocalStore(tmp / "registry"), actor="ops")
     [adapter] = make_adapters(base.path, tmp / "adapters", 1, 8)
     ops.register(adapter, "team-a-bot", base_model=base.identity())

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from adapterhub.registry.local import LocalStore
 from adapterhub.serving.config import HF_MAX_BATCH, HF_MAX_LOADED, VLLM_MAX_LOADED, ServeConfig
 from adapterhub.serving.metrics import percentile as pct
 from adapterhub.settings import Settings
-from benchmarks.common import bench_base, report, run_name
+from benchmarks.common import bench_base, report, run_name, scratch_dir
 from benchmarks.serving import PROMPTS
 
 
@@ -265,7 +264,7 @@ def main() -> None:
     rates = [float(x) for x in args.rates.split(",")]
     counts = [int(x) for x in args.adapters.split(",")]
     settings = Settings()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-load-"))
+    tmp = scratch_dir("bench-load-")
     base = bench_base(args.random_weights, settings, tmp)
     name = run_name(args.name, args.random_weights)
     registry = Registry(LocalStore(tmp / "registry"))

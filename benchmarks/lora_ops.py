@@ -27,7 +27,7 @@ import torch
 
 from adapterhub.precision import torch_dtype
 from adapterhub.serving.engines.hf import cpu_kernel
-from benchmarks.common import median_time, report
+from benchmarks.common import median_time, report, scratch_dir
 
 SHAPES = {"q_proj": (576, 576), "k_proj": (576, 192), "v_proj": (576, 192), "o_proj": (576, 576),
           "gate_proj": (576, 1536), "up_proj": (576, 1536), "down_proj": (1536, 576)}
@@ -64,8 +64,6 @@ def _costs(i: int, o: int, rows: int, r: int, dtype: torch.dtype) -> dict[str, f
 def decode_step(rows: int = 8, rank: int = 8, rounds: int = 6) -> list[dict[str, object]]:
     """Decode-step time of the demo model: base rows vs rows on distinct adapters, bmm path vs fused kernel."""
     import statistics
-    import tempfile
-    from pathlib import Path
 
     from adapterhub.loading.bases import pull_demo
     from adapterhub.serving.engines.hf import HFEngine
@@ -74,7 +72,7 @@ def decode_step(rows: int = 8, rank: int = 8, rounds: int = 6) -> list[dict[str,
     from benchmarks.load import make_adapters
     from benchmarks.serving import PROMPTS
 
-    tmp = Path(tempfile.mkdtemp())
+    tmp = scratch_dir("bench-lora-ops-")
     base = pull_demo(Settings())
     engine = HFEngine(base.path, model_id="demo", fingerprint=base.fingerprint, max_lora_rank=rank)
     for n, path in enumerate(make_adapters(base.path, tmp, rows, rank)):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from adapterhub.models import DEMO_MODEL
 from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
 from adapterhub.serving.engines.hf import HFEngine, cpu_kernel, lora
 from adapterhub.settings import Settings
-from benchmarks.common import bench_base, report, run_name
+from benchmarks.common import bench_base, report, run_name, scratch_dir
 from benchmarks.load import make_adapters
 from benchmarks.serving import PROMPTS
 
@@ -51,7 +50,7 @@ def main() -> None:
     if args.rows < 8 or args.rows % 8:
         ap.error(f"--rows {args.rows}: a multiple of 8 (each 8-row mix is repeated)")
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-ranks-"))
+    tmp = scratch_dir("bench-ranks-")
     base = bench_base(args.random_weights, Settings(), tmp)
     times = args.rows // 8
     paths = {r: make_adapters(base.path, tmp / f"r{r}", 8 if r == 8 else 2, r) for r in (8, 16, 64)}

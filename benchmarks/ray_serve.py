@@ -18,9 +18,7 @@ import argparse
 import asyncio
 import socket
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import openai
 
@@ -29,7 +27,7 @@ from adapterhub.models import DEMO_MODEL
 from adapterhub.registry import Registry
 from adapterhub.serving.config import ServeConfig
 from adapterhub.settings import Settings
-from benchmarks.common import report
+from benchmarks.common import report, scratch_dir
 from benchmarks.load import make_adapters
 
 TOKENS = 16
@@ -100,7 +98,7 @@ def main() -> None:
     from adapterhub.serving.server import BackgroundServer
 
     base = pull_demo(Settings())
-    home = Path(tempfile.mkdtemp(prefix="bench-ray-"))
+    home = scratch_dir("bench-ray-")
     registry = Registry.open(Settings(home=home))
     [adapter] = make_adapters(base.path, home / "adapters", 1, 8)
     registry.register(adapter, "bench", base_model=base.identity())

@@ -12,13 +12,12 @@ import argparse
 import json
 import random
 import sqlite3
-import tempfile
 import time
 from pathlib import Path
 
 from adapterhub.registry import Registry
 from adapterhub.registry.local import LocalStore
-from benchmarks.common import report, timeit
+from benchmarks.common import report, scratch_dir, timeit
 
 
 def make_adapter(d: Path, seed: int) -> Path:
@@ -42,7 +41,7 @@ def main() -> None:
     ap.add_argument("--versions", type=int, default=10_000)
     ap.add_argument("--names", type=int, default=100)
     args = ap.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="bench-registry-"))
+    root = scratch_dir("bench-registry-")
     reg = Registry(LocalStore(root / "registry"))
     src = root / "src"
 

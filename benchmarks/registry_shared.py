@@ -13,17 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import sqlite3
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 from adapterhub.registry import Registry
 from adapterhub.registry.local import LocalStore
 from adapterhub.registry.remote import RemoteStore
-from benchmarks.common import median_time, report
+from benchmarks.common import median_time, report, scratch_dir
 from benchmarks.registry import make_adapter
 
 
@@ -81,7 +79,7 @@ def main() -> None:
     bindir = postgres_bindir()
     if bindir is None:
         raise SystemExit("needs PostgreSQL's binaries: apt-get install postgresql")
-    root = Path(tempfile.mkdtemp(prefix="bench-shared-"))
+    root = scratch_dir("bench-shared-")
     pg, s3 = PostgresServer(bindir), S3Server()
     import os
 
@@ -148,7 +146,6 @@ def main() -> None:
     finally:
         s3.stop()
         pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from adapterhub.models import DEMO_MODEL
 from adapterhub.registry import Registry
 from adapterhub.registry.local import LocalStore
 from adapterhub.settings import Settings
-from benchmarks.common import report
+from benchmarks.common import report, scratch_dir
 
 PROMPTS = [
     "Write a long story about a lighthouse keeper.", "Explain how rainbows form, in detail.",
@@ -125,7 +124,7 @@ def main() -> None:
     ap.add_argument("--only", choices=["sampler"], help="run one section only")
     args = ap.parse_args()
     settings = Settings()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    tmp = scratch_dir("bench-serving-")
     if args.random_weights:
         base = resolve_model(str(random_model(args.random_weights, tmp / "random-base")), settings)
     else:

@@ -16,7 +16,6 @@ import asyncio
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from adapterhub.precision import dtype_name
 from adapterhub.registry import Registry
 from adapterhub.registry.local import LocalStore
 from adapterhub.settings import Settings
-from benchmarks.common import report
+from benchmarks.common import report, scratch_dir
 from benchmarks.serving import PROMPTS, make_adapters, run_engine
 
 
@@ -94,7 +93,7 @@ def main() -> None:
     args = ap.parse_args()
     settings = Settings()
     base = pull_demo(settings)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-vllm-"))
+    tmp = scratch_dir("bench-vllm-")
     paths = make_adapters(base.path, tmp / "adapters", args.adapters, r=args.rank)
     registry = Registry(LocalStore(tmp / "registry"))
     for i, p in enumerate(paths):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from adapterhub.settings import Settings
 from adapterhub.training.config import validate_config
 from adapterhub.training.data import IGNORE, TorchDataset, prepare
 from adapterhub.training.model import add_lora, load_base, load_tokenizer
-from benchmarks.common import report
+from benchmarks.common import report, scratch_dir
 
 
 @torch.no_grad()
@@ -90,7 +89,7 @@ def packing_comparison(args: argparse.Namespace, settings: Settings) -> None:
     from adapterhub.training.run import train
 
     base = pull_demo(settings)
-    out = Path(tempfile.mkdtemp(prefix="bench-packing-"))
+    out = scratch_dir("bench-packing-")
     data_path = mixed_length_dataset(out / "mixed.json")
 
     def config(packing: bool | str, batch: int):
@@ -160,7 +159,7 @@ def main() -> None:
 
     from adapterhub.training.run import train
 
-    out = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    out = scratch_dir("bench-train-")
     ours = []
     for lr in (BUILTIN_LR, BASE_LR * BATCH):
         t0 = time.perf_counter()
