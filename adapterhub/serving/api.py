@@ -78,7 +78,8 @@ def build_engine(config: ServeConfig, settings: Settings, registry: Registry | N
     name = config.served_name or model_id
     rank = config.max_lora_rank or derived_max_rank(config.adapters, registry)
     common: dict[str, Any] = dict(model_id=model_id, fingerprint=fingerprint, dtype=config.dtype,
-                                  max_loaded=config.loaded_limit, max_lora_rank=rank)
+                                  max_loaded=config.loaded_limit, max_lora_rank=rank, max_waiting=config.max_waiting,
+                                  max_waiting_tokens=config.max_waiting_tokens)
     if config.engine == "vllm":
         from adapterhub.serving.engines.vllm import VLLMEngine
 
@@ -86,7 +87,7 @@ def build_engine(config: ServeConfig, settings: Settings, registry: Registry | N
     from adapterhub.serving.engines.hf import HFEngine
 
     engine = HFEngine(path, bits=config.bits, max_batch_size=1 if config.deterministic else config.batch_limit,
-                      max_batch_tokens=config.max_batch_tokens or HF_MAX_BATCH_TOKENS, max_waiting=config.max_waiting,
+                      max_batch_tokens=config.max_batch_tokens or HF_MAX_BATCH_TOKENS,
                       trust_remote_code=config.trust_remote_code,
                       adapter_cache_mb=1024 if config.adapter_cache_mb is None else config.adapter_cache_mb, **common)
     return engine, name

@@ -22,6 +22,9 @@ VLLM_MAX_LOADED = 8
 HF_MAX_BATCH = 32
 # Padded KV-cache positions a batch may hold when a request joins it (rows × the longest row).
 HF_MAX_BATCH_TOKENS = 16384
+# Prompt tokens of the sequences waiting to start, beyond which a request gets 503: 256 waiting (--max-waiting)
+# of 1,024 tokens each. Without it 256 prompts of a full context could queue minutes of prefill ahead of everyone.
+MAX_WAITING_TOKENS = 262144
 
 
 class ServeConfig(BaseModel):
@@ -58,7 +61,11 @@ class ServeConfig(BaseModel):
     max_batch_tokens: int | None = Field(None, ge=1, description="hf engine: padded KV-cache positions (rows × the "
                                          "longest row) a batch may hold when a request joins it; a longer prompt "
                                          f"waits for room and runs alone at worst (default {HF_MAX_BATCH_TOKENS}).")
-    max_waiting: int = Field(256, ge=1, description="Queue size beyond which requests get 503.")
+    max_waiting: int = Field(256, ge=1, description="Sequences waiting to start (not yet in a batch) beyond which "
+                             "requests get 503 with Retry-After; a request needing more alone is a 400.")
+    max_waiting_tokens: int = Field(MAX_WAITING_TOKENS, ge=1, description="Prompt tokens of the sequences "
+                                    "waiting to start beyond which requests get 503 with Retry-After; a request "
+                                    "needing more alone is a 400.")
     deterministic: bool = Field(False, description="hf engine: decode one sequence at a time, so an answer never "
                                 "depends on what else runs (greedy answers are the same sent alone or together); "
                                 "costs throughput under concurrent load.")

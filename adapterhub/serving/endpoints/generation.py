@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapterhub.errors import ContextLengthError, OverloadedError, UserInputError
+from adapterhub.errors import ContextLengthError, UserInputError
 from adapterhub.serving.adapters import Lease
 from adapterhub.serving.engines.base import Delta, Engine, GenerationRequest, SamplingParams, TokenLogprob
 from adapterhub.serving.metrics import current_target
@@ -184,7 +184,7 @@ class GeneratingService:
                     params = self.params(req, len(prompt), p_i * n + i, logprobs, constraint, skip_special)
                     gens.append(GenerationRequest(prompt, params, lease.key, f"{rid}-{p_i}-{i}", inputs=inputs))
                     prompt_of.append(p_i)
-            self.admit(len(gens))
+            self.admit(len(gens), sum(len(g.prompt_ids) for g in gens))
             charge = None
             if self.keys is not None:  # reserves prompt + completion budget against the key's limits
                 charge = self.keys.admit(current_caller.get(),
@@ -194,17 +194,11 @@ class GeneratingService:
             self.manager.release(lease)
             raise
 
-    def admit(self, sequences: int) -> None:
-        """Decided before anything is queued: a request that alone needs more sequences than the engine
-        queues is a 400 naming the limit; one that does not fit in what is free now is a 503."""
-        capacity = self.engine.queue_capacity()
-        if capacity is None:
-            return
-        if sequences > capacity:
-            raise UserInputError(f"this request needs {sequences} sequences (prompts × n); this server queues at "
-                                 f"most {capacity} (--max-waiting)", param="n")
-        if self.engine.queue_depth() + sequences > capacity:
-            raise OverloadedError(f"too many requests waiting ({self.engine.queue_depth()} sequences): retry later")
+    def admit(self, sequences: int, tokens: int) -> None:
+        """Decided before anything is queued: a request that alone needs more sequences or prompt tokens than
+        the engine queues is a 400 naming the limit; one that does not fit in what is free now is a 503."""
+        if self.engine.line is not None:
+            self.engine.line.check(sequences, tokens)
 
     async def finish(self, job: Job, t0: float) -> list[Result]:
         """Every choice of a non-streamed request, collected; the lease released and the request recorded.

@@ -8,13 +8,14 @@ new version is never confused with an old one).
 from __future__ import annotations
 
 import abc
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapterhub.errors import UserInputError
+from adapterhub.errors import OverloadedError, UserInputError
 from adapterhub.serving.structured import Constraint
 
 GREEDY_BELOW = 1e-5  # temperatures below this sample greedily (as vLLM does; avoids NaN probabilities)
@@ -182,12 +183,60 @@ class Engine(abc.ABC):
     def stop(self) -> None:
         """Stop background work; pending requests finish with ``cancelled``."""
 
+    line: WaitingLine | None = None  # the sequences waiting to start, bounded (None: no line of our own)
+
     def queue_depth(self) -> int:
-        return 0
+        """Sequences waiting to start."""
+        return self.line.requests if self.line is not None else 0
 
     def queue_capacity(self) -> int | None:
-        """Most sequences that may wait at once (None: no bound of our own, as vLLM's scheduler)."""
-        return None
+        """Most sequences that may wait at once (None: no bound of our own)."""
+        return self.line.max_requests if self.line is not None else None
+
+
+class WaitingLine:
+    """The sequences that wait to start (no row in a batch yet) and their prompt tokens, each count bounded
+    (``--max-waiting``, ``--max-waiting-tokens``): a sequence that would pass either bound is refused with a
+    503 and never queued, so a flood of requests, or of long prompts, cannot build a backlog that every later
+    request waits behind. Thread-safe: requests enter on the event loop, the engine's worker lets them go."""
+
+    def __init__(self, max_requests: int, max_tokens: int) -> None:
+        self.max_requests, self.max_tokens = max_requests, max_tokens
+        self.requests = 0
+        self.tokens = 0
+        self._lock = threading.Lock()
+
+    def check(self, requests: int, tokens: int) -> None:
+        """Before anything of a request is queued: one that alone needs more than a bound is a 400 naming it
+        (it could never wait here); one that does not fit beside what waits now is a 503."""
+        if requests > self.max_requests:
+            raise UserInputError(f"this request needs {requests} sequences (prompts × n); this server queues at "
+                                 f"most {self.max_requests} (--max-waiting)", param="n")
+        if tokens > self.max_tokens:
+            raise UserInputError(f"this request's prompts are {tokens} tokens in all (prompts × n); this server "
+                                 f"queues at most {self.max_tokens} prompt tokens (--max-waiting-tokens)")
+        with self._lock:
+            self._refuse_past(requests, tokens)
+
+    def enter(self, tokens: int) -> None:
+        """One sequence of ``tokens`` prompt tokens starts waiting, or OverloadedError."""
+        with self._lock:
+            self._refuse_past(1, tokens)
+            self.requests += 1
+            self.tokens += tokens
+
+    def leave(self, tokens: int) -> None:
+        """A sequence that entered stops waiting (it started, was cancelled or failed)."""
+        with self._lock:
+            self.requests -= 1
+            self.tokens -= tokens
+
+    def _refuse_past(self, requests: int, tokens: int) -> None:
+        if self.requests + requests > self.max_requests:
+            raise OverloadedError(f"too many requests waiting ({self.requests} sequences): retry later")
+        if self.tokens + tokens > self.max_tokens:
+            raise OverloadedError(f"too many prompt tokens waiting ({self.tokens} in {self.requests} sequences; "
+                                  f"--max-waiting-tokens {self.max_tokens}): retry later")
 
 
 class TokenizerEngine(Engine):

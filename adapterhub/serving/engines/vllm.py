@@ -25,12 +25,14 @@ from typing import Any
 
 from adapterhub.errors import IncompatibleAdapterError, MissingDependencyError, UserInputError
 from adapterhub.precision import dtype_name
+from adapterhub.serving.config import MAX_WAITING_TOKENS
 from adapterhub.serving.engines.base import (
     Delta,
     EngineCapabilities,
     GenerationRequest,
     TokenizerEngine,
     TokenLogprob,
+    WaitingLine,
 )
 from adapterhub.serving.engines.base import SamplingParams as Params
 from adapterhub.serving.engines.hf.lora import LINEAR_TARGETS
@@ -56,7 +58,8 @@ class VLLMEngine(TokenizerEngine):
 
     def __init__(self, model_path: Path, *, model_id: str, fingerprint: str | None = None, dtype: str = "auto",
                  bits: int | None = None, max_loaded: int = 8, max_lora_rank: int = 16,
-                 extra_args: dict[str, str] | None = None) -> None:
+                 extra_args: dict[str, str] | None = None, max_waiting: int = 256,
+                 max_waiting_tokens: int = MAX_WAITING_TOKENS) -> None:
         try:
             from transformers import AutoTokenizer
             from vllm.engine.arg_utils import AsyncEngineArgs
@@ -85,6 +88,8 @@ class VLLMEngine(TokenizerEngine):
             # On CPU builds this is the share of host RAM reserved for the KV cache (vLLM's 0.92 default
             # refuses to start beside other processes).
             args["gpu_memory_utilization"] = 0.4
+        # vLLM's scheduler queues without a bound; ours counts a sequence as waiting until its first output.
+        self.line = WaitingLine(max_waiting, max_waiting_tokens)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
         self._thread.start()
@@ -169,16 +174,27 @@ class VLLMEngine(TokenizerEngine):
             except RuntimeError:  # the caller's loop is gone (it stopped listening): nothing to deliver
                 pass
 
-        fut = asyncio.run_coroutine_threadsafe(self._pump(request, push), self._loop)
+        line, tokens, waiting = self.line, len(request.prompt_ids), True
+        line.enter(tokens)  # OverloadedError (503) past --max-waiting(-tokens)
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self._pump(request, push), self._loop)
+        except BaseException:
+            line.leave(tokens)
+            raise
         try:
             while True:
                 item = await queue.get()
+                if waiting:  # its first output (or its end): it is running
+                    line.leave(tokens)
+                    waiting = False
                 if item is _END:
                     return
                 if isinstance(item, BaseException):
                     raise item
                 yield item
         finally:
+            if waiting:
+                line.leave(tokens)
             fut.cancel()  # a no-op once finished; otherwise cancels the pump, which aborts the request
 
     async def _pump(self, request: GenerationRequest, push: Callable[[Any], None]) -> None:

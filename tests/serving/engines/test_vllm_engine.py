@@ -28,6 +28,7 @@ pytestmark = [
     pytest.mark.skipif(not (DEMO / "config.json").exists(), reason="demo model not pulled"),
 ]
 MSG = [{"role": "user", "content": "Write one sentence about the sea."}]
+BATCH = 5
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +41,20 @@ def adapters(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(adapters):
+    from adapterhub.serving.config import ServeConfig
     from adapterhub.serving.engines.vllm import VLLMEngine
 
+    # The options as `adapterhub serve --engine vllm --max-batch-size 5 --max-model-len 1024` passes them.
+    config = ServeConfig(engine="vllm", max_batch_size=BATCH, max_model_len=1024)
     eng = VLLMEngine(DEMO, model_id="demo", max_loaded=2, max_lora_rank=12, dtype="fp32",
-                     extra_args={"max_model_len": "1024"})
+                     extra_args=config.engine_args())
     for i, a in enumerate(adapters):
         eng.load_adapter(f"a{i}@1#x", a)
     yield eng
     eng.stop()
 
 
-def _run(engine, reqs):
+def _run(engine, reqs, return_exceptions=False):
     from adapterhub.serving.engines.base import GenerationRequest, SamplingParams
 
     async def one(key, rid):
@@ -61,7 +65,7 @@ def _run(engine, reqs):
         return "".join(parts)
 
     async def go():
-        return await asyncio.gather(*(one(k, f"r{next(_COUNTER)}") for k in reqs))
+        return await asyncio.gather(*(one(k, f"r{next(_COUNTER)}") for k in reqs), return_exceptions=return_exceptions)
 
     # A new event loop per call on purpose: the engine keeps vLLM on its own loop and bridges to ours.
     return asyncio.run(go())
@@ -76,6 +80,33 @@ def test_mixed_batch_matches_each_request_alone(engine):
     assert len(set(alone)) == 3, alone  # the adapters really change the text
     for _ in range(3):
         assert _run(engine, keys * 2) == alone * 2
+
+
+def test_max_batch_size_is_vllms_max_num_seqs_and_more_requests_wait(engine):
+    assert engine.engine.vllm_config.scheduler_config.max_num_seqs == BATCH
+    # Twice the batch at once: the ones past it wait for a row and still get their answers.
+    texts = _run(engine, [None] * (2 * BATCH))
+    assert all(texts) and len(set(texts)) == 1, texts  # greedy, same prompt, base model: one text
+
+
+def test_the_waiting_line_bounds_requests_and_prompt_tokens(engine):
+    """A sequence waits until its first output; all of a burst enter before any output comes back."""
+    from adapterhub.errors import OverloadedError
+    from adapterhub.serving.engines.base import WaitingLine
+
+    kept, tokens = engine.line, len(engine.encode_chat(MSG, None))
+    try:
+        for line, answered, why in ((WaitingLine(3, 10**6), 3, "too many requests waiting (3 sequences)"),
+                                    (WaitingLine(100, 2 * tokens), 2, "prompt tokens waiting")):
+            engine.line = line
+            out = _run(engine, [None] * 5, return_exceptions=True)
+            texts = [o for o in out if isinstance(o, str)]
+            refused = [o for o in out if isinstance(o, OverloadedError)]
+            assert len(texts) == answered and all(texts) and len(refused) == 5 - answered, out
+            assert all(why in str(e) for e in refused), refused
+            assert (line.requests, line.tokens) == (0, 0)  # the answered left the line at their first output
+    finally:
+        engine.line = kept
 
 
 def test_prompt_scoring_matches_transformers(engine):

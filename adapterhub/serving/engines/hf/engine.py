@@ -24,14 +24,15 @@ from typing import Any
 
 import torch
 
-from adapterhub.errors import OverloadedError, UserInputError
-from adapterhub.serving.config import HF_MAX_BATCH, HF_MAX_BATCH_TOKENS, HF_MAX_LOADED
+from adapterhub.errors import UserInputError
+from adapterhub.serving.config import HF_MAX_BATCH, HF_MAX_BATCH_TOKENS, HF_MAX_LOADED, MAX_WAITING_TOKENS
 from adapterhub.serving.engines.base import (
     Delta,
     EngineCapabilities,
     GenerationRequest,
     TokenizerEngine,
     TokenLogprob,
+    WaitingLine,
 )
 from adapterhub.serving.engines.hf import batch as batching
 from adapterhub.serving.engines.hf.detokenizer import IncrementalDetokenizer
@@ -57,6 +58,7 @@ class _Row:
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet sent with a delta
     prompt_lps: tuple[TokenLogprob | None, ...] | None = None  # computed at prefill, sent with the first delta
     prompt_lps_sent: bool = False
+    waiting: bool = True  # in the engine's line (queued or held), not yet in a batch
 
     @property
     def n_generated(self) -> int:
@@ -81,6 +83,7 @@ class HFEngine(TokenizerEngine):
         max_batch_size: int = HF_MAX_BATCH,
         max_batch_tokens: int = HF_MAX_BATCH_TOKENS,
         max_waiting: int = 256,
+        max_waiting_tokens: int = MAX_WAITING_TOKENS,
         device: str | None = None,
         batch_window_s: float = 0.02,
         continuous: bool = True,
@@ -120,7 +123,8 @@ class HFEngine(TokenizerEngine):
         self.batch_window_s = batch_window_s
         self.continuous = continuous  # False: static batches (the benchmark's baseline)
         self.batch_quiet_s = 0.004
-        self._queue: queue.Queue[_Row] = queue.Queue(maxsize=max_waiting)
+        self.line = WaitingLine(max_waiting, max_waiting_tokens)  # bounds what _queue and _held hold together
+        self._queue: queue.Queue[_Row] = queue.Queue()
         # Taken from the queue but not yet admitted (they did not fit the batch's token budget): first in line.
         self._held: collections.deque[_Row] = collections.deque()
         # Serializes load/unload (the slot free-list). The worker does not take it: loads write only
@@ -215,12 +219,6 @@ class HFEngine(TokenizerEngine):
     def loaded_adapters(self) -> list[str]:
         return list(self.slots.loaded)
 
-    def queue_depth(self) -> int:
-        return self._queue.qsize() + len(self._held)
-
-    def queue_capacity(self) -> int | None:
-        return self._queue.maxsize
-
     def start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._stopping.clear()
@@ -233,13 +231,13 @@ class HFEngine(TokenizerEngine):
             self._thread.join(timeout=30)
             self._thread = None
         while self._held:
-            self._emit(self._held.popleft(), Delta("", "cancelled", 0))
+            self._emit(self._started(self._held.popleft()), Delta("", "cancelled", 0))
         while True:
             try:
                 row = self._queue.get_nowait()
             except queue.Empty:
                 break
-            self._emit(row, Delta("", "cancelled", 0))
+            self._emit(self._started(row), Delta("", "cancelled", 0))
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         loop = asyncio.get_running_loop()
@@ -251,10 +249,8 @@ class HFEngine(TokenizerEngine):
         matcher = self.grammars.matcher(p.constraint) if p.constraint is not None else None
         row = _Row(request, loop, asyncio.Queue(), detok,
                    RowState(p, detok.ids, generator, request.prompt_ids, matcher))
-        try:
-            self._queue.put_nowait(row)
-        except queue.Full:
-            raise OverloadedError("too many requests waiting: retry later") from None
+        self.line.enter(len(request.prompt_ids))  # OverloadedError (503) past --max-waiting(-tokens)
+        self._queue.put_nowait(row)
         self.start()
         try:
             while True:
@@ -336,13 +332,14 @@ class HFEngine(TokenizerEngine):
                     row = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            if self._drop_if_cancelled(row):
+            if row.req.cancelled:
+                self._drop_if_cancelled(self._started(row))
                 continue
             wider = max(width, len(row.req.prompt_ids))
             if n and (n + 1) * wider > self.max_batch_tokens:
                 self._held.appendleft(row)
                 break
-            rows.append(row)
+            rows.append(self._started(row))
             n, width = n + 1, wider
         return rows
 
@@ -456,6 +453,13 @@ class HFEngine(TokenizerEngine):
             self._emit(r, Delta(text, None, r.n_generated))
 
     # ---------------------------------------------------------------- bridge
+    def _started(self, row: _Row) -> _Row:
+        """``row`` leaves the line (for a batch, or cancelled): its place and prompt tokens are free again."""
+        if row.waiting:
+            row.waiting = False
+            self.line.leave(len(row.req.prompt_ids))
+        return row
+
     def _drop_if_cancelled(self, row: _Row) -> bool:
         if row.req.cancelled:
             self.cancelled += 1
