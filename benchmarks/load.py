@@ -254,6 +254,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.vllm_rates and not args.vllm_python:
         ap.error("--vllm-rates needs --vllm-python (they are the rates of vLLM's server)")
+    if args.max_batch_size < 1:
+        ap.error("--max-batch-size must be at least 1")
     if args.goal_rounds < 1:
         ap.error("--goal-rounds must be at least 1 (--goal-requests 0 skips the goal point)")
 

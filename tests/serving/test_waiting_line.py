@@ -87,13 +87,13 @@ def test_prompt_tokens_past_the_bound_get_503_and_the_waiting_are_answered(held)
 
     threads.append(send("fits", 40))  # 60 + 40 = 100: waits
     until(lambda: (engine.queue_depth(), engine.line.tokens) == (2, 100), "the 40-token prompt to wait")
-    assert engine.prefills == 1  # the refused ones never reached the engine
 
     gate.set()
     for t in threads:
         t.join(120)
     assert sorted(answers) == ["fits", "long", "running"]
     assert all(a.usage.completion_tokens == 4 for a in answers.values())
+    assert engine.prefills == 3  # one row per batch: the three admitted ran, the two refused never did
     assert (engine.queue_depth(), engine.line.tokens) == (0, 0)
     again = client.completions.create(model="tiny", prompt=[7] * 50, max_tokens=4)  # room again
     assert again.usage.prompt_tokens == 50 and again.usage.completion_tokens == 4

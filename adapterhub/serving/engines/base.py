@@ -189,10 +189,6 @@ class Engine(abc.ABC):
         """Sequences waiting to start."""
         return self.line.requests if self.line is not None else 0
 
-    def queue_capacity(self) -> int | None:
-        """Most sequences that may wait at once (None: no bound of our own)."""
-        return self.line.max_requests if self.line is not None else None
-
 
 class WaitingLine:
     """The sequences that wait to start (no row in a batch yet) and their prompt tokens, each count bounded
